@@ -1,0 +1,510 @@
+//! Client -> tracker messages, parsed and validated in one step.
+//!
+//! Parsing goes through a flat, borrowing `RawMessage` (every field optional, strings as
+//! `Cow` so unescaped ones are not copied), then `validate` turns it into a typed
+//! `InMessage` or a `ParseError` whose text becomes the `failure reason`. Keeping the raw
+//! shape flat lets every failure name the field at fault and still echo `info_hash` when it
+//! was readable: the reference client only shows failures that carry its own info_hash.
+
+use std::{borrow::Cow, fmt, sync::Arc};
+
+use serde::Deserialize;
+
+use super::ids::{IdError, InfoHash, OfferId, PeerId};
+
+/// Bounds applied while validating; they come from the `[tracker]` config section.
+#[derive(Debug, Clone, Copy)]
+pub struct ParseLimits {
+    /// Longest accepted SDP body (offer or answer), in bytes.
+    pub max_sdp_bytes: usize,
+    /// Most info_hashes accepted in one scrape.
+    pub max_scrape_hashes: usize,
+    /// Most offers read from one announce; the rest of the array is ignored (the reference
+    /// client sends at most 5 today, P2P Media Loader 0.6 sent 10).
+    pub max_offers: usize,
+}
+
+impl Default for ParseLimits {
+    fn default() -> Self {
+        Self {
+            max_sdp_bytes: 16 * 1024,
+            max_scrape_hashes: 255,
+            max_offers: 10,
+        }
+    }
+}
+
+/// The `action` a message (or the failure for it) belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Announce,
+    Scrape,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Announce => "announce",
+            Action::Scrape => "scrape",
+        }
+    }
+}
+
+/// What an announce says about the peer's membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnnounceEvent {
+    /// `started`.
+    Started,
+    /// absent, `update`, `paused` or `""`: a periodic re-announce. An unknown peer on an
+    /// update is a joiner, since the reference client sends no `started` after a reconnect.
+    Update,
+    /// `completed`: the peer becomes a seeder.
+    Completed,
+    /// `stopped`: the peer leaves this swarm.
+    Stopped,
+}
+
+/// One pre-made WebRTC offer to hand to another peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offer {
+    pub offer_id: OfferId,
+    /// The SDP body; shared so relaying it to a peer does not copy it.
+    pub sdp: Arc<str>,
+}
+
+/// `action: announce` without `answer`: join, re-announce or leave, maybe with offers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnnounceRequest {
+    pub info_hash: InfoHash,
+    pub peer_id: PeerId,
+    pub event: AnnounceEvent,
+    /// `Some(true)` when `left` is 0, `Some(false)` when `left` > 0, `None` when `left` is
+    /// absent or null (P2P Media Loader never sends it; JavaScript's NaN arrives as null).
+    pub left_is_zero: Option<bool>,
+    /// `numwant`, only meaningful together with offers; `None` when absent.
+    pub numwant: Option<usize>,
+    /// At most `ParseLimits::max_offers`; empty for `stopped` and `completed`.
+    pub offers: Vec<Offer>,
+}
+
+/// `action: announce` with `answer`: the reply to an offer, for the peer `to_peer_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnswerRequest {
+    pub info_hash: InfoHash,
+    /// The answering peer.
+    pub peer_id: PeerId,
+    /// The peer that made the offer.
+    pub to_peer_id: PeerId,
+    pub offer_id: OfferId,
+    pub sdp: Arc<str>,
+}
+
+/// Which swarms a scrape asks about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScrapeRequest {
+    /// No `info_hash`: every swarm (a "full scrape"), if the config allows it.
+    All,
+    /// One hash or an array of them (possibly empty: clients use `[]` as a keep-alive).
+    Some(Vec<InfoHash>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InMessage {
+    Announce(AnnounceRequest),
+    Answer(AnswerRequest),
+    Scrape(ScrapeRequest),
+}
+
+/// A message that could not be accepted; becomes `{"failure reason", action, info_hash}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParseError {
+    pub reason: String,
+    pub action: Action,
+    pub info_hash: Option<InfoHash>,
+    /// Short, fixed label for metrics (`invalid_json`, `invalid_id`, ...).
+    pub kind: &'static str,
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+#[derive(Deserialize)]
+struct RawSdp<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    sdp: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct RawOffer<'a> {
+    #[serde(borrow, default)]
+    offer_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    offer: Option<RawSdp<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawInfoHash<'a> {
+    One(#[serde(borrow)] Cow<'a, str>),
+    Many(#[serde(borrow)] Vec<Cow<'a, str>>),
+}
+
+/// Every field any client message may carry; unknown fields (`uploaded`, `downloaded`,
+/// `trackerid`, ...) are ignored, as every tracker does.
+#[derive(Deserialize)]
+struct RawMessage<'a> {
+    #[serde(borrow, default)]
+    action: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    info_hash: Option<RawInfoHash<'a>>,
+    #[serde(borrow, default)]
+    peer_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    event: Option<Cow<'a, str>>,
+    #[serde(default)]
+    left: Option<f64>,
+    #[serde(default)]
+    numwant: Option<f64>,
+    #[serde(borrow, default)]
+    offers: Option<Vec<RawOffer<'a>>>,
+    #[serde(borrow, default)]
+    answer: Option<RawSdp<'a>>,
+    #[serde(borrow, default)]
+    to_peer_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    offer_id: Option<Cow<'a, str>>,
+}
+
+/// Only what a failure needs to be addressed; read again when the full parse failed, so
+/// that a wrong type in one field still gets a failure the client will show.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    action: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    info_hash: Option<RawInfoHash<'a>>,
+}
+
+/// Parses one text frame.
+pub fn parse(text: &str, limits: &ParseLimits) -> Result<InMessage, ParseError> {
+    match serde_json::from_str::<RawMessage<'_>>(text) {
+        Ok(raw) => validate(raw, limits),
+        Err(err) => Err(json_failure(text, &err)),
+    }
+}
+
+fn json_failure(text: &str, err: &serde_json::Error) -> ParseError {
+    let envelope = serde_json::from_str::<Envelope<'_>>(text).ok();
+    let action = envelope
+        .as_ref()
+        .and_then(|env| env.action.as_deref())
+        .map_or(Action::Announce, action_for_failure);
+    let info_hash = envelope.as_ref().and_then(|env| match &env.info_hash {
+        Some(RawInfoHash::One(text)) => InfoHash::from_wire(text).ok(),
+        _ => None,
+    });
+    let kind = if err.is_data() {
+        "invalid_field"
+    } else {
+        "invalid_json"
+    };
+    ParseError {
+        reason: format!("invalid message: {err}"),
+        action,
+        info_hash,
+        kind,
+    }
+}
+
+/// A failure must name an action the reference client knows, or it tears the socket down.
+fn action_for_failure(action: &str) -> Action {
+    if action == "scrape" {
+        Action::Scrape
+    } else {
+        Action::Announce
+    }
+}
+
+fn fail(
+    action: Action,
+    info_hash: Option<InfoHash>,
+    kind: &'static str,
+    reason: impl Into<String>,
+) -> ParseError {
+    ParseError {
+        reason: reason.into(),
+        action,
+        info_hash,
+        kind,
+    }
+}
+
+fn id_failure(field: &str, err: IdError, info_hash: Option<InfoHash>) -> ParseError {
+    fail(
+        Action::Announce,
+        info_hash,
+        "invalid_id",
+        format!("invalid {field}: {err}"),
+    )
+}
+
+fn validate(raw: RawMessage<'_>, limits: &ParseLimits) -> Result<InMessage, ParseError> {
+    match raw.action.as_deref() {
+        Some("announce") => validate_announce(raw, limits),
+        Some("scrape") => validate_scrape(raw, limits),
+        Some(other) => Err(fail(
+            Action::Announce,
+            single_info_hash(&raw.info_hash),
+            "unknown_action",
+            format!(
+                "unknown action {:?}: expected \"announce\" or \"scrape\"",
+                truncate(other)
+            ),
+        )),
+        None => Err(fail(
+            Action::Announce,
+            single_info_hash(&raw.info_hash),
+            "missing_field",
+            "missing field `action`",
+        )),
+    }
+}
+
+fn single_info_hash(raw: &Option<RawInfoHash<'_>>) -> Option<InfoHash> {
+    match raw {
+        Some(RawInfoHash::One(text)) => InfoHash::from_wire(text).ok(),
+        _ => None,
+    }
+}
+
+/// Echoing attacker-chosen text into failures and logs is fine, but not megabytes of it.
+fn truncate(text: &str) -> &str {
+    match text.char_indices().nth(32) {
+        Some((index, _)) => &text[..index],
+        None => text,
+    }
+}
+
+fn required_id<T>(
+    field: &str,
+    value: Option<&str>,
+    parse: impl Fn(&str) -> Result<T, IdError>,
+    info_hash: Option<InfoHash>,
+) -> Result<T, ParseError> {
+    match value {
+        Some(text) => parse(text).map_err(|err| id_failure(field, err, info_hash)),
+        None => Err(fail(
+            Action::Announce,
+            info_hash,
+            "missing_field",
+            format!("missing field `{field}`"),
+        )),
+    }
+}
+
+fn sdp_body(
+    raw: Option<RawSdp<'_>>,
+    expected_type: &str,
+    field: &str,
+    limits: &ParseLimits,
+    info_hash: InfoHash,
+) -> Result<Arc<str>, ParseError> {
+    let Some(raw) = raw else {
+        return Err(fail(
+            Action::Announce,
+            Some(info_hash),
+            "missing_field",
+            format!("missing field `{field}`"),
+        ));
+    };
+    // A missing `type` is tolerated (we rebuild the object with the right one on relay);
+    // a wrong one means the client confused offers and answers.
+    if let Some(kind) = raw.kind.as_deref() {
+        if kind != expected_type {
+            return Err(fail(
+                Action::Announce,
+                Some(info_hash),
+                "invalid_field",
+                format!(
+                    "{field}.type must be {expected_type:?}, got {:?}",
+                    truncate(kind)
+                ),
+            ));
+        }
+    }
+    let Some(sdp) = raw.sdp else {
+        return Err(fail(
+            Action::Announce,
+            Some(info_hash),
+            "missing_field",
+            format!("missing field `{field}.sdp`"),
+        ));
+    };
+    if sdp.len() > limits.max_sdp_bytes {
+        return Err(fail(
+            Action::Announce,
+            Some(info_hash),
+            "sdp_too_large",
+            format!(
+                "{field}.sdp is {} bytes, the limit is {}",
+                sdp.len(),
+                limits.max_sdp_bytes
+            ),
+        ));
+    }
+    Ok(Arc::from(sdp.as_ref()))
+}
+
+fn validate_announce(raw: RawMessage<'_>, limits: &ParseLimits) -> Result<InMessage, ParseError> {
+    let info_hash = match &raw.info_hash {
+        Some(RawInfoHash::One(text)) => {
+            InfoHash::from_wire(text).map_err(|err| id_failure("info_hash", err, None))?
+        }
+        Some(RawInfoHash::Many(_)) => {
+            return Err(fail(
+                Action::Announce,
+                None,
+                "invalid_field",
+                "info_hash of an announce must be a string, not an array",
+            ))
+        }
+        None => {
+            return Err(fail(
+                Action::Announce,
+                None,
+                "missing_field",
+                "missing field `info_hash`",
+            ))
+        }
+    };
+    let known = Some(info_hash);
+    let peer_id = required_id("peer_id", raw.peer_id.as_deref(), PeerId::from_wire, known)?;
+
+    if raw.answer.is_some() {
+        let to_peer_id = required_id(
+            "to_peer_id",
+            raw.to_peer_id.as_deref(),
+            PeerId::from_wire,
+            known,
+        )?;
+        let offer_id = required_id(
+            "offer_id",
+            raw.offer_id.as_deref(),
+            OfferId::from_wire,
+            known,
+        )?;
+        let sdp = sdp_body(raw.answer, "answer", "answer", limits, info_hash)?;
+        return Ok(InMessage::Answer(AnswerRequest {
+            info_hash,
+            peer_id,
+            to_peer_id,
+            offer_id,
+            sdp,
+        }));
+    }
+
+    let event = match raw.event.as_deref() {
+        None | Some("") | Some("update") | Some("paused") => AnnounceEvent::Update,
+        Some("started") => AnnounceEvent::Started,
+        Some("completed") => AnnounceEvent::Completed,
+        Some("stopped") => AnnounceEvent::Stopped,
+        Some(other) => {
+            return Err(fail(
+                Action::Announce,
+                known,
+                "invalid_field",
+                format!(
+                    "unknown event {:?}: expected started, completed, stopped or update",
+                    truncate(other)
+                ),
+            ))
+        }
+    };
+
+    let left_is_zero = match raw.left {
+        Some(left) if left < 0.0 => {
+            return Err(fail(
+                Action::Announce,
+                known,
+                "invalid_field",
+                "left must not be negative",
+            ))
+        }
+        Some(left) => Some(left == 0.0),
+        None => None,
+    };
+
+    let numwant = match raw.numwant {
+        Some(numwant) if numwant < 0.0 => {
+            return Err(fail(
+                Action::Announce,
+                known,
+                "invalid_field",
+                "numwant must not be negative",
+            ))
+        }
+        // Saturating float -> integer conversion: 1e300 becomes usize::MAX, then capped by
+        // the offers actually sent. A fraction is rounded down.
+        Some(numwant) => Some(numwant as usize),
+        None => None,
+    };
+
+    // The reference client never sends offers with `stopped` or `completed` (REF #132); if
+    // one does, they are ignored rather than relayed for a peer that is leaving.
+    let mut offers = Vec::new();
+    if matches!(event, AnnounceEvent::Started | AnnounceEvent::Update) {
+        if let Some(raw_offers) = raw.offers {
+            offers.reserve(raw_offers.len().min(limits.max_offers));
+            for raw_offer in raw_offers.into_iter().take(limits.max_offers) {
+                let offer_id = required_id(
+                    "offer_id",
+                    raw_offer.offer_id.as_deref(),
+                    OfferId::from_wire,
+                    known,
+                )?;
+                let sdp = sdp_body(raw_offer.offer, "offer", "offer", limits, info_hash)?;
+                offers.push(Offer { offer_id, sdp });
+            }
+        }
+    }
+
+    Ok(InMessage::Announce(AnnounceRequest {
+        info_hash,
+        peer_id,
+        event,
+        left_is_zero,
+        numwant,
+        offers,
+    }))
+}
+
+fn validate_scrape(raw: RawMessage<'_>, limits: &ParseLimits) -> Result<InMessage, ParseError> {
+    let scrape_failure = |kind, reason: String| fail(Action::Scrape, None, kind, reason);
+    let texts: Vec<Cow<'_, str>> = match raw.info_hash {
+        None => return Ok(InMessage::Scrape(ScrapeRequest::All)),
+        Some(RawInfoHash::One(text)) => vec![text],
+        Some(RawInfoHash::Many(texts)) => texts,
+    };
+    if texts.len() > limits.max_scrape_hashes {
+        return Err(scrape_failure(
+            "too_many_hashes",
+            format!(
+                "scrape asks for {} info_hashes, the limit is {}",
+                texts.len(),
+                limits.max_scrape_hashes
+            ),
+        ));
+    }
+    let mut hashes = Vec::with_capacity(texts.len());
+    for text in &texts {
+        let hash = InfoHash::from_wire(text)
+            .map_err(|err| scrape_failure("invalid_id", format!("invalid info_hash: {err}")))?;
+        hashes.push(hash);
+    }
+    Ok(InMessage::Scrape(ScrapeRequest::Some(hashes)))
+}
