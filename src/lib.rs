@@ -1,1 +1,177 @@
+//! p2p-mediastream: a WebTorrent tracker (WebSocket signalling for P2P Media Loader and
+//! WebTorrent) and the HTTP server of a live HLS stream and its web player, in one process.
+//!
+//! # Layout
+//! - `protocol`: the wire protocol as pure data (ids, requests, responses); no I/O.
+//! - `config`: settings, defaults, file/env layering, validation.
+//! - `swarm::state`: the swarm logic as plain data (peers, offer routing, expiry).
+//! - `swarm` (actor shell), `swarm::shard` (one per Arbiter, owns info_hash -> swarm).
+//! - `session`: one actor per WebSocket: framing, heartbeat, parse/serialise.
+//! - `messages`: every message between actors.
+//! - `http`: routes: tracker upgrade, `/hls`, `public/`, stats, metrics, health.
+//! - `connections`: admission caps and the session list for shutdown.
+//! - `client_ip`, `metrics`, `shutdown`, `app` (what all threads share).
+//!
+//! # Threads
+//! HTTP workers (one per core by default) run the sessions, and so all JSON work;
+//! `swarm.shards` Arbiters run the shards and their swarms, chosen by info_hash.
+
+pub mod app;
+pub mod client_ip;
+pub mod config;
+pub mod connections;
+pub mod http;
+pub mod messages;
+pub mod metrics;
 pub mod protocol;
+pub mod session;
+pub mod shutdown;
+pub mod swarm;
+
+use std::{io, net::SocketAddr, sync::Arc, time::Duration, time::Instant};
+
+use actix_web::{dev::ServerHandle, App, HttpServer};
+use log::{info, warn};
+
+pub use config::Settings;
+
+use app::Shared;
+use connections::ConnectionRegistry;
+use metrics::Metrics;
+use protocol::ParseLimits;
+use swarm::{shard::SwarmDirectory, state::SwarmLimits, SwarmConfig};
+
+/// A started server: its bound addresses and the handles to wait for or stop it.
+pub struct Running {
+    pub addrs: Vec<SocketAddr>,
+    pub server: actix_web::dev::Server,
+    pub handle: ServerHandle,
+    pub shared: Arc<Shared>,
+}
+
+/// Binds and starts everything; must be called inside an actix `System`. The returned
+/// `server` future completes when the server has stopped (after SIGTERM/SIGINT, or
+/// `handle.stop`).
+pub fn start(settings: Settings) -> io::Result<Running> {
+    let metrics = Arc::new(Metrics::new());
+    let tracker = &settings.tracker;
+    let limits = SwarmLimits {
+        max_offers: tracker.max_offers,
+        max_peers: tracker.max_peers_per_swarm,
+        peer_ttl: Duration::from_secs(tracker.peer_ttl_secs),
+        offer_ttl: Duration::from_secs(tracker.offer_ttl_secs),
+        max_pending_offers: tracker
+            .max_peers_per_swarm
+            .saturating_mul(tracker.max_offers)
+            .saturating_mul(2)
+            .max(1024),
+    };
+    let swarm_config = SwarmConfig {
+        limits,
+        mailbox: settings.swarm.mailbox,
+        max_dropped_deliveries: settings.swarm.max_dropped_deliveries,
+        sweep_interval: Duration::from_secs(tracker.sweep_interval_secs),
+    };
+    // Shards start before the HTTP server: the app factory runs once per worker, and
+    // starting them there would make one set per worker.
+    let directory = SwarmDirectory::start(settings.shard_count(), swarm_config, metrics.clone());
+    let parse_limits = ParseLimits {
+        max_sdp_bytes: tracker.max_sdp_bytes,
+        max_scrape_hashes: tracker.max_scrape_hashes,
+        max_offers: tracker.max_offers,
+    };
+
+    for (what, dir) in [
+        ("http.public_dir", &settings.http.public_dir),
+        ("http.hls_dir", &settings.http.hls_dir),
+    ] {
+        if !dir.is_dir() {
+            warn!(
+                "{what} {} is not a directory; it will answer 404",
+                dir.display()
+            );
+        }
+    }
+
+    // Bind first so that `Shared` can list the real addresses (port 0 resolved).
+    let probe_binds = settings.bind_addresses();
+    let listeners: Vec<std::net::TcpListener> = probe_binds
+        .iter()
+        .map(|bind| {
+            std::net::TcpListener::bind(bind).map_err(|err| {
+                io::Error::new(err.kind(), format!("cannot listen on {bind}: {err}"))
+            })
+        })
+        .collect::<io::Result<_>>()?;
+    let addrs: Vec<SocketAddr> = listeners
+        .iter()
+        .map(std::net::TcpListener::local_addr)
+        .collect::<io::Result<_>>()?;
+
+    let shared = Arc::new(Shared {
+        parse_limits,
+        directory,
+        metrics,
+        connections: ConnectionRegistry::new(
+            settings.server.max_connections,
+            settings.server.max_connections_per_ip,
+        ),
+        started_at: Instant::now(),
+        bound: addrs.iter().map(ToString::to_string).collect(),
+        settings,
+    });
+
+    let factory_shared = shared.clone();
+    let mut server_builder = HttpServer::new(move || {
+        let shared = factory_shared.clone();
+        App::new().configure(move |cfg| http::configure(cfg, &shared))
+    });
+    let settings = &shared.settings;
+    if settings.server.workers > 0 {
+        server_builder = server_builder.workers(settings.server.workers);
+    }
+    server_builder = server_builder
+        .max_connections(settings.server.max_connections.max(1))
+        .client_request_timeout(Duration::from_secs(
+            settings.server.client_request_timeout_secs,
+        ))
+        .shutdown_timeout(settings.server.shutdown_timeout_secs)
+        .shutdown_signal(shutdown::signal(shared.clone()))
+        // Signalling is latency-bound small writes: without TCP_NODELAY, Nagle plus delayed
+        // ACKs add up to 40 ms to a relay.
+        .on_connect(|conn, _| {
+            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
+                let _ = tcp.set_nodelay(true);
+            }
+        });
+    for listener in listeners {
+        server_builder = server_builder.listen(listener)?;
+    }
+    let server = server_builder.run();
+    for addr in &addrs {
+        info!(
+            "listening on http://{addr} (tracker at ws://{addr}{})",
+            settings.ws.path
+        );
+    }
+    info!(
+        "{} swarm shard(s); announce interval {} s; max {} connections",
+        shared.directory.len(),
+        settings.tracker.announce_interval_secs,
+        settings.server.max_connections
+    );
+    Ok(Running {
+        addrs,
+        handle: server.handle(),
+        server,
+        shared,
+    })
+}
+
+/// Runs the server until it is stopped; used by the binary.
+pub async fn run(settings: Settings) -> io::Result<()> {
+    let running = start(settings)?;
+    running.server.await?;
+    info!("stopped");
+    Ok(())
+}

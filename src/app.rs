@@ -1,0 +1,20 @@
+//! Shared: what every session and HTTP handler of the process reads. Built once in
+//! `run`, before the HTTP workers start, and cloned into them as an `Arc`.
+
+use std::{sync::Arc, time::Instant};
+
+use crate::{
+    config::Settings, connections::ConnectionRegistry, metrics::Metrics, protocol::ParseLimits,
+    swarm::shard::SwarmDirectory,
+};
+
+pub struct Shared {
+    pub settings: Settings,
+    pub parse_limits: ParseLimits,
+    pub directory: SwarmDirectory,
+    pub metrics: Arc<Metrics>,
+    pub connections: ConnectionRegistry,
+    pub started_at: Instant,
+    /// The addresses actually bound (port 0 resolved), for /stats.json.
+    pub bound: Vec<String>,
+}

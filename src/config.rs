@@ -1,0 +1,664 @@
+//! Settings: embedded defaults <- one file (`--config`: our TOML or wt-tracker's
+//! `config.json`) <- `TRACKER__SECTION__KEY` environment variables, then `validate()`.
+//!
+//! Every section is `deny_unknown_fields`, so a typo is an error at start rather than a
+//! silently ignored limit. `config/default.toml` documents every key and must equal
+//! `Settings::default()` (a test checks it).
+
+use std::{
+    collections::HashMap,
+    fmt,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use config::{Config, Environment, File, FileFormat};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// All settings of one tracker process.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub ws: WsSettings,
+    pub tracker: TrackerSettings,
+    pub swarm: SwarmSettings,
+    pub http: HttpSettings,
+    pub player: PlayerSettings,
+}
+
+/// Listening socket, process-wide limits, proxies, shutdown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address to bind.
+    pub host: String,
+    /// Port to bind; 0 lets the OS choose (the log says which).
+    pub port: u16,
+    /// More `host:port` addresses to listen on as well (wt-tracker's `servers[]`).
+    pub extra_binds: Vec<String>,
+    /// HTTP worker threads (they run the WebSocket sessions); 0 = one per core.
+    pub workers: usize,
+    /// Open WebSocket connections allowed in the whole process.
+    pub max_connections: usize,
+    /// Open WebSocket connections allowed from one client IP (0 = no limit). Behind a
+    /// reverse proxy, list it in `trusted_proxies` or every client shares the proxy's IP.
+    pub max_connections_per_ip: usize,
+    /// Proxies whose `X-Forwarded-For` is believed (CIDRs, e.g. "127.0.0.1/32").
+    pub trusted_proxies: Vec<IpNet>,
+    /// Seconds to let connections close on SIGTERM before the process exits.
+    pub shutdown_timeout_secs: u64,
+    /// Seconds a client has to send the request head of a plain HTTP request.
+    pub client_request_timeout_secs: u64,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            host: "0.0.0.0".into(),
+            port: 8000,
+            extra_binds: Vec::new(),
+            workers: 0,
+            max_connections: 19_000,
+            max_connections_per_ip: 1_000,
+            trusted_proxies: Vec::new(),
+            shutdown_timeout_secs: 5,
+            client_request_timeout_secs: 5,
+        }
+    }
+}
+
+/// The WebSocket transport.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WsSettings {
+    /// Path of the tracker endpoint; upgrades are also accepted at "/". "/*" accepts
+    /// upgrades on every path (wt-tracker's default).
+    pub path: String,
+    /// Largest single frame, in bytes; bigger ones close the socket with 1009.
+    pub max_frame_bytes: usize,
+    /// Largest message, fragments included, in bytes; bigger ones close with 1009.
+    pub max_message_bytes: usize,
+    /// Seconds between server pings.
+    pub ping_interval_secs: u64,
+    /// Seconds without any frame from the client before the socket is closed.
+    pub idle_timeout_secs: u64,
+    /// Messages that may wait for one session (relayed offers/answers); beyond it they are
+    /// dropped and counted, never queued without bound.
+    pub session_mailbox: usize,
+    /// Allowed `Origin` values for upgrades (exact match); empty = every origin.
+    pub allowed_origins: Vec<String>,
+    /// Swarms one connection may be in at once.
+    pub max_swarms_per_connection: usize,
+    /// Peer ids one connection may register in one swarm (P2P Media Loader uses one).
+    pub max_peer_ids_per_swarm: usize,
+}
+
+impl Default for WsSettings {
+    fn default() -> Self {
+        Self {
+            path: "/announce".into(),
+            max_frame_bytes: 64 * 1024,
+            max_message_bytes: 64 * 1024,
+            ping_interval_secs: 20,
+            idle_timeout_secs: 60,
+            session_mailbox: 256,
+            allowed_origins: Vec::new(),
+            max_swarms_per_connection: 100,
+            max_peer_ids_per_swarm: 4,
+        }
+    }
+}
+
+/// Protocol behaviour and limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrackerSettings {
+    /// `interval` sent to clients, in seconds: how often they re-announce.
+    pub announce_interval_secs: u32,
+    /// Seconds after its last announce that a peer is removed (about 2 x interval; P2P
+    /// Media Loader never sends `stopped`).
+    pub peer_ttl_secs: u64,
+    /// Seconds a relayed offer waits for its answer (the client gives up after 50).
+    pub offer_ttl_secs: u64,
+    /// Most offers relayed per announce.
+    pub max_offers: usize,
+    /// Largest SDP body accepted, in bytes.
+    pub max_sdp_bytes: usize,
+    /// Most peers in one swarm; further joiners get a failure reason.
+    pub max_peers_per_swarm: usize,
+    /// Most info_hashes in one scrape request.
+    pub max_scrape_hashes: usize,
+    /// Answer a scrape without info_hash with every swarm (capped at `max_scrape_hashes`).
+    pub full_scrape: bool,
+    /// Seconds between sweeps of expired peers and offers.
+    pub sweep_interval_secs: u64,
+}
+
+impl Default for TrackerSettings {
+    fn default() -> Self {
+        Self {
+            announce_interval_secs: 120,
+            peer_ttl_secs: 240,
+            offer_ttl_secs: 120,
+            max_offers: 10,
+            max_sdp_bytes: 16 * 1024,
+            max_peers_per_swarm: 20_000,
+            max_scrape_hashes: 255,
+            full_scrape: false,
+            sweep_interval_secs: 30,
+        }
+    }
+}
+
+/// Where swarms run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SwarmSettings {
+    /// Threads (actix Arbiters) hosting swarms, sharded by info_hash; 0 = one per core.
+    pub shards: usize,
+    /// Requests that may queue for one swarm before senders wait.
+    pub mailbox: usize,
+    /// Consecutive relays a peer's session could not take before the peer is removed from
+    /// the swarm (a client that stopped reading).
+    pub max_dropped_deliveries: u32,
+}
+
+impl Default for SwarmSettings {
+    fn default() -> Self {
+        Self {
+            shards: 0,
+            mailbox: 1024,
+            max_dropped_deliveries: 64,
+        }
+    }
+}
+
+/// Static files and service endpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Directory served at "/" (the web player).
+    pub public_dir: PathBuf,
+    /// Directory of the live HLS stream.
+    pub hls_dir: PathBuf,
+    /// URL prefix of the HLS stream.
+    pub hls_path: String,
+    /// `Access-Control-Allow-Origin` for the HLS stream ("" = no CORS headers).
+    pub hls_cors_origin: String,
+    /// Serve `/stats.json`.
+    pub stats: bool,
+    /// Serve `/metrics` (Prometheus). Keep it off the public proxy.
+    pub metrics: bool,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            public_dir: PathBuf::from("public"),
+            hls_dir: PathBuf::from("hls"),
+            hls_path: "/hls".into(),
+            hls_cors_origin: "*".into(),
+            stats: true,
+            metrics: true,
+        }
+    }
+}
+
+/// What `/config.json` tells the web player.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlayerSettings {
+    /// STUN/TURN URLs for the player's ICE servers; `{host}` becomes the host name the
+    /// page was loaded from.
+    pub ice_servers: Vec<String>,
+    /// The stream the player opens.
+    pub stream_url: String,
+    /// P2P Media Loader `swarmId` (all viewers with the same id share); "" = derived from
+    /// the stream URL.
+    pub swarm_id: String,
+}
+
+impl Default for PlayerSettings {
+    fn default() -> Self {
+        Self {
+            ice_servers: vec!["stun:{host}:3478".into()],
+            stream_url: "/hls/live.m3u8".into(),
+            swarm_id: String::new(),
+        }
+    }
+}
+
+/// A configuration problem, reported to the operator before anything starts.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Keys whose environment values are comma-separated lists.
+const LIST_KEYS: [&str; 4] = [
+    "server.trusted_proxies",
+    "server.extra_binds",
+    "ws.allowed_origins",
+    "player.ice_servers",
+];
+
+impl Settings {
+    /// Loads settings from the optional file and the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars()
+            .filter(|(key, _)| key.starts_with("TRACKER__"))
+            .collect();
+        Self::load_from(file, env)
+    }
+
+    /// As `load`, with the environment given (tests must not race on the process env).
+    pub fn load_from(
+        file: Option<&Path>,
+        env: HashMap<String, String>,
+    ) -> Result<Self, ConfigError> {
+        let base = match file {
+            Some(path) if is_json(path) => wt_tracker::load(path)?,
+            _ => Settings::default(),
+        };
+        let mut builder = Config::builder().add_source(
+            Config::try_from(&base)
+                .map_err(|err| ConfigError(format!("internal: defaults: {err}")))?,
+        );
+        if let Some(path) = file.filter(|path| !is_json(path)) {
+            if !path.is_file() {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml));
+        }
+        let mut environment = Environment::with_prefix("TRACKER")
+            .separator("__")
+            .prefix_separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .source(Some(env));
+        for key in LIST_KEYS {
+            environment = environment.with_list_parse_key(key);
+        }
+        let settings: Settings = builder
+            .add_source(environment)
+            .build()
+            .and_then(Config::try_deserialize)
+            .map_err(|err| ConfigError(format!("invalid configuration: {err}")))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Cross-field checks and ranges that serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut check = |ok: bool, text: &str| {
+            if !ok {
+                problems.push(text.to_owned());
+            }
+        };
+        check(
+            self.server.host.parse::<IpAddr>().is_ok() || !self.server.host.is_empty(),
+            "server.host must not be empty",
+        );
+        for bind in &self.server.extra_binds {
+            check(
+                bind.rsplit_once(':')
+                    .is_some_and(|(_, port)| port.parse::<u16>().is_ok()),
+                "server.extra_binds entries must be host:port",
+            );
+        }
+        check(
+            self.server.max_connections > 0,
+            "server.max_connections must be at least 1",
+        );
+        check(self.ws.path.starts_with('/'), "ws.path must start with '/'");
+        check(
+            self.ws.max_frame_bytes >= 1024,
+            "ws.max_frame_bytes must be at least 1024",
+        );
+        check(
+            self.ws.max_message_bytes >= self.ws.max_frame_bytes,
+            "ws.max_message_bytes must be at least ws.max_frame_bytes",
+        );
+        check(
+            self.ws.ping_interval_secs > 0,
+            "ws.ping_interval_secs must be at least 1",
+        );
+        check(
+            self.ws.idle_timeout_secs > self.ws.ping_interval_secs,
+            "ws.idle_timeout_secs must be greater than ws.ping_interval_secs",
+        );
+        check(
+            self.ws.session_mailbox >= 4,
+            "ws.session_mailbox must be at least 4",
+        );
+        check(
+            self.ws.max_swarms_per_connection > 0,
+            "ws.max_swarms_per_connection must be at least 1",
+        );
+        check(
+            self.ws.max_peer_ids_per_swarm > 0,
+            "ws.max_peer_ids_per_swarm must be at least 1",
+        );
+        check(
+            self.tracker.announce_interval_secs > 0,
+            "tracker.announce_interval_secs must be at least 1",
+        );
+        check(
+            self.tracker.peer_ttl_secs > u64::from(self.tracker.announce_interval_secs),
+            "tracker.peer_ttl_secs must be greater than tracker.announce_interval_secs",
+        );
+        check(
+            self.tracker.offer_ttl_secs >= 50,
+            "tracker.offer_ttl_secs must be at least 50 (clients wait 50 s for an answer)",
+        );
+        check(
+            (1..=100).contains(&self.tracker.max_offers),
+            "tracker.max_offers must be between 1 and 100",
+        );
+        check(
+            self.tracker.max_sdp_bytes >= 256,
+            "tracker.max_sdp_bytes must be at least 256",
+        );
+        check(
+            self.tracker.max_peers_per_swarm >= 2,
+            "tracker.max_peers_per_swarm must be at least 2",
+        );
+        check(
+            self.tracker.sweep_interval_secs > 0,
+            "tracker.sweep_interval_secs must be at least 1",
+        );
+        check(
+            self.swarm.mailbox >= 16,
+            "swarm.mailbox must be at least 16",
+        );
+        check(
+            self.swarm.max_dropped_deliveries > 0,
+            "swarm.max_dropped_deliveries must be at least 1",
+        );
+        check(
+            self.http.hls_path.starts_with('/') && self.http.hls_path.len() > 1,
+            "http.hls_path must start with '/' and not be '/'",
+        );
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(format!(
+                "invalid configuration: {}",
+                problems.join("; ")
+            )))
+        }
+    }
+
+    /// Every address to listen on.
+    pub fn bind_addresses(&self) -> Vec<String> {
+        let mut binds = vec![format_bind(&self.server.host, self.server.port)];
+        binds.extend(self.server.extra_binds.iter().cloned());
+        binds
+    }
+
+    /// Resolved shard count.
+    pub fn shard_count(&self) -> usize {
+        if self.swarm.shards == 0 {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        } else {
+            self.swarm.shards
+        }
+    }
+}
+
+fn format_bind(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+fn is_json(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|ext| ext.eq_ignore_ascii_case("json"))
+}
+
+/// wt-tracker's `config.json`, accepted unchanged so its users can switch with their file.
+mod wt_tracker {
+    use super::*;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct WtConfig {
+        #[serde(default)]
+        servers: Vec<WtServer>,
+        #[serde(default)]
+        tracker: Option<WtTracker>,
+        #[serde(default, rename = "websocketsAccess")]
+        websockets_access: Option<WtAccess>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct WtServer {
+        #[serde(default)]
+        server: Option<WtListen>,
+        #[serde(default)]
+        websockets: Option<WtWebsockets>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct WtListen {
+        #[serde(default)]
+        port: Option<u16>,
+        #[serde(default)]
+        host: Option<String>,
+        // TLS keys of uWebSockets' SSL app; refused below with a clear message.
+        #[serde(default, rename = "key_file_name")]
+        key_file_name: Option<String>,
+        #[serde(default, rename = "cert_file_name")]
+        cert_file_name: Option<String>,
+        #[serde(default)]
+        passphrase: Option<String>,
+        #[serde(default, rename = "dh_params_file_name")]
+        dh_params_file_name: Option<String>,
+        #[serde(default, rename = "ssl_prefer_low_memory_usage")]
+        ssl_prefer_low_memory_usage: Option<bool>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct WtWebsockets {
+        #[serde(default)]
+        path: Option<String>,
+        #[serde(default)]
+        max_payload_length: Option<usize>,
+        #[serde(default)]
+        idle_timeout: Option<u64>,
+        /// uWS compression mode; actix-http has no permessage-deflate, so it is accepted
+        /// and logged as ignored (signalling JSON is small and latency-bound anyway).
+        #[serde(default)]
+        compression: Option<u32>,
+        #[serde(default)]
+        max_connections: Option<usize>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct WtTracker {
+        #[serde(default)]
+        max_offers: Option<usize>,
+        #[serde(default)]
+        announce_interval: Option<u32>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    struct WtAccess {
+        #[serde(default)]
+        allow_origins: Option<Vec<String>>,
+        #[serde(default)]
+        deny_origins: Option<Vec<String>>,
+        #[serde(default)]
+        deny_empty_origin: Option<bool>,
+    }
+
+    pub(super) fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| ConfigError(format!("cannot read {}: {err}", path.display())))?;
+        let wt: WtConfig = serde_json::from_str(&text).map_err(|err| {
+            ConfigError(format!(
+                "{} is not a wt-tracker config.json: {err}",
+                path.display()
+            ))
+        })?;
+        let mut settings = Settings::default();
+        let mut websockets_seen: Option<(Option<String>, Option<usize>, Option<u64>)> = None;
+        for (index, server) in wt.servers.iter().enumerate() {
+            if let Some(listen) = &server.server {
+                if listen.key_file_name.is_some()
+                    || listen.cert_file_name.is_some()
+                    || listen.passphrase.is_some()
+                    || listen.dh_params_file_name.is_some()
+                    || listen.ssl_prefer_low_memory_usage.is_some()
+                {
+                    return Err(ConfigError(format!(
+                        "{}: servers[{index}] configures TLS; p2p-mediastream serves plain \
+                         ws:// and expects TLS at a reverse proxy (see deploy/nginx)",
+                        path.display()
+                    )));
+                }
+                let host = listen.host.clone().unwrap_or_else(|| "0.0.0.0".into());
+                let port = listen.port.unwrap_or(8000);
+                if index == 0 {
+                    settings.server.host = host;
+                    settings.server.port = port;
+                } else {
+                    settings.server.extra_binds.push(format_bind(&host, port));
+                }
+            }
+            if let Some(ws) = &server.websockets {
+                let these = (ws.path.clone(), ws.max_payload_length, ws.idle_timeout);
+                match &websockets_seen {
+                    Some(seen) if *seen != these => {
+                        return Err(ConfigError(format!(
+                            "{}: servers[{index}].websockets differs from servers[0]; \
+                             one process has one set of WebSocket limits",
+                            path.display()
+                        )))
+                    }
+                    _ => websockets_seen = Some(these),
+                }
+                if let Some(path) = &ws.path {
+                    // uWS patterns: "/*" is any path; otherwise a literal path.
+                    settings.ws.path = path.clone();
+                }
+                if let Some(max) = ws.max_payload_length {
+                    settings.ws.max_frame_bytes = max;
+                    settings.ws.max_message_bytes = max;
+                }
+                if let Some(idle) = ws.idle_timeout {
+                    settings.ws.idle_timeout_secs = idle;
+                    // uWS pings automatically before the idle timeout; keep that shape.
+                    settings.ws.ping_interval_secs = (idle / 3).max(1);
+                }
+                if ws.compression.unwrap_or(0) != 0 {
+                    log::warn!(
+                        "wt-tracker websockets.compression is ignored: this server does not \
+                         negotiate permessage-deflate"
+                    );
+                }
+                // wt-tracker treats 0 as "no limit".
+                if let Some(max) = ws.max_connections.filter(|max| *max > 0) {
+                    settings.server.max_connections = max;
+                }
+            }
+        }
+        if let Some(tracker) = wt.tracker {
+            if let Some(max) = tracker.max_offers {
+                settings.tracker.max_offers = max;
+            }
+            if let Some(interval) = tracker.announce_interval {
+                settings.tracker.announce_interval_secs = interval;
+                settings.tracker.peer_ttl_secs = u64::from(interval) * 2;
+            }
+        }
+        if let Some(access) = wt.websockets_access {
+            if access.deny_origins.is_some() || access.deny_empty_origin == Some(true) {
+                return Err(ConfigError(format!(
+                    "{}: websocketsAccess.denyOrigins / denyEmptyOrigin are not supported; \
+                     use allowOrigins",
+                    path.display()
+                )));
+            }
+            if let Some(allow) = access.allow_origins {
+                settings.ws.allowed_origins = allow;
+            }
+        }
+        Ok(settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_defaults_equal_embedded_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
+        let loaded = Settings::load_from(Some(&path), HashMap::new()).expect("default.toml loads");
+        assert_eq!(loaded, Settings::default());
+    }
+
+    #[test]
+    fn every_key_of_default_toml_is_documented() {
+        let text = include_str!("../config/default.toml");
+        let lines: Vec<&str> = text.lines().collect();
+        for (index, line) in lines.iter().enumerate() {
+            let is_key = !line.starts_with('#') && !line.starts_with('[') && line.contains(" = ");
+            if is_key {
+                assert!(
+                    index > 0 && lines[index - 1].starts_with('#'),
+                    "key without a comment above it: {line}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        Settings::default().validate().expect("defaults validate");
+    }
+}
+
+#[cfg(test)]
+mod readme_tests {
+    /// The README's configuration table must list every key of config/default.toml.
+    #[test]
+    fn readme_lists_every_config_key() {
+        let readme = include_str!("../README.md");
+        let mut section = String::new();
+        for line in include_str!("../config/default.toml").lines() {
+            if let Some(name) = line
+                .strip_prefix('[')
+                .and_then(|rest| rest.strip_suffix(']'))
+            {
+                section = name.to_owned();
+            } else if !line.starts_with('#') {
+                if let Some((key, _)) = line.split_once(" = ") {
+                    let needle = format!("`{section}.{key}`");
+                    assert!(readme.contains(&needle), "README is missing {needle}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! Routes of the one HTTP server: the tracker (WebSocket upgrades at "/" and `ws.path`),
+//! service endpoints, `/hls` and the player in `public/` at "/". Registration order
+//! matters: the catch-all file service for "/" comes last.
+
+pub mod hls;
+pub mod service;
+pub mod ws;
+
+use std::sync::Arc;
+
+use actix_web::{middleware, web};
+
+use crate::app::Shared;
+
+pub fn configure(cfg: &mut web::ServiceConfig, shared: &Arc<Shared>) {
+    let settings = &shared.settings;
+    cfg.app_data(web::Data::new(shared.clone()));
+
+    // The tracker. Upgrades go to the session; a plain GET on the tracker path gets 426,
+    // while a plain GET on "/" falls through to the player page.
+    let tracker_path = settings.ws.path.clone();
+    if tracker_path == "/*" {
+        cfg.service(
+            web::resource("/{tail:.*}")
+                .guard(actix_web::guard::fn_guard(ws::is_upgrade))
+                .route(web::get().to(ws::upgrade)),
+        );
+    } else {
+        cfg.service(
+            web::resource("/")
+                .guard(actix_web::guard::fn_guard(ws::is_upgrade))
+                .route(web::get().to(ws::upgrade)),
+        );
+        if tracker_path != "/" {
+            cfg.service(
+                web::resource(tracker_path.as_str())
+                    .route(
+                        web::get()
+                            .guard(actix_web::guard::fn_guard(ws::is_upgrade))
+                            .to(ws::upgrade),
+                    )
+                    .route(web::get().to(ws::upgrade_required)),
+            );
+        }
+    }
+
+    cfg.route("/healthz", web::get().to(service::healthz))
+        .route("/readyz", web::get().to(service::readyz))
+        .route("/config.json", web::get().to(service::player_config));
+    if settings.http.stats {
+        cfg.route("/stats.json", web::get().to(service::stats));
+    }
+    if settings.http.metrics {
+        cfg.route("/metrics", web::get().to(service::prometheus));
+    }
+
+    let cors_origin = settings.http.hls_cors_origin.clone();
+    cfg.service(
+        web::scope(&settings.http.hls_path)
+            .wrap(middleware::from_fn(move |req, next| {
+                hls::headers_middleware(cors_origin.clone(), req, next)
+            }))
+            .service(hls::files(&settings.http)),
+    );
+
+    cfg.service(
+        actix_files::Files::new("/", &settings.http.public_dir)
+            .index_file("index.html")
+            .use_etag(true)
+            .prefer_utf8(true),
+    );
+}

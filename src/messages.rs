@@ -1,0 +1,117 @@
+//! Every message that passes between actors: the inter-actor protocol in one place.
+//!
+//! | message       | from -> to        | result                        |
+//! |---------------|-------------------|-------------------------------|
+//! | `GetSwarm`    | session -> shard  | `SwarmRef` (created on demand)|
+//! | `ScrapeShard` | session -> shard  | counts per info_hash          |
+//! | `Announce`    | session -> swarm  | `Result<AnnounceReply, Reject>` |
+//! | `Answer`      | session -> swarm  | `Result<(), Reject>`          |
+//! | `Leave`       | session -> swarm  | `()` (socket closed)          |
+//! | `Deliver`     | swarm -> session  | `()`, sent with `try_send`    |
+//! | `SwarmIdle`   | swarm -> shard    | `()` (the swarm emptied)      |
+//! | `CloseSession`| shutdown -> session | `()`                        |
+//!
+//! Sessions wait for each request (`ctx.wait`), so a connection has at most one request in
+//! flight and swarm mailboxes stay bounded by the number of connections. Swarms never wait
+//! on sessions: a full session mailbox drops the delivery (WebTorrent tolerates lost offers;
+//! the client re-announces).
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use actix_web_actors::ws::CloseCode;
+
+use crate::{
+    protocol::{AnnounceRequest, AnswerRequest, InfoHash, OutMessage, PeerId, SwarmCounts},
+    swarm::{state::ConnId, Swarm},
+};
+
+/// A swarm's address and the generation that tells one incarnation from the next.
+#[derive(Clone)]
+pub struct SwarmRef {
+    pub addr: Addr<Swarm>,
+    pub generation: u64,
+}
+
+/// Ask a shard for the swarm of `info_hash`, creating it if needed. `stale` names a
+/// generation the session found closed, so the shard replaces it instead of handing it out
+/// again.
+#[derive(Message)]
+#[rtype(result = "SwarmRef")]
+pub struct GetSwarm {
+    pub info_hash: InfoHash,
+    pub stale: Option<u64>,
+}
+
+/// Counts for the given swarms held by one shard (zeros for unknown ones); `None` asks for
+/// every swarm of the shard, at most `limit`.
+#[derive(Message)]
+#[rtype(result = "Vec<(InfoHash, SwarmCounts)>")]
+pub struct ScrapeShard {
+    pub info_hashes: Option<Vec<InfoHash>>,
+    pub limit: usize,
+}
+
+/// Why a swarm request did not go through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SwarmError {
+    /// Refused by the swarm's rules; the text goes back as a failure reason.
+    Rejected(crate::swarm::state::Reject),
+    /// This swarm incarnation emptied and closed; ask the shard again.
+    Closed,
+}
+
+/// What the session needs from an announce.
+#[derive(Debug, Clone, Copy)]
+pub struct AnnounceReply {
+    pub counts: SwarmCounts,
+    /// The peer is registered to this connection after the announce.
+    pub registered: bool,
+}
+
+/// An announce (join, update, complete, stop) with its offers.
+#[derive(Message)]
+#[rtype(result = "Result<AnnounceReply, SwarmError>")]
+pub struct Announce {
+    pub conn: ConnId,
+    pub deliver: Recipient<Deliver>,
+    /// Shared so a retry after `SwarmError::Closed` does not copy offers.
+    pub request: Arc<AnnounceRequest>,
+}
+
+/// An answer to a relayed offer.
+#[derive(Message)]
+#[rtype(result = "Result<(), SwarmError>")]
+pub struct Answer {
+    pub conn: ConnId,
+    pub request: Arc<AnswerRequest>,
+}
+
+/// The connection closed: drop its registrations.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Leave {
+    pub conn: ConnId,
+    pub peer_ids: Vec<PeerId>,
+}
+
+/// A relayed offer or answer for a session to send.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deliver(pub OutMessage);
+
+/// A swarm emptied and stopped; the shard forgets it if the generation still matches.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SwarmIdle {
+    pub info_hash: InfoHash,
+    pub generation: u64,
+}
+
+/// Close the WebSocket with this code (1001 on shutdown).
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct CloseSession {
+    pub code: CloseCode,
+    pub reason: &'static str,
+}
