@@ -4,8 +4,8 @@
 use std::{sync::Arc, time::Instant};
 
 use crate::{
-    config::Settings, connections::ConnectionRegistry, metrics::Metrics, protocol::ParseLimits,
-    swarm::shard::SwarmDirectory,
+    access::AccessList, config::Settings, connections::ConnectionRegistry, metrics::Metrics,
+    protocol::ParseLimits, swarm::shard::SwarmDirectory,
 };
 
 pub struct Shared {
@@ -14,6 +14,7 @@ pub struct Shared {
     pub directory: SwarmDirectory,
     pub metrics: Arc<Metrics>,
     pub connections: ConnectionRegistry,
+    pub access: AccessList,
     pub started_at: Instant,
     /// The addresses actually bound (port 0 resolved), for /stats.json.
     pub bound: Vec<String>,

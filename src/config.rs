@@ -26,6 +26,7 @@ pub struct Settings {
     pub swarm: SwarmSettings,
     pub http: HttpSettings,
     pub player: PlayerSettings,
+    pub access: AccessSettings,
 }
 
 /// Listening socket, process-wide limits, proxies, shutdown.
@@ -93,6 +94,12 @@ pub struct WsSettings {
     pub max_swarms_per_connection: usize,
     /// Peer ids one connection may register in one swarm (P2P Media Loader uses one).
     pub max_peer_ids_per_swarm: usize,
+    /// Messages per second one connection may send, sustained (pings count too).
+    pub max_messages_per_sec: u32,
+    /// Messages one connection may send in a burst above the sustained rate.
+    pub message_burst: u32,
+    /// Messages refused for the rate limit after which the socket is closed (1008).
+    pub max_rate_limited_messages: u32,
 }
 
 impl Default for WsSettings {
@@ -107,6 +114,9 @@ impl Default for WsSettings {
             allowed_origins: Vec::new(),
             max_swarms_per_connection: 100,
             max_peer_ids_per_swarm: 4,
+            max_messages_per_sec: 20,
+            message_burst: 100,
+            max_rate_limited_messages: 200,
         }
     }
 }
@@ -226,6 +236,41 @@ impl Default for PlayerSettings {
             ice_servers: vec!["stun:{host}:3478".into()],
             stream_url: "/hls/live.m3u8".into(),
             swarm_id: String::new(),
+        }
+    }
+}
+
+/// Which info_hashes the tracker serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessMode {
+    /// Every info_hash.
+    #[default]
+    Off,
+    /// Only those listed.
+    Allow,
+    /// All but those listed.
+    Deny,
+}
+
+/// An info_hash allow or deny list, re-read while running.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AccessSettings {
+    pub mode: AccessMode,
+    /// File with one info_hash per line: 40 hex digits, or the 20-character text form
+    /// P2P Media Loader uses; `#` starts a comment.
+    pub list_path: PathBuf,
+    /// Seconds between checks of the file for changes (SIGHUP reloads at once).
+    pub reload_interval_secs: u64,
+}
+
+impl Default for AccessSettings {
+    fn default() -> Self {
+        Self {
+            mode: AccessMode::Off,
+            list_path: PathBuf::new(),
+            reload_interval_secs: 10,
         }
     }
 }

@@ -4,14 +4,17 @@
 
 use std::{
     collections::HashMap,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
+    os::fd::RawFd,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard,
     },
+    time::Instant,
 };
 
 use actix::Recipient;
+use log::warn;
 
 use crate::{messages::CloseSession, swarm::state::ConnId};
 
@@ -33,11 +36,36 @@ impl AdmitError {
     }
 }
 
+/// The TCP socket under a session, recorded when the connection is accepted.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnSocket {
+    pub fd: RawFd,
+    pub peer: Option<SocketAddr>,
+}
+
+/// When a session last ran, in milliseconds since the registry started. A session whose
+/// client stopped reading freezes entirely (actix polls the actor only while the socket
+/// takes writes), so its heartbeat cannot close it: the registry's watchdog does.
+#[derive(Debug, Default)]
+pub struct Progress(AtomicU64);
+
+impl Progress {
+    pub fn touch(&self, registry: &ConnectionRegistry) {
+        self.0.store(registry.millis(), Ordering::Relaxed);
+    }
+}
+
+struct SessionEntry {
+    close: Recipient<CloseSession>,
+    progress: Arc<Progress>,
+    socket: Option<ConnSocket>,
+}
+
 #[derive(Default)]
 struct Inner {
     total: usize,
     per_ip: HashMap<IpAddr, usize>,
-    sessions: HashMap<ConnId, Recipient<CloseSession>>,
+    sessions: HashMap<ConnId, SessionEntry>,
     shutting_down: bool,
 }
 
@@ -46,6 +74,7 @@ pub struct ConnectionRegistry {
     next_id: AtomicU64,
     max_total: usize,
     max_per_ip: usize,
+    epoch: Instant,
 }
 
 impl ConnectionRegistry {
@@ -55,7 +84,12 @@ impl ConnectionRegistry {
             next_id: AtomicU64::new(1),
             max_total,
             max_per_ip,
+            epoch: Instant::now(),
         }
+    }
+
+    fn millis(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -89,9 +123,51 @@ impl ConnectionRegistry {
         Ok(self.next_id.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Lists a started session so shutdown can close it.
-    pub fn register(&self, conn: ConnId, session: Recipient<CloseSession>) {
-        self.lock().sessions.insert(conn, session);
+    /// Lists a started session so shutdown can close it and the watchdog can see it.
+    pub fn register(
+        &self,
+        conn: ConnId,
+        close: Recipient<CloseSession>,
+        progress: Arc<Progress>,
+        socket: Option<ConnSocket>,
+    ) {
+        progress.touch(self);
+        self.lock().sessions.insert(
+            conn,
+            SessionEntry {
+                close,
+                progress,
+                socket,
+            },
+        );
+    }
+
+    /// Shuts down the sockets of sessions that have not run for `frozen_after`; the
+    /// connection then fails and the session stops (and leaves its swarms). Returns how
+    /// many were cut.
+    pub fn cut_frozen(&self, frozen_after: std::time::Duration) -> usize {
+        let now = self.millis();
+        let limit = u64::try_from(frozen_after.as_millis()).unwrap_or(u64::MAX);
+        let inner = self.lock();
+        let mut cut = 0;
+        for (conn, entry) in &inner.sessions {
+            let last = entry.progress.0.load(Ordering::Relaxed);
+            if now.saturating_sub(last) < limit {
+                continue;
+            }
+            if let Some(socket) = entry.socket {
+                // Holding the lock: the session cannot deregister meanwhile, and
+                // shut_down checks that the descriptor still belongs to this peer.
+                if shut_down(socket) {
+                    warn!(
+                        "conn={conn} stopped reading for {} s: connection cut",
+                        (now - last) / 1000
+                    );
+                    cut += 1;
+                }
+            }
+        }
+        cut
     }
 
     /// Frees the slot taken by `admit`.
@@ -118,7 +194,11 @@ impl ConnectionRegistry {
         let sessions: Vec<Recipient<CloseSession>> = {
             let mut inner = self.lock();
             inner.shutting_down = true;
-            inner.sessions.values().cloned().collect()
+            inner
+                .sessions
+                .values()
+                .map(|entry| entry.close.clone())
+                .collect()
         };
         for session in &sessions {
             // do_send: shutdown must reach sessions even when their mailbox is full.
@@ -126,6 +206,29 @@ impl ConnectionRegistry {
         }
         sessions.len()
     }
+}
+
+/// Shuts the socket down in both directions if `fd` is still the socket to `peer`.
+///
+/// The descriptor could in principle have been closed and reused by a new connection in
+/// the instant between the old connection's end and its session's deregistration; the
+/// peer address check (ip and port) makes acting on a stranger's socket impossible in
+/// practice.
+fn shut_down(socket: ConnSocket) -> bool {
+    use std::os::fd::BorrowedFd;
+    let Some(peer) = socket.peer else {
+        return false;
+    };
+    // SAFETY: the descriptor is only borrowed for the two calls below, while the registry
+    // lock keeps the owning session registered; `SockRef` never closes it.
+    let fd = unsafe { BorrowedFd::borrow_raw(socket.fd) };
+    let sock = socket2::SockRef::from(&fd);
+    let same_peer = sock
+        .peer_addr()
+        .ok()
+        .and_then(|addr| addr.as_socket())
+        .is_some_and(|addr| addr == peer);
+    same_peer && sock.shutdown(std::net::Shutdown::Both).is_ok()
 }
 
 #[cfg(test)]

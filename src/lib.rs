@@ -16,6 +16,7 @@
 //! HTTP workers (one per core by default) run the sessions, and so all JSON work;
 //! `swarm.shards` Arbiters run the shards and their swarms, chosen by info_hash.
 
+pub mod access;
 pub mod app;
 pub mod client_ip;
 pub mod config;
@@ -108,7 +109,11 @@ pub fn start(settings: Settings) -> io::Result<Running> {
         .map(std::net::TcpListener::local_addr)
         .collect::<io::Result<_>>()?;
 
+    let access = access::AccessList::load(&settings.access)
+        .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
+
     let shared = Arc::new(Shared {
+        access,
         parse_limits,
         directory,
         metrics,
@@ -139,15 +144,22 @@ pub fn start(settings: Settings) -> io::Result<Running> {
         .shutdown_signal(shutdown::signal(shared.clone()))
         // Signalling is latency-bound small writes: without TCP_NODELAY, Nagle plus delayed
         // ACKs add up to 40 ms to a relay.
-        .on_connect(|conn, _| {
+        .on_connect(|conn, extensions| {
             if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
                 let _ = tcp.set_nodelay(true);
+                // Remembered for the watchdog that cuts sessions whose client stopped
+                // reading (see connections::ConnectionRegistry::cut_frozen).
+                extensions.insert(connections::ConnSocket {
+                    fd: std::os::fd::AsRawFd::as_raw_fd(tcp),
+                    peer: tcp.peer_addr().ok(),
+                });
             }
         });
     for listener in listeners {
         server_builder = server_builder.listen(listener)?;
     }
     let server = server_builder.run();
+    spawn_housekeeping(&shared);
     for addr in &addrs {
         info!(
             "listening on http://{addr} (tracker at ws://{addr}{})",
@@ -166,6 +178,63 @@ pub fn start(settings: Settings) -> io::Result<Running> {
         server,
         shared,
     })
+}
+
+/// Background tasks on the system's main arbiter: the frozen-session watchdog and the
+/// access list reloads (timer and SIGHUP). They end with the System.
+fn spawn_housekeeping(shared: &Arc<Shared>) {
+    let ws = &shared.settings.ws;
+    let ping = Duration::from_secs(ws.ping_interval_secs);
+    // A live session runs at least once per ping interval (its heartbeat), so one that has
+    // not run for the idle timeout plus two pings is frozen behind a full socket.
+    let frozen_after = Duration::from_secs(ws.idle_timeout_secs) + 2 * ping;
+    let watchdog = shared.clone();
+    actix_web::rt::spawn(async move {
+        let mut ticks = actix_web::rt::time::interval(ping);
+        loop {
+            ticks.tick().await;
+            let cut = watchdog.connections.cut_frozen(frozen_after);
+            if cut > 0 {
+                watchdog
+                    .metrics
+                    .closed_by_server_n("stopped_reading", cut as u64);
+            }
+        }
+    });
+
+    if shared.access.mode() == config::AccessMode::Off {
+        return;
+    }
+    let reloader = shared.clone();
+    let every = Duration::from_secs(shared.settings.access.reload_interval_secs);
+    actix_web::rt::spawn(async move {
+        let mut ticks = actix_web::rt::time::interval(every);
+        loop {
+            ticks.tick().await;
+            match reloader.access.reload_if_changed() {
+                Ok(Some(count)) => info!("access list reloaded: {count} info_hashes"),
+                Ok(None) => {}
+                Err(err) => warn!("{err}; keeping the previous list"),
+            }
+        }
+    });
+    #[cfg(unix)]
+    {
+        let reloader = shared.clone();
+        actix_web::rt::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+                warn!("cannot listen for SIGHUP; the access list reloads on its timer only");
+                return;
+            };
+            while hangups.recv().await.is_some() {
+                match reloader.access.reload() {
+                    Ok(count) => info!("SIGHUP: access list reloaded: {count} info_hashes"),
+                    Err(err) => warn!("SIGHUP: {err}; keeping the previous list"),
+                }
+            }
+        });
+    }
 }
 
 /// Runs the server until it is stopped; used by the binary.

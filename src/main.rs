@@ -77,8 +77,12 @@ fn serve(settings: Settings) -> ExitCode {
     let system = actix_web::rt::System::new();
     match system.block_on(p2p_mediastream::run(settings)) {
         Ok(()) => ExitCode::SUCCESS,
+        // Configuration found wrong only when applied (e.g. an access list file).
+        Err(err) if err.kind() == std::io::ErrorKind::InvalidInput => {
+            eprintln!("p2p-mediastream: {err}");
+            ExitCode::from(2)
+        }
         Err(err) => {
-            log::error!("{err}");
             eprintln!("p2p-mediastream: {err}");
             ExitCode::FAILURE
         }

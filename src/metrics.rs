@@ -40,20 +40,18 @@ pub struct Metrics {
     messages_out: [Counter; 5],
     pub offers_relayed: Counter,
     pub answers_relayed: Counter,
-    deliveries_dropped: Family<ReasonLabel, Counter>,
     pub dropped_mailbox_full: Counter,
     pub dropped_closed: Counter,
     protocol_errors: Family<KindLabel, Counter>,
     pub swarms: Gauge,
-    peers: Family<RoleLabel, Gauge>,
     pub seeders: Gauge,
     pub leechers: Gauge,
-    peers_removed: Family<ReasonLabel, Counter>,
     pub removed_stopped: Counter,
     pub removed_disconnect: Counter,
     pub removed_ttl: Counter,
     pub removed_unreachable: Counter,
     close_codes: Family<ReasonLabel, Counter>,
+    pub swarm_panics: Counter,
     /// Frames the sessions sent in total, for /stats.json without walking families.
     frames_in: AtomicU64,
     frames_out: AtomicU64,
@@ -169,7 +167,14 @@ impl Metrics {
             "WebSocket connections closed by the server, by reason",
             close_codes.clone(),
         );
+        let swarm_panics = Counter::default();
+        registry.register(
+            "swarm_panics",
+            "Swarms reset after a panic (a bug: please report it)",
+            swarm_panics.clone(),
+        );
         Self {
+            swarm_panics,
             registry,
             connections,
             connections_total,
@@ -178,15 +183,12 @@ impl Metrics {
             messages_out,
             offers_relayed,
             answers_relayed,
-            deliveries_dropped,
             dropped_mailbox_full,
             dropped_closed,
             protocol_errors,
             swarms,
-            peers,
             seeders,
             leechers,
-            peers_removed,
             removed_stopped,
             removed_disconnect,
             removed_ttl,
@@ -224,9 +226,13 @@ impl Metrics {
     }
 
     pub fn closed_by_server(&self, reason: &'static str) {
+        self.closed_by_server_n(reason, 1);
+    }
+
+    pub fn closed_by_server_n(&self, reason: &'static str, count: u64) {
         self.close_codes
             .get_or_create(&ReasonLabel { reason })
-            .inc();
+            .inc_by(count);
     }
 
     /// Adjusts the peer gauges by the change in one swarm's counts.
@@ -268,8 +274,7 @@ impl Metrics {
         if encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
-        // Labels of the unused families still need touching to appear; they are created on
-        // first use. The process-level figure comes from /proc.
+        // The process-level figure comes from /proc, appended before the EOF marker.
         if let Some(rss) = resident_memory_bytes() {
             let body = out.trim_end_matches("# EOF\n").to_owned();
             out = format!(
@@ -278,7 +283,6 @@ impl Metrics {
                  process_resident_memory_bytes {rss}\n# EOF\n"
             );
         }
-        let _ = (&self.deliveries_dropped, &self.peers, &self.peers_removed);
         out
     }
 }

@@ -19,6 +19,7 @@ use log::{debug, trace, warn};
 
 use crate::{
     app::Shared,
+    connections::{ConnSocket, Progress},
     messages::{
         Announce, Answer, CloseSession, Deliver, GetSwarm, Leave, ScrapeShard, SwarmError, SwarmRef,
     },
@@ -48,25 +49,104 @@ struct Fragments {
 /// cost work without growing the buffer.
 const MAX_FRAGMENTS: usize = 64;
 
+/// Token bucket for the per-connection message rate.
+struct RateLimit {
+    tokens: f64,
+    refilled: Instant,
+    /// Messages refused so far; the socket is closed when it reaches the configured cap.
+    refused: u32,
+}
+
 pub struct PeerSession {
     conn: ConnId,
     ip: Option<IpAddr>,
+    socket: Option<ConnSocket>,
     shared: Arc<Shared>,
     joined: HashMap<InfoHash, Joined>,
     last_heard: Instant,
     fragments: Option<Fragments>,
+    rate: RateLimit,
+    /// The fragmented message being reassembled was refused by the rate limit.
+    drop_fragmented: bool,
+    progress: Arc<Progress>,
 }
 
 impl PeerSession {
-    pub fn new(conn: ConnId, ip: Option<IpAddr>, shared: Arc<Shared>) -> Self {
+    pub fn new(
+        conn: ConnId,
+        ip: Option<IpAddr>,
+        socket: Option<ConnSocket>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        let burst = f64::from(shared.settings.ws.message_burst);
         Self {
             conn,
             ip,
+            socket,
             shared,
             joined: HashMap::new(),
             last_heard: Instant::now(),
             fragments: None,
+            rate: RateLimit {
+                tokens: burst,
+                refilled: Instant::now(),
+                refused: 0,
+            },
+            drop_fragmented: false,
+            progress: Arc::default(),
         }
+    }
+
+    /// Takes one message's worth from the bucket; false when the client is over its rate.
+    fn take_token(&mut self, now: Instant) -> bool {
+        let ws = &self.shared.settings.ws;
+        let elapsed = now
+            .saturating_duration_since(self.rate.refilled)
+            .as_secs_f64();
+        self.rate.refilled = now;
+        self.rate.tokens = (self.rate.tokens + elapsed * f64::from(ws.max_messages_per_sec))
+            .min(f64::from(ws.message_burst));
+        if self.rate.tokens >= 1.0 {
+            self.rate.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Refuses a message over the rate limit; closes the socket (1008) once the client has
+    /// ignored enough refusals. Returns true if the socket is closing.
+    fn refuse_for_rate(&mut self, ctx: &mut ws::WebsocketContext<Self>, answer: bool) -> bool {
+        self.rate.refused += 1;
+        let ws = &self.shared.settings.ws;
+        if self.rate.refused >= ws.max_rate_limited_messages {
+            self.close(ctx, CloseCode::Policy, "rate limit exceeded");
+            return true;
+        }
+        if answer {
+            let reason = format!(
+                "rate limit: at most {} messages per second; message ignored",
+                ws.max_messages_per_sec
+            );
+            self.fail(ctx, Action::Announce, None, "rate_limited", reason);
+        } else {
+            self.shared.metrics.protocol_error("rate_limited");
+        }
+        false
+    }
+
+    fn refuse_unlisted(&self, ctx: &mut ws::WebsocketContext<Self>, info_hash: InfoHash) -> bool {
+        if self.shared.access.allows(&info_hash) {
+            return false;
+        }
+        self.fail(
+            ctx,
+            Action::Announce,
+            Some(info_hash),
+            "not_allowed",
+            "info_hash not allowed on this tracker".into(),
+        );
+        true
     }
 
     fn send(&self, ctx: &mut ws::WebsocketContext<Self>, message: &OutMessage) {
@@ -105,6 +185,7 @@ impl PeerSession {
     }
 
     fn heartbeat(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        self.progress.touch(&self.shared.connections);
         let idle_timeout = Duration::from_secs(self.shared.settings.ws.idle_timeout_secs);
         if self.last_heard.elapsed() >= idle_timeout {
             self.close(ctx, CloseCode::Away, "idle timeout");
@@ -138,6 +219,9 @@ impl PeerSession {
     fn on_announce(&mut self, request: AnnounceRequest, ctx: &mut ws::WebsocketContext<Self>) {
         let info_hash = request.info_hash;
         let peer_id = request.peer_id;
+        if request.event != AnnounceEvent::Stopped && self.refuse_unlisted(ctx, info_hash) {
+            return;
+        }
         let joined = self.joined.get(&info_hash);
         let registered_here = joined.is_some_and(|joined| joined.peer_ids.contains(&peer_id));
 
@@ -285,6 +369,9 @@ impl PeerSession {
 
     fn on_answer(&mut self, request: AnswerRequest, ctx: &mut ws::WebsocketContext<Self>) {
         let info_hash = request.info_hash;
+        if self.refuse_unlisted(ctx, info_hash) {
+            return;
+        }
         // An offer reaches a connection only through a swarm it registered in; an answer
         // from anywhere else cannot match one.
         let Some(joined) = self.joined.get(&info_hash) else {
@@ -449,6 +536,9 @@ impl PeerSession {
                 .take()
                 .map(|fragments| fragments.buffer.freeze())
                 .unwrap_or_default();
+            if std::mem::take(&mut self.drop_fragmented) {
+                return;
+            }
             match std::str::from_utf8(&complete) {
                 Ok(text) => self.on_text(text, ctx),
                 Err(_) => self.close(ctx, CloseCode::Invalid, "text message is not UTF-8"),
@@ -501,9 +591,12 @@ impl Actor for PeerSession {
         ctx.set_mailbox_capacity(self.shared.settings.ws.session_mailbox);
         let ping_interval = Duration::from_secs(self.shared.settings.ws.ping_interval_secs);
         ctx.run_interval(ping_interval, Self::heartbeat);
-        self.shared
-            .connections
-            .register(self.conn, ctx.address().recipient());
+        self.shared.connections.register(
+            self.conn,
+            ctx.address().recipient(),
+            self.progress.clone(),
+            self.socket,
+        );
         self.shared.metrics.connections.inc();
         self.shared.metrics.connections_total.inc();
         debug!("conn={} opened from {:?}", self.conn, self.ip);
@@ -526,7 +619,28 @@ impl Actor for PeerSession {
 
 impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for PeerSession {
     fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
-        self.last_heard = Instant::now();
+        let now = Instant::now();
+        self.last_heard = now;
+        self.progress.touch(&self.shared.connections);
+        // Every message a client can make the server work for counts against its rate:
+        // text messages (once, at their first fragment) and pings.
+        let starts_fragmented = matches!(
+            item,
+            Ok(ws::Message::Continuation(actix_http::ws::Item::FirstText(
+                _
+            )))
+        );
+        let costs_work = starts_fragmented
+            || matches!(item, Ok(ws::Message::Text(_)) | Ok(ws::Message::Ping(_)));
+        if costs_work && !self.take_token(now) {
+            let is_text = matches!(item, Ok(ws::Message::Text(_)));
+            if self.refuse_for_rate(ctx, is_text) || !starts_fragmented {
+                return;
+            }
+            // A refused fragmented message is still reassembled (to stay in step with the
+            // stream) and dropped when complete.
+            self.drop_fragmented = true;
+        }
         match item {
             Ok(ws::Message::Text(text)) => {
                 if self.fragments.is_some() {
@@ -578,6 +692,7 @@ impl Handler<Deliver> for PeerSession {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
+        self.progress.touch(&self.shared.connections);
         self.send(ctx, &msg.0);
     }
 }

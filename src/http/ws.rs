@@ -10,7 +10,7 @@ use actix_web::{
 use actix_web_actors::ws;
 use log::debug;
 
-use crate::{app::Shared, client_ip, session::PeerSession};
+use crate::{app::Shared, client_ip, connections::ConnSocket, session::PeerSession};
 
 /// Resource guard: only real upgrade requests reach the tracker, so the same path can
 /// serve the player page to a browser.
@@ -65,7 +65,8 @@ pub async fn upgrade(
         }
     };
 
-    let session = PeerSession::new(conn, ip, shared.clone());
+    let socket = req.conn_data::<ConnSocket>().copied();
+    let session = PeerSession::new(conn, ip, socket, shared.clone());
     match ws::WsResponseBuilder::new(session, &req, stream)
         .frame_size(settings.ws.max_frame_bytes)
         .start()

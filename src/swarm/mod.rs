@@ -7,6 +7,7 @@ pub mod shard;
 pub mod state;
 
 use std::{
+    panic::{catch_unwind, AssertUnwindSafe},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -15,7 +16,7 @@ use std::{
 };
 
 use actix::{dev::SendError, prelude::*};
-use log::{debug, trace};
+use log::{debug, error, trace};
 use rand::{rngs::SmallRng, SeedableRng};
 
 use crate::{
@@ -144,8 +145,54 @@ impl Swarm {
         }
     }
 
+    /// Runs `op` on the state; a panic inside it is contained to this swarm: its peers are
+    /// told, the swarm closes (the shard will start a fresh one on the next announce) and
+    /// `None` is returned. Nothing else in the process is affected.
+    fn guarded<T>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        op: impl FnOnce(&mut SwarmState<Recipient<Deliver>>, &mut SmallRng) -> T,
+    ) -> Option<T> {
+        let state = &mut self.state;
+        let rng = &mut self.rng;
+        match catch_unwind(AssertUnwindSafe(|| op(state, rng))) {
+            Ok(value) => Some(value),
+            Err(_) => {
+                self.reset_after_panic(ctx);
+                None
+            }
+        }
+    }
+
+    fn reset_after_panic(&mut self, ctx: &mut Context<Self>) {
+        let info_hash = self.state.info_hash();
+        error!(
+            "info_hash={info_hash}: swarm panicked; resetting it ({} peers told to re-announce)",
+            self.state.peer_count()
+        );
+        self.metrics.swarm_panics.inc();
+        for recipient in self.state.recipients() {
+            let _ = recipient.try_send(Deliver(OutMessage::Failure {
+                reason: "internal error: this swarm was reset; announce again".into(),
+                action: crate::protocol::Action::Announce,
+                info_hash: Some(info_hash),
+            }));
+        }
+        self.closing = true;
+        self.shard.do_send(SwarmIdle {
+            info_hash,
+            generation: self.generation,
+        });
+        ctx.stop();
+    }
+
     fn sweep(&mut self, ctx: &mut Context<Self>) {
-        let removed = self.state.sweep(Instant::now());
+        if self.closing {
+            return;
+        }
+        let Some(removed) = self.guarded(ctx, |state, _| state.sweep(Instant::now())) else {
+            return;
+        };
         if !removed.is_empty() {
             debug!(
                 "info_hash={} swept {} silent peers",
@@ -187,13 +234,16 @@ impl Handler<Announce> for Swarm {
         }
         let stopping = msg.request.event == crate::protocol::AnnounceEvent::Stopped;
         let was_registered = self.state.owner(&msg.request.peer_id) == Some(msg.conn);
-        let result = self.state.announce(
-            msg.conn,
-            msg.deliver,
-            &msg.request,
-            Instant::now(),
-            &mut self.rng,
-        );
+        let Announce {
+            conn,
+            deliver,
+            request,
+        } = msg;
+        let Some(result) = self.guarded(ctx, |state, rng| {
+            state.announce(conn, deliver, &request, Instant::now(), rng)
+        }) else {
+            return Err(SwarmError::Closed);
+        };
         match result {
             Ok(outcome) => {
                 if stopping && was_registered {
@@ -221,9 +271,12 @@ impl Handler<Answer> for Swarm {
         if self.closing {
             return Err(SwarmError::Closed);
         }
-        let result = self
-            .state
-            .answer(msg.conn, &msg.request, Instant::now())
+        let Some(result) = self.guarded(ctx, |state, _| {
+            state.answer(msg.conn, &msg.request, Instant::now())
+        }) else {
+            return Err(SwarmError::Closed);
+        };
+        let result = result
             .map_err(SwarmError::Rejected)
             .map(|delivery| self.deliver(vec![delivery]));
         self.publish(ctx);
@@ -235,7 +288,13 @@ impl Handler<Leave> for Swarm {
     type Result = ();
 
     fn handle(&mut self, msg: Leave, ctx: &mut Self::Context) {
-        let removed = self.state.leave(msg.conn, &msg.peer_ids);
+        if self.closing {
+            return;
+        }
+        let Some(removed) = self.guarded(ctx, |state, _| state.leave(msg.conn, &msg.peer_ids))
+        else {
+            return;
+        };
         self.metrics.removed_disconnect.inc_by(removed as u64);
         self.publish(ctx);
     }

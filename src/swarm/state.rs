@@ -186,6 +186,11 @@ impl<R: Clone> SwarmState<R> {
         self.peers.get(peer_id).map(|entry| entry.conn)
     }
 
+    /// Every peer's recipient (to tell them all something).
+    pub fn recipients(&self) -> impl Iterator<Item = &R> + '_ {
+        self.peers.values().map(|entry| &entry.recipient)
+    }
+
     /// How to reach a peer.
     pub fn recipient(&self, peer_id: &PeerId) -> Option<&R> {
         self.peers.get(peer_id).map(|entry| &entry.recipient)
@@ -201,6 +206,10 @@ impl<R: Clone> SwarmState<R> {
         rng: &mut impl Rng,
     ) -> Result<AnnounceOutcome, Reject> {
         let peer_id = request.peer_id;
+        #[cfg(feature = "fault-injection")]
+        if request.info_hash.0.starts_with(b"PANIC") {
+            panic!("injected fault in swarm {}", request.info_hash);
+        }
         if request.event == AnnounceEvent::Stopped {
             // Only the owning connection may remove a registration, so `stopped` cannot be
             // spoofed by someone who learnt the peer_id from a relayed offer.
