@@ -111,6 +111,8 @@ pub async fn player_config(req: HttpRequest, shared: web::Data<Arc<Shared>>) -> 
         .player
         .ice_servers
         .iter()
+        // An empty entry (e.g. TRACKER__PLAYER__ICE_SERVERS= to mean "none") is no server.
+        .filter(|url| !url.trim().is_empty())
         .map(|url| url.replace("{host}", &host))
         .collect();
     let ice_servers: Vec<Value> = if ice_urls.is_empty() {

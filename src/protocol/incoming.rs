@@ -181,17 +181,28 @@ struct RawMessage<'a> {
 }
 
 /// Only what a failure needs to be addressed; read again when the full parse failed, so
-/// that a wrong type in one field still gets a failure the client will show.
+/// that a wrong type in one field still gets a failure the client will show. Both fields
+/// take any JSON value, so a wrong type in one cannot hide the other.
 #[derive(Deserialize)]
-struct Envelope<'a> {
-    #[serde(borrow, default)]
-    action: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    info_hash: Option<RawInfoHash<'a>>,
+struct Envelope {
+    #[serde(default)]
+    action: Option<serde_json::Value>,
+    #[serde(default)]
+    info_hash: Option<serde_json::Value>,
 }
 
 /// Parses one text frame.
 pub fn parse(text: &str, limits: &ParseLimits) -> Result<InMessage, ParseError> {
+    // serde fills a struct from a JSON array too (positionally); the protocol is one JSON
+    // object per frame, so anything else is refused before it can be mistaken for one.
+    if !text.trim_start().starts_with('{') {
+        return Err(fail(
+            Action::Announce,
+            None,
+            "invalid_json",
+            "invalid message: expected a JSON object",
+        ));
+    }
     match serde_json::from_str::<RawMessage<'_>>(text) {
         Ok(raw) => validate(raw, limits),
         Err(err) => Err(json_failure(text, &err)),
@@ -199,15 +210,17 @@ pub fn parse(text: &str, limits: &ParseLimits) -> Result<InMessage, ParseError> 
 }
 
 fn json_failure(text: &str, err: &serde_json::Error) -> ParseError {
-    let envelope = serde_json::from_str::<Envelope<'_>>(text).ok();
+    let envelope = serde_json::from_str::<Envelope>(text).ok();
     let action = envelope
         .as_ref()
-        .and_then(|env| env.action.as_deref())
+        .and_then(|env| env.action.as_ref())
+        .and_then(serde_json::Value::as_str)
         .map_or(Action::Announce, action_for_failure);
-    let info_hash = envelope.as_ref().and_then(|env| match &env.info_hash {
-        Some(RawInfoHash::One(text)) => InfoHash::from_wire(text).ok(),
-        _ => None,
-    });
+    let info_hash = envelope
+        .as_ref()
+        .and_then(|env| env.info_hash.as_ref())
+        .and_then(serde_json::Value::as_str)
+        .and_then(|text| InfoHash::from_wire(text).ok());
     let kind = if err.is_data() {
         "invalid_field"
     } else {

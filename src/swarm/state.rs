@@ -354,17 +354,23 @@ impl<R: Clone> SwarmState<R> {
 
     fn remember_offer(&mut self, receiver: PeerId, offer_id: OfferId, pending: PendingOffer) {
         while self.pending.len() >= self.limits.max_pending_offers {
-            match self.pending_order.pop_front() {
-                Some((_, peer, offer)) => {
-                    self.pending.remove(&(peer, offer));
-                }
-                None => break,
+            let Some((expires, peer, offer)) = self.pending_order.pop_front() else {
+                break;
+            };
+            // Skip stale records (answered, or replaced by a later relay of the same id).
+            if self
+                .pending
+                .get(&(peer, offer))
+                .is_some_and(|entry| entry.expires == expires)
+            {
+                self.pending.remove(&(peer, offer));
             }
         }
-        if self.pending.insert((receiver, offer_id), pending).is_none() {
-            self.pending_order
-                .push_back((pending.expires, receiver, offer_id));
-        }
+        // A client may reuse an offer_id; the newer relay wins, and it needs its own expiry
+        // record (the older one goes stale).
+        self.pending.insert((receiver, offer_id), pending);
+        self.pending_order
+            .push_back((pending.expires, receiver, offer_id));
     }
 
     /// Routes an answer back to the peer whose offer it answers.
@@ -434,7 +440,7 @@ impl<R: Clone> SwarmState<R> {
             if self
                 .pending
                 .get(&(peer, offer))
-                .is_some_and(|pending| pending.expires <= now)
+                .is_some_and(|pending| pending.expires == expires)
             {
                 self.pending.remove(&(peer, offer));
             }
@@ -792,6 +798,32 @@ mod tests {
             Err(Reject::UnknownOffer)
         );
         swarm.state.sweep(later);
+        assert_eq!(swarm.state.pending_offer_count(), 0);
+    }
+
+    #[test]
+    fn a_reused_offer_id_still_expires() {
+        let limits = SwarmLimits {
+            offer_ttl: Duration::from_secs(60),
+            ..SwarmLimits::default()
+        };
+        let mut swarm = Fixture::new(limits);
+        swarm.join(1, peer(1));
+        swarm.join(2, peer(2));
+        swarm
+            .announce(1, announce(peer(1), AnnounceEvent::Update, 1))
+            .expect("announce");
+        swarm.now += Duration::from_secs(30);
+        // Same offer_id again, to the only other peer.
+        swarm
+            .announce(1, announce(peer(1), AnnounceEvent::Update, 1))
+            .expect("announce");
+        assert_eq!(swarm.state.pending_offer_count(), 1);
+        // The first record's expiry passes: the renewed offer survives it...
+        swarm.state.sweep(swarm.now + Duration::from_secs(31));
+        assert_eq!(swarm.state.pending_offer_count(), 1);
+        // ...and goes at its own expiry.
+        swarm.state.sweep(swarm.now + Duration::from_secs(61));
         assert_eq!(swarm.state.pending_offer_count(), 0);
     }
 
