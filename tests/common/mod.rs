@@ -276,3 +276,601 @@ pub async fn wait_for_stats(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Helpers added for the integration suites (announce, signalling, scrape, limits,
+// malformed, http, config). Existing helpers above are unchanged.
+// ---------------------------------------------------------------------------------------
+
+/// Starts a server with `test_settings()` changed by `change`.
+pub fn spawn_app_configured(change: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut settings = test_settings();
+    change(&mut settings);
+    spawn_app_with(settings)
+}
+
+/// The announce response fields a test checks: (complete, incomplete, interval, info_hash
+/// as the JSON string it arrived as).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnnounceReply {
+    pub complete: u64,
+    pub incomplete: u64,
+    pub interval: u64,
+    pub info_hash: String,
+}
+
+impl TestPeer {
+    /// The next frame, which must be an announce response (not an offer, answer or
+    /// failure).
+    pub async fn recv_announce_reply(&mut self) -> AnnounceReply {
+        let value = self.recv_json().await;
+        assert!(
+            value.get("failure reason").is_none()
+                && value.get("offer").is_none()
+                && value.get("answer").is_none(),
+            "expected an announce response, got {value}"
+        );
+        assert_eq!(value["action"], "announce", "{value}");
+        let number = |key: &str| {
+            value[key]
+                .as_u64()
+                .unwrap_or_else(|| panic!("`{key}` missing in {value}"))
+        };
+        AnnounceReply {
+            complete: number("complete"),
+            incomplete: number("incomplete"),
+            interval: number("interval"),
+            info_hash: value["info_hash"]
+                .as_str()
+                .unwrap_or_else(|| panic!("info_hash missing in {value}"))
+                .to_owned(),
+        }
+    }
+
+    /// Announces (`event`, no `left`, no offers) and returns (complete, incomplete).
+    pub async fn announce_counts(
+        &mut self,
+        info_hash: InfoHash,
+        peer_id: PeerId,
+        event: Option<&str>,
+    ) -> (u64, u64) {
+        self.announce(info_hash, peer_id, event, &[]).await;
+        let reply = self.recv_announce_reply().await;
+        assert_eq!(reply.info_hash, info_hash.to_wire());
+        (reply.complete, reply.incomplete)
+    }
+
+    /// The next frame, which must be a failure; returned as JSON. Checks that it carries an
+    /// `action` (never a bare failure).
+    pub async fn recv_failure(&mut self) -> serde_json::Value {
+        let value = self.recv_json().await;
+        assert!(
+            value["failure reason"].is_string(),
+            "expected a failure, got {value}"
+        );
+        assert!(
+            value["action"].is_string(),
+            "a failure must carry `action`: {value}"
+        );
+        value
+    }
+
+    /// Every text frame that arrives until the socket has been quiet for `QUIET_PERIOD`
+    /// (at most 100 frames), as JSON.
+    pub async fn drain_json(&mut self) -> Vec<serde_json::Value> {
+        let mut frames = Vec::new();
+        for _ in 0..100 {
+            match self.next_event(QUIET_PERIOD).await {
+                Received::Text(text) => {
+                    frames.push(serde_json::from_str(&text).expect("server sent JSON"))
+                }
+                Received::Timeout => return frames,
+                other => panic!("expected text frames or silence, got {other:?}"),
+            }
+        }
+        panic!("more than 100 frames arrived");
+    }
+}
+
+/// Connects a WebSocket client to `url` with extra request headers; returns the HTTP
+/// status of a refused upgrade as `Err(status, body)`.
+pub async fn try_connect(url: &str, headers: &[(&str, &str)]) -> Result<TestPeer, (u16, String)> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request().expect("request");
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            tungstenite::http::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
+            tungstenite::http::HeaderValue::from_str(value).expect("header value"),
+        );
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, _)) => Ok(TestPeer { ws }),
+        Err(tungstenite::Error::Http(response)) => {
+            let status = response.status().as_u16();
+            let body = response
+                .body()
+                .as_ref()
+                .map(|body| String::from_utf8_lossy(body).into_owned())
+                .unwrap_or_default();
+            Err((status, body))
+        }
+        Err(err) => panic!("WebSocket connect failed without an HTTP status: {err}"),
+    }
+}
+
+/// A raw HTTP/1.1 exchange (for paths an URL parser would normalise, and Host headers):
+/// returns (status, lower-cased header lines, body).
+pub async fn raw_http(addr: SocketAddr, request: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(RECV_TIMEOUT, stream.read_to_end(&mut raw))
+        .await
+        .expect("HTTP response in time")
+        .expect("read");
+    let split = raw
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .expect("end of head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut body = raw[split + 4..].to_vec();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().expect("status line");
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("status code");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    let chunked = headers
+        .iter()
+        .any(|(name, value)| name == "transfer-encoding" && value.contains("chunked"));
+    if chunked {
+        body = dechunk(&body);
+    }
+    (status, headers, body)
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for _ in 0..10_000 {
+        let Some(line_end) = data.windows(2).position(|window| window == b"\r\n") else {
+            break;
+        };
+        let size_text = String::from_utf8_lossy(&data[..line_end]).into_owned();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .unwrap_or(0);
+        data = &data[line_end + 2..];
+        if size == 0 || data.len() < size {
+            break;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[(size + 2).min(data.len())..];
+    }
+    out
+}
+
+/// Polls /stats.json until `check` holds or `within` passes (then panics).
+pub async fn wait_for_stats_within(
+    app: &TestApp,
+    within: Duration,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let stats = app.stats().await;
+        if check(&stats) {
+            return stats;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("stats never reached the expected state within {within:?}: {stats}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `peersCount` and `torrentsCount` of /stats.json.
+pub fn peers_and_torrents(stats: &serde_json::Value) -> (u64, u64) {
+    (
+        stats["peersCount"].as_u64().expect("peersCount"),
+        stats["torrentsCount"].as_u64().expect("torrentsCount"),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers added for the abuse, access-control and fault suites: an honest pair of peers
+// that must stay unaffected by abuse elsewhere, and a hand-made WebSocket client over raw
+// TCP (for frames and behaviours a WebSocket library will not produce).
+// ---------------------------------------------------------------------------------------
+
+/// Two honest peers, A and B, in their own swarm. Set up before an abuse; afterwards
+/// `assert_unaffected` checks that they still signal normally.
+pub struct HonestPair {
+    pub a: TestPeer,
+    pub b: TestPeer,
+    pub swarm: InfoHash,
+    pub peer_a: PeerId,
+    pub peer_b: PeerId,
+    round: u32,
+}
+
+/// Ids of the honest pair's swarm and peers (no test uses them otherwise).
+pub const HONEST_BASE: u32 = 970_000;
+
+impl HonestPair {
+    pub async fn join(app: &TestApp) -> Self {
+        Self::join_with(app, &[], &[]).await
+    }
+
+    /// As `join`, with extra upgrade request headers for A's and B's sockets.
+    pub async fn join_with(
+        app: &TestApp,
+        headers_a: &[(&str, &str)],
+        headers_b: &[(&str, &str)],
+    ) -> Self {
+        let url = app.ws_url();
+        let mut a = try_connect(&url, headers_a)
+            .await
+            .unwrap_or_else(|err| panic!("honest peer A refused: {err:?}"));
+        let mut b = try_connect(&url, headers_b)
+            .await
+            .unwrap_or_else(|err| panic!("honest peer B refused: {err:?}"));
+        let swarm = info_hash(HONEST_BASE);
+        let peer_a = peer_id(HONEST_BASE + 1);
+        let peer_b = peer_id(HONEST_BASE + 2);
+        assert_eq!(
+            a.announce_counts(swarm, peer_a, Some("started")).await,
+            (0, 1)
+        );
+        assert_eq!(
+            b.announce_counts(swarm, peer_b, Some("started")).await,
+            (0, 2)
+        );
+        Self {
+            a,
+            b,
+            swarm,
+            peer_a,
+            peer_b,
+            round: 0,
+        }
+    }
+
+    /// Client pings on both sockets, so short idle timeouts do not close them while a test
+    /// is busy elsewhere.
+    pub async fn keepalive(&mut self) {
+        let _ = self.a.send_raw(Message::Ping(Vec::new().into())).await;
+        let _ = self.b.send_raw(Message::Ping(Vec::new().into())).await;
+    }
+
+    /// A announces with one offer; B receives it and answers; A gets the answer; both see
+    /// the swarm at (0 seeders, 2 leechers). Nothing else may arrive on either socket.
+    pub async fn assert_unaffected(&mut self) {
+        self.round += 1;
+        let offer = offer_id(HONEST_BASE + 100 + self.round);
+        let sdp = format!("v=0 honest offer {}", self.round);
+        self.a
+            .announce(self.swarm, self.peer_a, None, &[(offer, sdp.as_str())])
+            .await;
+        let reply = self.a.recv_announce_reply().await;
+        assert_eq!(
+            (reply.complete, reply.incomplete),
+            (0, 2),
+            "honest A's announce counts"
+        );
+        assert_eq!(reply.info_hash, self.swarm.to_wire());
+        match self.b.recv().await {
+            TrackerMessage::Offer {
+                info_hash,
+                peer_id,
+                offer_id,
+                sdp: got,
+            } => {
+                assert_eq!(info_hash, self.swarm);
+                assert_eq!(peer_id, self.peer_a);
+                assert_eq!(offer_id, offer);
+                assert_eq!(got, sdp);
+            }
+            other => panic!("honest B expected A's offer, got {other:?}"),
+        }
+        let answer_sdp = format!("v=0 honest answer {}", self.round);
+        self.b
+            .answer(self.swarm, self.peer_b, self.peer_a, offer, &answer_sdp)
+            .await;
+        match self.a.recv().await {
+            TrackerMessage::Answer {
+                info_hash,
+                peer_id,
+                offer_id,
+                sdp,
+            } => {
+                assert_eq!(info_hash, self.swarm);
+                assert_eq!(peer_id, self.peer_b);
+                assert_eq!(offer_id, offer);
+                assert_eq!(sdp, answer_sdp);
+            }
+            other => panic!("honest A expected B's answer, got {other:?}"),
+        }
+        assert_eq!(
+            self.b.announce_counts(self.swarm, self.peer_b, None).await,
+            (0, 2),
+            "honest B's announce counts"
+        );
+    }
+}
+
+/// WebSocket opcodes, for raw frames.
+pub mod opcode {
+    pub const CONTINUATION: u8 = 0x0;
+    pub const TEXT: u8 = 0x1;
+    pub const BINARY: u8 = 0x2;
+    pub const CLOSE: u8 = 0x8;
+    pub const PING: u8 = 0x9;
+    pub const PONG: u8 = 0xA;
+}
+
+/// One client frame, masked as RFC 6455 requires of clients.
+pub fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    let mut frame = Vec::with_capacity(payload.len() + 14);
+    frame.push(if fin { 0x80 } else { 0 } | (opcode & 0x0F));
+    match payload.len() {
+        len if len < 126 => frame.push(0x80 | len as u8),
+        len if len <= 0xFFFF => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(
+        payload
+            .iter()
+            .enumerate()
+            .map(|(index, byte)| byte ^ mask[index % 4]),
+    );
+    frame
+}
+
+/// A WebSocket upgrade request head for `path`, with `extra` header lines (each ending in
+/// "\r\n").
+pub fn upgrade_request(addr: SocketAddr, path: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+}
+
+/// What a raw client read.
+#[derive(Debug)]
+pub enum RawEvent {
+    Frame {
+        fin: bool,
+        opcode: u8,
+        payload: Vec<u8>,
+    },
+    /// The server closed the TCP connection (or reset it).
+    Eof,
+    Timeout,
+}
+
+/// A WebSocket client over a raw TCP stream: frames are written and read by hand.
+pub struct RawWs {
+    pub stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl RawWs {
+    /// Connects and upgrades at the tracker path.
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        Self::upgrade(stream, &upgrade_request(addr, "/announce", ""))
+            .await
+            .unwrap_or_else(|(status, _)| panic!("upgrade refused with {status}"))
+    }
+
+    /// Sends `request` on `stream` and reads the response head; `Err((status, head))`
+    /// unless it is 101.
+    pub async fn upgrade(mut stream: TcpStream, request: &str) -> Result<Self, (u16, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("write upgrade request");
+        let mut buffer = Vec::new();
+        let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
+        let head_end = loop {
+            if let Some(end) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
+                break end + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            let read = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+                .await
+                .expect("upgrade response in time")
+                .expect("read upgrade response");
+            assert!(read > 0, "connection closed before the response head");
+            buffer.extend_from_slice(&chunk[..read]);
+        };
+        let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .expect("status code");
+        if status != 101 {
+            return Err((status, head));
+        }
+        buffer.drain(..head_end);
+        Ok(Self { stream, buffer })
+    }
+
+    pub async fn send_frame(
+        &mut self,
+        fin: bool,
+        opcode: u8,
+        payload: &[u8],
+    ) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.stream
+            .write_all(&client_frame(fin, opcode, payload))
+            .await
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.send_frame(true, opcode::TEXT, text.as_bytes())
+            .await
+            .expect("send text frame");
+    }
+
+    /// The next frame from the server, EOF (or reset), or nothing within `within`.
+    pub async fn read_frame(&mut self, within: Duration) -> RawEvent {
+        use tokio::io::AsyncReadExt;
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some((frame, used)) = parse_server_frame(&self.buffer) {
+                self.buffer.drain(..used);
+                return frame;
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Err(_) => return RawEvent::Timeout,
+                Ok(Ok(0)) | Ok(Err(_)) => return RawEvent::Eof,
+                Ok(Ok(read)) => self.buffer.extend_from_slice(&chunk[..read]),
+            }
+        }
+    }
+
+    /// The next text frame as JSON, skipping pings and pongs; panics on anything else.
+    pub async fn recv_json(&mut self) -> serde_json::Value {
+        loop {
+            match self.read_frame(RECV_TIMEOUT).await {
+                RawEvent::Frame {
+                    opcode: opcode::TEXT,
+                    payload,
+                    ..
+                } => return serde_json::from_slice(&payload).expect("server sent JSON"),
+                RawEvent::Frame {
+                    opcode: opcode::PING | opcode::PONG,
+                    ..
+                } => continue,
+                other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// Waits for a close frame (skipping text, pings and pongs); returns its code, or
+    /// `None` when the connection ended without one.
+    pub async fn expect_close(&mut self, within: Duration) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.read_frame(left).await {
+                RawEvent::Frame {
+                    opcode: opcode::CLOSE,
+                    payload,
+                    ..
+                } => {
+                    return (payload.len() >= 2)
+                        .then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                }
+                RawEvent::Frame { .. } => continue,
+                RawEvent::Eof => return None,
+                RawEvent::Timeout => panic!("server did not close within {within:?}"),
+            }
+        }
+    }
+
+    /// Asserts that no text frame arrives within the quiet period (pings are skipped).
+    pub async fn expect_silence(&mut self) {
+        let deadline = tokio::time::Instant::now() + QUIET_PERIOD;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.read_frame(left).await {
+                RawEvent::Timeout => return,
+                RawEvent::Frame {
+                    opcode: opcode::PING | opcode::PONG,
+                    ..
+                } => continue,
+                other => panic!("expected nothing, got {other:?}"),
+            }
+        }
+    }
+}
+
+/// Parses one unmasked server frame from the front of `data`.
+fn parse_server_frame(data: &[u8]) -> Option<(RawEvent, usize)> {
+    if data.len() < 2 {
+        return None;
+    }
+    let fin = data[0] & 0x80 != 0;
+    let opcode = data[0] & 0x0F;
+    let (len, mut offset) = match data[1] & 0x7F {
+        126 => (
+            usize::from(u16::from_be_bytes([*data.get(2)?, *data.get(3)?])),
+            4,
+        ),
+        127 => {
+            let bytes: [u8; 8] = data.get(2..10)?.try_into().ok()?;
+            (usize::try_from(u64::from_be_bytes(bytes)).ok()?, 10)
+        }
+        len => (usize::from(len), 2),
+    };
+    let masked = data[1] & 0x80 != 0;
+    let mask = if masked {
+        let mask: [u8; 4] = data.get(offset..offset + 4)?.try_into().ok()?;
+        offset += 4;
+        Some(mask)
+    } else {
+        None
+    };
+    let mut payload = data.get(offset..offset + len)?.to_vec();
+    if let Some(mask) = mask {
+        for (index, byte) in payload.iter_mut().enumerate() {
+            *byte ^= mask[index % 4];
+        }
+    }
+    Some((
+        RawEvent::Frame {
+            fin,
+            opcode,
+            payload,
+        },
+        offset + len,
+    ))
+}
+
+/// Reads a Prometheus counter (sum over its label sets) from /metrics text.
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(0.0, |sum, value| sum + value)
+}
+
+impl TestApp {
+    /// GETs /metrics as text.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(self.http_url("/metrics"))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+}
+
+/// `webSocketsCount` of /stats.json.
+pub fn websockets(stats: &serde_json::Value) -> u64 {
+    stats["connections"].as_u64().expect("connections")
+}

@@ -1,0 +1,625 @@
+//! Limits: frame and message sizes, frame types, connection caps, idle timeout, SDP size,
+//! offers per announce, swarms and peer_ids per connection, swarm size, Origin allow-list.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use p2p_mediastream::protocol::client::announce_text;
+use serde_json::json;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+use tokio_tungstenite::tungstenite::{
+    protocol::frame::{
+        coding::{Data, OpCode},
+        Frame,
+    },
+    Message,
+};
+
+fn text_fragment(payload: impl Into<Vec<u8>>, first: bool, last: bool) -> Message {
+    let opcode = if first { Data::Text } else { Data::Continue };
+    Message::Frame(Frame::message(payload.into(), OpCode::Data(opcode), last))
+}
+
+/// A valid announce padded with spaces to exactly `len` bytes.
+fn padded_announce(len: usize) -> String {
+    let mut text = announce_text(info_hash(1), peer_id(1), Some("started"), None, &[]);
+    assert!(text.len() <= len);
+    text.insert_str(text.len() - 1, &" ".repeat(len - text.len()));
+    assert_eq!(text.len(), len);
+    text
+}
+
+#[tokio::test]
+async fn a_frame_of_exactly_max_frame_bytes_is_processed() {
+    let app = spawn_app();
+    let mut peer = app.peer().await;
+    peer.send_text(padded_announce(64 * 1024)).await;
+    assert_eq!(peer.recv_announce_reply().await.incomplete, 1);
+}
+
+#[tokio::test]
+async fn a_frame_above_max_frame_bytes_closes_with_1009() {
+    let app = spawn_app();
+    let mut peer = app.peer().await;
+    peer.send_text(padded_announce(64 * 1024 + 1)).await;
+    assert_eq!(peer.expect_close().await, Some(1009));
+    let stats = wait_for_stats(&app, |stats| stats["servers"][0]["webSocketsCount"] == 0).await;
+    assert_eq!(peers_and_torrents(&stats), (0, 0));
+}
+
+#[tokio::test]
+async fn a_frame_above_a_configured_max_frame_bytes_closes_with_1009() {
+    let app = spawn_app_configured(|settings| {
+        settings.ws.max_frame_bytes = 4096;
+        settings.ws.max_message_bytes = 8192;
+    });
+    let mut peer = app.peer().await;
+    peer.send_text(padded_announce(4096)).await;
+    assert_eq!(peer.recv_announce_reply().await.incomplete, 1);
+    peer.send_text(padded_announce(4097)).await;
+    assert_eq!(peer.expect_close().await, Some(1009));
+}
+
+#[tokio::test]
+async fn a_fragmented_message_above_max_message_bytes_closes_with_1009() {
+    let app = spawn_app_configured(|settings| {
+        settings.ws.max_frame_bytes = 4096;
+        settings.ws.max_message_bytes = 8192;
+    });
+    let mut peer = app.peer().await;
+    // Three fragments, each within the frame limit, 9000 bytes together.
+    let chunk = " ".repeat(3000);
+    peer.send_raw(text_fragment(chunk.clone(), true, false))
+        .await
+        .expect("send");
+    peer.send_raw(text_fragment(chunk.clone(), false, false))
+        .await
+        .expect("send");
+    // The server may already have closed; the write error is then expected.
+    let _ = peer.send_raw(text_fragment(chunk, false, true)).await;
+    assert_eq!(peer.expect_close().await, Some(1009));
+}
+
+#[tokio::test]
+async fn a_fragmented_message_within_the_limits_is_processed_normally() {
+    let app = spawn_app_configured(|settings| {
+        settings.ws.max_frame_bytes = 4096;
+        settings.ws.max_message_bytes = 8192;
+    });
+    let mut peer = app.peer().await;
+    // 7000 bytes in three frames, with a ping between fragments (allowed by RFC 6455).
+    let text = padded_announce(7000);
+    let bytes = text.as_bytes();
+    peer.send_raw(text_fragment(&bytes[..3000], true, false))
+        .await
+        .expect("send");
+    peer.send_raw(Message::Ping(b"between".to_vec().into()))
+        .await
+        .expect("ping");
+    peer.send_raw(text_fragment(&bytes[3000..6000], false, false))
+        .await
+        .expect("send");
+    peer.send_raw(text_fragment(&bytes[6000..], false, true))
+        .await
+        .expect("send");
+    assert_eq!(peer.recv_announce_reply().await.incomplete, 1);
+    // And the next unfragmented message too.
+    peer.announce(info_hash(1), peer_id(1), None, &[]).await;
+    assert_eq!(peer.recv_announce_reply().await.incomplete, 1);
+}
+
+#[tokio::test]
+async fn a_fragmented_message_with_invalid_utf8_closes_with_1007() {
+    let app = spawn_app();
+    let mut peer = app.peer().await;
+    peer.send_raw(text_fragment(&b"{\"action\":\"ann"[..], true, false))
+        .await
+        .expect("send");
+    let _ = peer
+        .send_raw(text_fragment(&b"\xff\xfe\"}"[..], false, true))
+        .await;
+    assert_eq!(peer.expect_close().await, Some(1007));
+}
+
+#[tokio::test]
+async fn a_binary_frame_closes_with_1003() {
+    let app = spawn_app();
+    let mut peer = app.peer().await;
+    let text = announce_text(info_hash(1), peer_id(1), Some("started"), None, &[]);
+    peer.send_raw(Message::Binary(text.into_bytes().into()))
+        .await
+        .expect("send");
+    assert_eq!(peer.expect_close().await, Some(1003));
+}
+
+#[tokio::test]
+async fn max_connections_refuses_further_upgrades_with_503() {
+    let app = spawn_app_configured(|settings| {
+        settings.server.max_connections = 2;
+        settings.server.max_connections_per_ip = 0;
+    });
+    let first = app.peer().await;
+    let mut second = app.peer().await;
+    match try_connect(&app.ws_url(), &[]).await {
+        Err((status, body)) => {
+            assert_eq!(status, 503);
+            assert!(body.contains("max_connections"), "{body}");
+        }
+        Ok(_) => panic!("a third connection was accepted"),
+    }
+    // The two admitted ones work.
+    second
+        .announce(info_hash(1), peer_id(2), Some("started"), &[])
+        .await;
+    assert_eq!(second.recv_announce_reply().await.incomplete, 1);
+    // Closing one frees its slot.
+    first.close().await;
+    let mut admitted = None;
+    for _ in 0..100 {
+        if let Ok(peer) = try_connect(&app.ws_url(), &[]).await {
+            admitted = Some(peer);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut third = admitted.expect("a slot was freed");
+    third
+        .announce(info_hash(1), peer_id(3), Some("started"), &[])
+        .await;
+    assert_eq!(third.recv_announce_reply().await.incomplete, 2);
+}
+
+#[tokio::test]
+async fn max_connections_per_ip_refuses_a_second_upgrade_from_the_same_ip_with_503() {
+    let app = spawn_app_configured(|settings| settings.server.max_connections_per_ip = 1);
+    let mut first = app.peer().await;
+    match try_connect(&app.ws_url(), &[]).await {
+        Err((status, body)) => {
+            assert_eq!(status, 503);
+            assert!(body.contains("max_connections_per_ip"), "{body}");
+        }
+        Ok(_) => panic!("a second connection from one IP was accepted"),
+    }
+    first
+        .announce(info_hash(1), peer_id(1), Some("started"), &[])
+        .await;
+    assert_eq!(first.recv_announce_reply().await.incomplete, 1);
+    assert_eq!(app.stats().await["servers"][0]["webSocketsCount"], 1);
+}
+
+/// A WebSocket client written by hand over TCP, which answers nothing (not even pings)
+/// unless told to.
+struct RawClient {
+    stream: TcpStream,
+}
+
+impl RawClient {
+    async fn connect(app: &TestApp) -> Self {
+        let mut stream = TcpStream::connect(app.addr).await.expect("connect");
+        let request = format!(
+            "GET /announce HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            app.addr
+        );
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            assert!(head.len() < 4096, "response head too long");
+            let mut byte = [0u8; 1];
+            let read = tokio::time::timeout(RECV_TIMEOUT, stream.read(&mut byte))
+                .await
+                .expect("handshake in time")
+                .expect("read");
+            assert_eq!(read, 1, "connection closed during the handshake");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        Self { stream }
+    }
+
+    /// Sends one masked frame.
+    async fn send(&mut self, opcode: u8, fin: bool, payload: &[u8]) {
+        let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
+        let len = payload.len();
+        if len < 126 {
+            frame.push(0x80 | len as u8);
+        } else if len <= 0xFFFF {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.stream.write_all(&frame).await.expect("write frame");
+    }
+
+    /// Reads one (unmasked) server frame: (opcode, payload); `None` at end of stream.
+    async fn read_frame(&mut self, timeout: Duration) -> Option<(u8, Vec<u8>)> {
+        let read = async {
+            let mut head = [0u8; 2];
+            if self.stream.read_exact(&mut head).await.is_err() {
+                return None;
+            }
+            let mut len = u64::from(head[1] & 0x7F);
+            if len == 126 {
+                let mut ext = [0u8; 2];
+                self.stream.read_exact(&mut ext).await.ok()?;
+                len = u64::from(u16::from_be_bytes(ext));
+            } else if len == 127 {
+                let mut ext = [0u8; 8];
+                self.stream.read_exact(&mut ext).await.ok()?;
+                len = u64::from_be_bytes(ext);
+            }
+            assert_eq!(head[1] & 0x80, 0, "server frames are not masked");
+            let mut payload = vec![0u8; len as usize];
+            self.stream.read_exact(&mut payload).await.ok()?;
+            Some((head[0] & 0x0F, payload))
+        };
+        tokio::time::timeout(timeout, read)
+            .await
+            .expect("a frame or the end of the stream in time")
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_never_answers_pings_is_closed_after_the_idle_timeout_and_its_peers_leave() {
+    let app = spawn_app_configured(|settings| {
+        settings.ws.ping_interval_secs = 1;
+        settings.ws.idle_timeout_secs = 2;
+    });
+    let mut silent = RawClient::connect(&app).await;
+    let announce = announce_text(info_hash(1), peer_id(1), Some("started"), None, &[]);
+    silent.send(0x1, true, announce.as_bytes()).await;
+    let last_sent = Instant::now();
+    let (opcode, payload) = silent
+        .read_frame(RECV_TIMEOUT)
+        .await
+        .expect("announce response");
+    assert_eq!(opcode, 0x1);
+    let reply: serde_json::Value = serde_json::from_slice(&payload).expect("json");
+    assert_eq!(reply["incomplete"], 1);
+    assert_eq!(peers_and_torrents(&app.stats().await), (1, 1));
+
+    // From now on the client sends nothing. It sees pings, then a close with 1001.
+    let mut pings = 0;
+    let close = loop {
+        match silent.read_frame(Duration::from_secs(8)).await {
+            Some((0x9, _)) => pings += 1,
+            Some((0x8, payload)) => break payload,
+            Some((opcode, payload)) => panic!("unexpected frame {opcode:#x}: {payload:?}"),
+            None => panic!("connection ended without a close frame"),
+        }
+        assert!(pings < 20, "never closed");
+    };
+    let closed_after = last_sent.elapsed();
+    assert!(pings >= 1, "the server pinged before giving up");
+    assert!(close.len() >= 2, "close frame carries a code");
+    assert_eq!(u16::from_be_bytes([close[0], close[1]]), 1001);
+    assert!(
+        closed_after >= Duration::from_millis(1900),
+        "closed after {closed_after:?}, before the 2 s idle timeout"
+    );
+    let stats = wait_for_stats(&app, |stats| {
+        stats["servers"][0]["webSocketsCount"] == 0 && peers_and_torrents(stats) == (0, 0)
+    })
+    .await;
+    assert_eq!(peers_and_torrents(&stats), (0, 0));
+}
+
+#[tokio::test]
+async fn a_client_that_answers_pings_stays_open_beyond_the_idle_timeout() {
+    let app = spawn_app_configured(|settings| {
+        settings.ws.ping_interval_secs = 1;
+        settings.ws.idle_timeout_secs = 2;
+    });
+    let mut peer = app.peer().await;
+    peer.announce(info_hash(1), peer_id(1), Some("started"), &[])
+        .await;
+    peer.recv_announce_reply().await;
+    // Reading answers pings automatically; nothing else is sent for 4.5 s (> 2 x idle).
+    match peer.next_event(Duration::from_millis(4500)).await {
+        Received::Timeout => {}
+        other => panic!("expected the socket to stay open and quiet, got {other:?}"),
+    }
+    peer.announce(info_hash(1), peer_id(1), None, &[]).await;
+    assert_eq!(peer.recv_announce_reply().await.incomplete, 1);
+    assert_eq!(peers_and_torrents(&app.stats().await), (1, 1));
+}
+
+#[tokio::test]
+async fn an_sdp_above_max_sdp_bytes_gets_a_failure_and_is_not_relayed() {
+    let app = spawn_app_configured(|settings| settings.tracker.max_sdp_bytes = 1024);
+    let swarm = info_hash(1);
+    let mut receiver = app.peer().await;
+    receiver
+        .announce(swarm, peer_id(2), Some("started"), &[])
+        .await;
+    receiver.recv_announce_reply().await;
+    let mut sender = app.peer().await;
+    let big = fake_sdp(1025);
+    sender
+        .announce(swarm, peer_id(1), None, &[(offer_id(1), big.as_str())])
+        .await;
+    let failure = sender.recv_failure().await;
+    assert_eq!(failure["action"], "announce");
+    assert_eq!(
+        failure["info_hash"].as_str(),
+        Some(swarm.to_wire().as_str())
+    );
+    receiver.expect_silence().await;
+    // An answer above the limit is refused the same way.
+    receiver
+        .answer(swarm, peer_id(2), peer_id(1), offer_id(1), &big)
+        .await;
+    let failure = receiver.recv_failure().await;
+    assert_eq!(
+        failure["info_hash"].as_str(),
+        Some(swarm.to_wire().as_str())
+    );
+    // Exactly at the limit is relayed.
+    let fits = fake_sdp(1024);
+    sender
+        .announce(swarm, peer_id(1), None, &[(offer_id(2), fits.as_str())])
+        .await;
+    assert_eq!(sender.recv_announce_reply().await.incomplete, 2);
+    let offer = receiver.recv_json().await;
+    assert_eq!(offer["offer"]["sdp"].as_str(), Some(fits.as_str()));
+}
+
+#[tokio::test]
+async fn more_offers_than_max_offers_relays_only_max_offers() {
+    let app = spawn_app_configured(|settings| settings.tracker.max_offers = 2);
+    let swarm = info_hash(1);
+    let mut receivers = Vec::new();
+    for n in 0..5 {
+        let mut peer = app.peer().await;
+        peer.announce(swarm, peer_id(10 + n), Some("started"), &[])
+            .await;
+        peer.recv_announce_reply().await;
+        receivers.push(peer);
+    }
+    let mut sender = app.peer().await;
+    let sdp = fake_sdp(100);
+    let offers: Vec<_> = (1..=5).map(|n| (offer_id(n), sdp.as_str())).collect();
+    sender.announce(swarm, peer_id(1), None, &offers).await;
+    assert_eq!(sender.recv_announce_reply().await.incomplete, 6);
+    let drained =
+        futures_util::future::join_all(receivers.iter_mut().map(|peer| peer.drain_json())).await;
+    let counts: Vec<usize> = drained.iter().map(Vec::len).collect();
+    assert_eq!(counts.iter().sum::<usize>(), 2, "{counts:?}");
+    assert!(counts.iter().all(|&count| count <= 1), "{counts:?}");
+}
+
+#[tokio::test]
+async fn a_connection_joining_more_than_max_swarms_per_connection_is_refused() {
+    let app = spawn_app_configured(|settings| settings.ws.max_swarms_per_connection = 2);
+    let mut peer = app.peer().await;
+    assert_eq!(
+        peer.announce_counts(info_hash(1), peer_id(1), Some("started"))
+            .await,
+        (0, 1)
+    );
+    assert_eq!(
+        peer.announce_counts(info_hash(2), peer_id(1), Some("started"))
+            .await,
+        (0, 1)
+    );
+    peer.announce(info_hash(3), peer_id(1), Some("started"), &[])
+        .await;
+    let failure = peer.recv_failure().await;
+    assert_eq!(failure["action"], "announce");
+    assert_eq!(
+        failure["info_hash"].as_str(),
+        Some(info_hash(3).to_wire().as_str())
+    );
+    assert_eq!(peers_and_torrents(&app.stats().await), (2, 2));
+    // The joined swarms still work, also with a second peer_id.
+    assert_eq!(
+        peer.announce_counts(info_hash(1), peer_id(2), Some("started"))
+            .await,
+        (0, 2)
+    );
+    // Leaving one makes room.
+    assert_eq!(
+        peer.announce_counts(info_hash(2), peer_id(1), Some("stopped"))
+            .await,
+        (0, 0)
+    );
+    assert_eq!(
+        peer.announce_counts(info_hash(3), peer_id(1), Some("started"))
+            .await,
+        (0, 1)
+    );
+    // Another connection is not affected by this one's count.
+    let mut other = app.peer().await;
+    assert_eq!(
+        other
+            .announce_counts(info_hash(4), peer_id(9), Some("started"))
+            .await,
+        (0, 1)
+    );
+}
+
+#[tokio::test]
+async fn a_connection_registering_more_than_max_peer_ids_per_swarm_is_refused() {
+    let app = spawn_app_configured(|settings| settings.ws.max_peer_ids_per_swarm = 2);
+    let mut peer = app.peer().await;
+    let swarm = info_hash(1);
+    assert_eq!(
+        peer.announce_counts(swarm, peer_id(1), Some("started"))
+            .await,
+        (0, 1)
+    );
+    assert_eq!(
+        peer.announce_counts(swarm, peer_id(2), Some("started"))
+            .await,
+        (0, 2)
+    );
+    peer.announce(swarm, peer_id(3), Some("started"), &[]).await;
+    let failure = peer.recv_failure().await;
+    assert_eq!(failure["action"], "announce");
+    assert_eq!(
+        failure["info_hash"].as_str(),
+        Some(swarm.to_wire().as_str())
+    );
+    // Re-announcing a registered one is fine.
+    assert_eq!(peer.announce_counts(swarm, peer_id(2), None).await, (0, 2));
+}
+
+#[tokio::test]
+async fn a_full_swarm_refuses_new_peers_but_keeps_its_members() {
+    let app = spawn_app_configured(|settings| settings.tracker.max_peers_per_swarm = 2);
+    let swarm = info_hash(1);
+    let mut a = app.peer().await;
+    let mut b = app.peer().await;
+    let mut c = app.peer().await;
+    assert_eq!(
+        a.announce_counts(swarm, peer_id(1), Some("started")).await,
+        (0, 1)
+    );
+    assert_eq!(
+        b.announce_counts(swarm, peer_id(2), Some("started")).await,
+        (0, 2)
+    );
+    c.announce(swarm, peer_id(3), Some("started"), &[]).await;
+    let failure = c.recv_failure().await;
+    assert_eq!(failure["action"], "announce");
+    assert_eq!(
+        failure["info_hash"].as_str(),
+        Some(swarm.to_wire().as_str())
+    );
+    assert_eq!(a.announce_counts(swarm, peer_id(1), None).await, (0, 2));
+    // c's socket still works elsewhere.
+    assert_eq!(
+        c.announce_counts(info_hash(2), peer_id(3), Some("started"))
+            .await,
+        (0, 1)
+    );
+}
+
+#[tokio::test]
+async fn the_origin_allow_list_refuses_wrong_and_missing_origins_with_403() {
+    let app = spawn_app_configured(|settings| {
+        settings.ws.allowed_origins = vec!["https://player.example".into()];
+    });
+    for headers in [
+        vec![("Origin", "https://evil.example")],
+        vec![("Origin", "https://player.example.evil")],
+        vec![("Origin", "http://player.example")],
+        vec![],
+    ] {
+        match try_connect(&app.ws_url(), &headers).await {
+            Err((status, _)) => assert_eq!(status, 403, "{headers:?}"),
+            Ok(_) => panic!("upgrade with {headers:?} was accepted"),
+        }
+    }
+    let mut peer = try_connect(&app.ws_url(), &[("Origin", "https://player.example")])
+        .await
+        .unwrap_or_else(|(status, body)| panic!("allowed origin refused: {status} {body}"));
+    peer.announce(info_hash(1), peer_id(1), Some("started"), &[])
+        .await;
+    assert_eq!(peer.recv_announce_reply().await.incomplete, 1);
+    // Refused upgrades took no connection slot.
+    assert_eq!(app.stats().await["servers"][0]["webSocketsCount"], 1);
+}
+
+#[tokio::test]
+async fn without_an_allow_list_any_origin_is_accepted() {
+    let app = spawn_app();
+    let mut peer = try_connect(&app.ws_url(), &[("Origin", "https://anything.example")])
+        .await
+        .unwrap_or_else(|(status, body)| panic!("refused: {status} {body}"));
+    peer.send_json(json!({"action": "scrape", "info_hash": []}))
+        .await;
+    assert_eq!(
+        peer.recv_json().await,
+        json!({"action": "scrape", "files": {}})
+    );
+}
+
+#[tokio::test]
+async fn the_tracker_also_accepts_upgrades_at_the_root_path() {
+    let app = spawn_app();
+    let mut peer = TestPeer::connect(&format!("ws://{}/", app.addr)).await;
+    peer.announce(info_hash(1), peer_id(1), Some("started"), &[])
+        .await;
+    assert_eq!(peer.recv_announce_reply().await.incomplete, 1);
+}
+
+#[tokio::test]
+async fn messages_above_the_per_socket_rate_get_a_failure_and_the_socket_recovers() {
+    let app = spawn_app_configured(|settings| {
+        settings.ws.max_messages_per_sec = 1;
+        settings.ws.message_burst = 3;
+        settings.ws.max_rate_limited_messages = 100;
+    });
+    let swarm = info_hash(1);
+    let mut peer = app.peer().await;
+    let mut other = app.peer().await;
+    for _ in 0..3 {
+        peer.announce(swarm, peer_id(1), None, &[]).await;
+        peer.recv_announce_reply().await;
+    }
+    // The burst is spent: the next one is refused (with an action), not processed.
+    peer.announce(swarm, peer_id(2), Some("started"), &[]).await;
+    let failure = peer.recv_failure().await;
+    assert_eq!(failure["action"], "announce");
+    assert!(
+        failure["failure reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("rate")),
+        "{failure}"
+    );
+    assert_eq!(other.announce_counts(swarm, peer_id(9), None).await, (0, 2));
+    // Other sockets are not limited by this one's rate.
+    for _ in 0..2 {
+        assert_eq!(other.announce_counts(swarm, peer_id(9), None).await, (0, 2));
+    }
+    // After a second the bucket holds a token again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    peer.announce(swarm, peer_id(1), None, &[]).await;
+    assert_eq!(peer.recv_announce_reply().await.incomplete, 2);
+}
+
+#[tokio::test]
+async fn a_socket_that_keeps_ignoring_the_rate_limit_is_closed_with_1008() {
+    let app = spawn_app_configured(|settings| {
+        settings.ws.max_messages_per_sec = 1;
+        settings.ws.message_burst = 2;
+        settings.ws.max_rate_limited_messages = 5;
+    });
+    let mut peer = app.peer().await;
+    peer.announce(info_hash(1), peer_id(1), Some("started"), &[])
+        .await;
+    // Far more than burst + refusals allowed; the server closes with 1008 on the way.
+    for _ in 0..20 {
+        if peer
+            .send_raw(Message::text(announce_text(
+                info_hash(1),
+                peer_id(1),
+                None,
+                None,
+                &[],
+            )))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    assert_eq!(peer.expect_close().await, Some(1008));
+    let stats = wait_for_stats(&app, |stats| {
+        stats["servers"][0]["webSocketsCount"] == 0 && peers_and_torrents(stats) == (0, 0)
+    })
+    .await;
+    assert_eq!(peers_and_torrents(&stats), (0, 0));
+}
