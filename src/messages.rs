@@ -5,7 +5,7 @@
 //! | `GetSwarm`    | session -> shard  | `SwarmRef` (created on demand)|
 //! | `ScrapeShard` | session -> shard  | counts per info_hash          |
 //! | `Announce`    | session -> swarm  | `Result<AnnounceReply, Reject>` |
-//! | `Answer`      | session -> swarm  | `Result<(), Reject>`          |
+//! | `Answer`      | session -> swarm  | `()`; a refusal comes back as `Deliver` |
 //! | `Leave`       | session -> swarm  | `()` (socket closed)          |
 //! | `Deliver`     | swarm -> session  | `()`, sent with `try_send`    |
 //! | `SwarmIdle`   | swarm -> shard    | `()` (the swarm emptied)      |
@@ -79,12 +79,15 @@ pub struct Announce {
     pub request: Arc<AnnounceRequest>,
 }
 
-/// An answer to a relayed offer.
+/// An answer to a relayed offer. Sent without waiting for a reply (a round trip per
+/// answer would cost a wake-up for nothing): the swarm relays it, or delivers the failure
+/// to `reply_to`.
 #[derive(Message)]
-#[rtype(result = "Result<(), SwarmError>")]
+#[rtype(result = "()")]
 pub struct Answer {
     pub conn: ConnId,
     pub request: Arc<AnswerRequest>,
+    pub reply_to: Recipient<Deliver>,
 }
 
 /// The connection closed: drop its registrations.

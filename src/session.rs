@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use actix::prelude::*;
+use actix::{dev::SendError, prelude::*};
 use actix_web::web::{Bytes, BytesMut};
 use actix_web_actors::ws::{self, CloseCode, CloseReason};
 use log::{debug, trace, warn};
@@ -389,31 +389,34 @@ impl PeerSession {
         let message = Answer {
             conn: self.conn,
             request: Arc::new(request),
+            reply_to: ctx.address().recipient(),
         };
-        ctx.wait(
-            swarm.addr.send(message).into_actor(self).map(
-                move |result, session, ctx| match result {
-                    Ok(Ok(())) => {}
-                    Ok(Err(SwarmError::Rejected(reject))) => session.fail(
-                        ctx,
-                        Action::Announce,
-                        Some(info_hash),
-                        reject.kind(),
-                        reject.to_string(),
-                    ),
-                    // The swarm closed: it was empty, so the offerer is gone too.
-                    Ok(Err(SwarmError::Closed)) | Err(_) => {
-                        let reject = crate::swarm::state::Reject::OffererGone;
-                        session.fail(
-                            ctx,
-                            Action::Announce,
-                            Some(info_hash),
-                            reject.kind(),
-                            reject.to_string(),
-                        )
-                    }
-                },
-            ),
+        // Fire and forget: the swarm relays the answer, or sends the failure straight to
+        // this session. Only a full swarm mailbox makes the session wait (backpressure).
+        match swarm.addr.try_send(message) {
+            Ok(()) => {}
+            Err(SendError::Full(message)) => {
+                ctx.wait(swarm.addr.send(message).into_actor(self).map(
+                    move |result, session, ctx| {
+                        if result.is_err() {
+                            session.answer_swarm_gone(ctx, info_hash);
+                        }
+                    },
+                ));
+            }
+            Err(SendError::Closed(_)) => self.answer_swarm_gone(ctx, info_hash),
+        }
+    }
+
+    /// The swarm of an answer closed: it was empty, so the offerer is gone too.
+    fn answer_swarm_gone(&self, ctx: &mut ws::WebsocketContext<Self>, info_hash: InfoHash) {
+        let reject = crate::swarm::state::Reject::OffererGone;
+        self.fail(
+            ctx,
+            Action::Announce,
+            Some(info_hash),
+            reject.kind(),
+            reject.to_string(),
         );
     }
 

@@ -25,7 +25,7 @@ use crate::{
     protocol::{InfoHash, OutMessage, SwarmCounts},
 };
 use shard::SwarmShard;
-use state::{Delivery, SwarmLimits, SwarmState};
+use state::{Delivery, Reject, SwarmLimits, SwarmState};
 
 /// Packs seeders (high half) and leechers (low half) so a scrape reads both at once.
 pub fn pack_counts(counts: SwarmCounts) -> u64 {
@@ -85,7 +85,7 @@ impl Swarm {
         }
     }
 
-    fn deliver(&mut self, deliveries: Vec<Delivery>) {
+    fn deliver(&mut self, deliveries: impl IntoIterator<Item = Delivery>) {
         for delivery in deliveries {
             let Some(recipient) = self.state.recipient(&delivery.to) else {
                 continue;
@@ -265,22 +265,36 @@ impl Handler<Announce> for Swarm {
 }
 
 impl Handler<Answer> for Swarm {
-    type Result = Result<(), SwarmError>;
+    type Result = ();
 
-    fn handle(&mut self, msg: Answer, ctx: &mut Self::Context) -> Self::Result {
-        if self.closing {
-            return Err(SwarmError::Closed);
-        }
-        let Some(result) = self.guarded(ctx, |state, _| {
-            state.answer(msg.conn, &msg.request, Instant::now())
-        }) else {
-            return Err(SwarmError::Closed);
+    fn handle(&mut self, msg: Answer, ctx: &mut Self::Context) {
+        let info_hash = msg.request.info_hash;
+        let result = if self.closing {
+            // Closing means empty: whoever made the offer has left.
+            Err(Reject::OffererGone)
+        } else {
+            match self.guarded(ctx, |state, _| {
+                state.answer(msg.conn, &msg.request, Instant::now())
+            }) {
+                Some(result) => result,
+                None => Err(Reject::OffererGone),
+            }
         };
-        let result = result
-            .map_err(SwarmError::Rejected)
-            .map(|delivery| self.deliver(vec![delivery]));
-        self.publish(ctx);
-        result
+        match result {
+            Ok(delivery) => self.deliver(std::iter::once(delivery)),
+            Err(reject) => {
+                self.metrics.protocol_error(reject.kind());
+                // The answerer's session may be gone or full; a lost failure is harmless.
+                let _ = msg.reply_to.try_send(Deliver(OutMessage::Failure {
+                    reason: reject.to_string().into(),
+                    action: crate::protocol::Action::Announce,
+                    info_hash: Some(info_hash),
+                }));
+            }
+        }
+        if !self.closing {
+            self.publish(ctx);
+        }
     }
 }
 
