@@ -276,7 +276,7 @@ impl PeerSession {
                 Some(swarm) => swarm,
                 None => get_swarm(&shared, info_hash, None).await?,
             };
-            for _ in 0..SWARM_ATTEMPTS {
+            for attempt in 1..=SWARM_ATTEMPTS {
                 let message = Announce {
                     conn,
                     deliver: deliver.clone(),
@@ -285,9 +285,14 @@ impl PeerSession {
                 match swarm.addr.send(message).await {
                     Ok(Ok(reply)) => return Ok((swarm, reply)),
                     Ok(Err(SwarmError::Rejected(reject))) => return Err(Failure::from(reject)),
-                    Ok(Err(SwarmError::Closed)) | Err(MailboxError::Closed) => {
+                    // After the last attempt, asking for a fresh swarm would only leave an
+                    // empty one behind.
+                    Ok(Err(SwarmError::Closed)) | Err(MailboxError::Closed)
+                        if attempt < SWARM_ATTEMPTS =>
+                    {
                         swarm = get_swarm(&shared, info_hash, Some(swarm.generation)).await?;
                     }
+                    Ok(Err(SwarmError::Closed)) | Err(MailboxError::Closed) => break,
                     Err(MailboxError::Timeout) => return Err(Failure::unavailable()),
                 }
             }

@@ -48,6 +48,11 @@ pub async fn upgrade(
         }
     }
 
+    if !has_valid_key(&req) {
+        shared.metrics.connection_rejected("bad_handshake");
+        return HttpResponse::BadRequest().body("Sec-WebSocket-Key must be base64 of 16 bytes\n");
+    }
+
     let forwarded = req
         .headers()
         .get_all("x-forwarded-for")
@@ -79,6 +84,21 @@ pub async fn upgrade(
             err.error_response()
         }
     }
+}
+
+/// RFC 6455 4.2.1: the key is the base64 encoding of 16 random bytes; a server must refuse
+/// anything else (actix only hashes whatever it gets).
+fn has_valid_key(req: &HttpRequest) -> bool {
+    use base64::Engine;
+    req.headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|key| {
+            base64::engine::general_purpose::STANDARD
+                .decode(key.trim())
+                .ok()
+        })
+        .is_some_and(|bytes| bytes.len() == 16)
 }
 
 /// GET on the tracker path without `Upgrade: websocket`.
