@@ -1,0 +1,417 @@
+//! Faults: a swarm that panics (fault injection: an info_hash starting with "PANIC"),
+//! abrupt disconnects, and the real binary's SIGTERM shutdown and restart.
+//!
+//! Run with `cargo test --features fault-injection --test faults`.
+#![cfg(feature = "fault-injection")]
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use common::*;
+use p2p_mediastream::protocol::InfoHash;
+
+fn panicking_swarm(n: u8) -> InfoHash {
+    let mut bytes = *b"PANIC000000000000000";
+    bytes[19] = b'0' + n;
+    InfoHash(bytes)
+}
+
+async fn swarm_panics(app: &TestApp) -> f64 {
+    metric_value(&app.metrics_text().await, "tracker_swarm_panics_total")
+}
+
+// ---------------------------------------------------------------------------------------
+// A panicking swarm
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_panicking_swarm_answers_with_a_failure_and_the_process_keeps_working() {
+    // One shard: the panicking swarm shares its thread with the honest pair's swarm.
+    let app = spawn_app_configured(|settings| settings.swarm.shards = 1);
+    let mut honest = HonestPair::join(&app).await;
+    assert_eq!(swarm_panics(&app).await, 0.0);
+
+    let mut victim = app.peer().await;
+    let swarm = panicking_swarm(1);
+    victim
+        .announce(swarm, peer_id(1), Some("started"), &[])
+        .await;
+    let failure = victim.recv_failure().await;
+    assert_eq!(
+        failure["failure reason"], "swarm temporarily unavailable; retry",
+        "{failure}"
+    );
+    assert_eq!(failure["action"], "announce");
+    assert_eq!(failure["info_hash"], swarm.to_wire());
+
+    // Each of the session's bounded attempts met a fresh incarnation that panicked.
+    let panics = swarm_panics(&app).await;
+    assert!((1.0..=3.0).contains(&panics), "panics: {panics}");
+    eprintln!("one announce made {panics} swarm panics");
+
+    // The honest swarm is intact (the panicking swarm's leftovers: see
+    // `a_panicking_swarm_leaves_no_empty_swarm_behind`).
+    let stats = app.stats().await;
+    assert_eq!(peers_and_torrents(&stats).0, 2);
+    assert_eq!(stats["seedersCount"], 0);
+    // The same socket keeps working, in another swarm on the same shard.
+    assert_eq!(
+        victim.announce_counts(info_hash(1), peer_id(1), None).await,
+        (0, 1)
+    );
+    honest.assert_unaffected().await;
+}
+
+#[tokio::test]
+async fn repeated_panics_are_contained_and_counted() {
+    let app = spawn_app_configured(|settings| settings.swarm.shards = 1);
+    let mut honest = HonestPair::join(&app).await;
+    let mut victim = app.peer().await;
+    let mut last = 0.0;
+    for round in 0..5u8 {
+        victim
+            .announce(panicking_swarm(round % 2), peer_id(1), None, &[])
+            .await;
+        let failure = victim.recv_failure().await;
+        assert_eq!(
+            failure["failure reason"], "swarm temporarily unavailable; retry",
+            "{failure}"
+        );
+        let panics = swarm_panics(&app).await;
+        assert!(panics > last, "round {round}: the panic was not counted");
+        last = panics;
+        honest.assert_unaffected().await;
+    }
+    assert!(app
+        .metrics_text()
+        .await
+        .contains("tracker_swarm_panics_total"));
+    assert_eq!(peers_and_torrents(&app.stats().await).0, 2);
+}
+
+/// After its bounded retries the session has asked the shard for yet another incarnation
+/// of the panicking swarm, which it never uses: an empty swarm that lingers (counted in
+/// torrentsCount and answered by scrapes) until the next sweep.
+#[tokio::test]
+async fn a_panicking_swarm_leaves_no_empty_swarm_behind() {
+    let app = spawn_app_configured(|settings| settings.swarm.shards = 1);
+    let mut honest = HonestPair::join(&app).await;
+    let mut victim = app.peer().await;
+    victim
+        .announce(panicking_swarm(1), peer_id(1), None, &[])
+        .await;
+    victim.recv_failure().await;
+    wait_for_stats(&app, |stats| peers_and_torrents(stats) == (2, 1)).await;
+    honest.assert_unaffected().await;
+}
+
+/// The leftover above is bounded: the sweep closes the empty swarm.
+#[tokio::test]
+async fn the_sweep_closes_what_a_panicking_swarm_left_behind() {
+    let app = spawn_app_configured(|settings| {
+        settings.swarm.shards = 1;
+        settings.tracker.sweep_interval_secs = 1;
+    });
+    let mut honest = HonestPair::join(&app).await;
+    let mut victim = app.peer().await;
+    victim
+        .announce(panicking_swarm(1), peer_id(1), None, &[])
+        .await;
+    victim.recv_failure().await;
+    wait_for_stats(&app, |stats| peers_and_torrents(stats) == (2, 1)).await;
+    honest.assert_unaffected().await;
+}
+
+#[tokio::test]
+async fn a_panicking_swarm_does_not_disturb_a_busy_swarm_on_the_same_shard() {
+    let app = spawn_app_configured(|settings| settings.swarm.shards = 1);
+    let mut honest = HonestPair::join(&app).await;
+    // A third swarm with three peers, mid-signalling.
+    let busy = info_hash(1);
+    let mut peers = Vec::new();
+    for n in 0..3u32 {
+        let mut peer = app.peer().await;
+        assert_eq!(
+            peer.announce_counts(busy, peer_id(10 + n), Some("started"))
+                .await,
+            (0, u64::from(n) + 1)
+        );
+        peers.push(peer);
+    }
+    let offer = offer_id(1);
+    peers[0]
+        .announce(busy, peer_id(10), None, &[(offer, "v=0 busy offer")])
+        .await;
+    peers[0].recv_announce_reply().await;
+
+    let mut victim = app.peer().await;
+    victim
+        .announce(panicking_swarm(1), peer_id(1), None, &[])
+        .await;
+    victim.recv_failure().await;
+
+    // The pending offer survived: whoever got it can still answer.
+    let mut answered = false;
+    for index in 1..3 {
+        let frames = peers[index].drain_json().await;
+        if let Some(frame) = frames.iter().find(|frame| frame.get("offer").is_some()) {
+            assert_eq!(frame["offer_id"], offer.to_wire());
+            peers[index]
+                .answer(
+                    busy,
+                    peer_id(10 + index as u32),
+                    peer_id(10),
+                    offer,
+                    "v=0 a",
+                )
+                .await;
+            let answer = peers[0].recv_json().await;
+            assert_eq!(answer["offer_id"], offer.to_wire(), "{answer}");
+            answered = true;
+        }
+    }
+    assert!(answered, "the offer reached one of the other peers");
+    assert_eq!(
+        peers[2].announce_counts(busy, peer_id(12), None).await,
+        (0, 3)
+    );
+    honest.assert_unaffected().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Abrupt disconnects
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_dropped_tcp_stream_without_a_close_frame_removes_its_peers_at_once() {
+    let app = spawn_app();
+    let mut honest = HonestPair::join(&app).await;
+    let swarm = info_hash(1);
+    let mut staying = app.peer().await;
+    staying
+        .announce_counts(swarm, peer_id(1), Some("started"))
+        .await;
+    // One socket with two peer_ids in this swarm and one in another.
+    let mut raw = RawWs::connect(app.addr).await;
+    for (hash, n) in [(swarm, 2), (swarm, 3), (info_hash(2), 2)] {
+        raw.send_text(&p2p_mediastream::protocol::client::announce_text(
+            hash,
+            peer_id(n),
+            Some("started"),
+            None,
+            &[],
+        ))
+        .await;
+        raw.recv_json().await;
+    }
+    assert_eq!(
+        staying.announce_counts(swarm, peer_id(1), None).await,
+        (0, 3)
+    );
+    wait_for_stats(&app, |stats| peers_and_torrents(stats) == (6, 3)).await;
+
+    drop(raw); // FIN, no close frame.
+    wait_for_stats(&app, |stats| peers_and_torrents(stats) == (3, 2)).await;
+    assert_eq!(
+        staying.announce_counts(swarm, peer_id(1), None).await,
+        (0, 1)
+    );
+    honest.assert_unaffected().await;
+}
+
+#[tokio::test]
+async fn a_reset_tcp_connection_removes_its_peers_at_once() {
+    let app = spawn_app();
+    let mut honest = HonestPair::join(&app).await;
+    let swarm = info_hash(1);
+    let mut staying = app.peer().await;
+    staying
+        .announce_counts(swarm, peer_id(1), Some("started"))
+        .await;
+    let mut raw = RawWs::connect(app.addr).await;
+    raw.send_text(&p2p_mediastream::protocol::client::announce_text(
+        swarm,
+        peer_id(2),
+        Some("started"),
+        None,
+        &[],
+    ))
+    .await;
+    raw.recv_json().await;
+    wait_for_stats(&app, |stats| peers_and_torrents(stats) == (4, 2)).await;
+
+    // SO_LINGER 0: closing sends a RST.
+    socket2::SockRef::from(&raw.stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger");
+    drop(raw);
+    wait_for_stats(&app, |stats| {
+        peers_and_torrents(stats) == (3, 2) && websockets(stats) == 3
+    })
+    .await;
+    assert_eq!(
+        staying.announce_counts(swarm, peer_id(1), None).await,
+        (0, 1)
+    );
+    honest.assert_unaffected().await;
+}
+
+#[tokio::test]
+async fn a_reset_in_the_middle_of_a_fragmented_message_removes_its_peers() {
+    let app = spawn_app();
+    let mut honest = HonestPair::join(&app).await;
+    let swarm = info_hash(1);
+    let mut raw = RawWs::connect(app.addr).await;
+    raw.send_text(&p2p_mediastream::protocol::client::announce_text(
+        swarm,
+        peer_id(2),
+        Some("started"),
+        None,
+        &[],
+    ))
+    .await;
+    raw.recv_json().await;
+    raw.send_frame(false, opcode::TEXT, b"{\"action\":")
+        .await
+        .expect("send");
+    socket2::SockRef::from(&raw.stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger");
+    drop(raw);
+    wait_for_stats(&app, |stats| {
+        peers_and_torrents(stats) == (2, 1) && websockets(stats) == 2
+    })
+    .await;
+    honest.assert_unaffected().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// The binary: SIGTERM closes every socket with 1001 and exits 0; a restart rebuilds.
+// ---------------------------------------------------------------------------------------
+
+struct Binary {
+    child: Child,
+    addr: SocketAddr,
+    /// The rest of stderr, drained by a thread so the process never blocks on it.
+    _lines: mpsc::Receiver<String>,
+}
+
+fn start_binary() -> Binary {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_p2p-mediastream"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("TRACKER__SERVER__HOST", "127.0.0.1")
+        .env("TRACKER__SERVER__PORT", "0")
+        .env("TRACKER__SERVER__WORKERS", "2")
+        .env("TRACKER__SWARM__SHARDS", "2")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the binary");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                // Nobody listens any more; keep draining.
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let addr = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .expect("the binary logged its address in time");
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            let addr = rest.split_whitespace().next().expect("address");
+            break addr.parse().expect("socket address");
+        }
+    };
+    Binary {
+        child,
+        addr,
+        _lines: rx,
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        // Only if a test failed before the process exited.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+async fn connect_peers(addr: SocketAddr, count: u32, event: Option<&str>) -> Vec<TestPeer> {
+    let url = format!("ws://{addr}/announce");
+    let mut peers = Vec::new();
+    for n in 0..count {
+        let mut peer = TestPeer::connect(&url).await;
+        let (_, incomplete) = peer.announce_counts(info_hash(1), peer_id(n), event).await;
+        assert_eq!(incomplete, u64::from(n) + 1);
+        peers.push(peer);
+    }
+    peers
+}
+
+#[tokio::test]
+async fn sigterm_closes_every_socket_with_1001_exits_0_and_a_restart_rebuilds() {
+    let mut first = start_binary();
+    let mut peers = connect_peers(first.addr, 3, Some("started")).await;
+
+    let sent = Instant::now();
+    let status = Command::new("kill")
+        .args(["-TERM", &first.child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    for peer in &mut peers {
+        assert_eq!(peer.expect_close().await, Some(1001));
+    }
+    let exit = loop {
+        if let Some(exit) = first.child.try_wait().expect("try_wait") {
+            break exit;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(5),
+            "still running 5 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = sent.elapsed();
+    eprintln!("exited {exit:?} {took:?} after SIGTERM");
+    assert_eq!(exit.code(), Some(0), "{exit:?}");
+    drop(peers);
+
+    // A new process (on a new port): the clients reconnect and re-announce without
+    // `started`, as the reference client does after a reconnect.
+    let second = start_binary();
+    assert_ne!(second.addr, first.addr);
+    let mut peers = connect_peers(second.addr, 3, None).await;
+    assert_eq!(
+        peers[0]
+            .announce_counts(info_hash(1), peer_id(0), None)
+            .await,
+        (0, 3)
+    );
+    let stats: serde_json::Value = reqwest::get(format!("http://{}/stats.json", second.addr))
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(peers_and_torrents(&stats), (3, 1));
+    drop(peers);
+    drop(second);
+}
