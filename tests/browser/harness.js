@@ -1,0 +1,349 @@
+// Harness for real-browser runs on loopback: a live test card (ffmpeg), STUN (coturn), our
+// server, and Chromium viewers that read window.p2pStats from the player page.
+// Used by p2p.test.js and by scripts/bench-p2p.sh.
+//
+// Environment:
+//   P2P_MEDIASTREAM_BIN  server binary (default: <repo>/target/debug/p2p-mediastream)
+//   CHROMIUM             browser executable (default: /usr/bin/chromium)
+//   PAGE_URL             use an already running server/stand-in at this URL instead of
+//                        starting the binary (its HLS dir must be HLS_DIR)
+//   TRACKER_URL          tracker for the viewers (default: the page's own /announce)
+//   HLS_DIR              where the test card writes (default: a temp dir)
+//   STUN_PORT            coturn's port (default: a free UDP port)
+//   KEEP_TMP=1           keep the temp dir (logs) even after a successful run
+
+import { spawn } from "node:child_process";
+import dgram from "node:dgram";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { setTimeout as sleep } from "node:timers/promises";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+
+export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+
+/** From /work/shared/e2e.md: headless Chromium as root, WebRTC on plain 127.0.0.1 candidates. */
+const CHROMIUM_ARGS = [
+  "--no-sandbox",
+  "--disable-gpu",
+  "--disable-quic",
+  "--no-first-run",
+  "--disable-background-networking",
+  "--disable-component-update",
+  "--disable-sync",
+  "--autoplay-policy=no-user-gesture-required",
+  "--mute-audio",
+  "--disable-features=WebRtcHideLocalIpsWithMdns",
+];
+
+/** The test card every run uses: small enough for 2 cores next to several browsers. */
+export const TEST_CARD = { size: "640x360", bitrate: "800k", segment: 2, listSize: 12 };
+
+/** Rejects with `what` if `promise` does not settle within `ms`. */
+export async function within(ms, what, promise) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms / 1000} s: ${what}`)), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function freeUdpPort() {
+  const socket = dgram.createSocket("udp4");
+  await new Promise((resolve, reject) => {
+    socket.once("error", reject);
+    socket.bind(0, "127.0.0.1", resolve);
+  });
+  const { port } = socket.address();
+  await new Promise((resolve) => socket.close(resolve));
+  return port;
+}
+
+/**
+ * Owns every process of one run and stops them all in cleanup(), also when the run fails.
+ * Each child gets a process group of its own, so stopping one stops its helpers too.
+ */
+export class Harness {
+  constructor({ log = console.log } = {}) {
+    this.log = log;
+    this.tmp = fs.mkdtempSync(path.join(os.tmpdir(), "p2p-browser-"));
+    this.children = [];
+    this.browsers = [];
+    // Children run in their own process groups, so a Ctrl-C does not reach them: stop them
+    // on the way out, whatever ends this process. SIGTERM, not SIGKILL, because
+    // generate-video.sh traps it to stop its ffmpeg, which runs in a session of its own.
+    this.onExit = () => this.children.forEach((child) => killGroup(child, "SIGTERM"));
+    this.onSignal = (signal) => {
+      this.onExit();
+      process.exit(128 + os.constants.signals[signal]);
+    };
+    process.once("exit", this.onExit);
+    for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"]) process.once(signal, this.onSignal);
+  }
+
+  file(name) {
+    return path.join(this.tmp, name);
+  }
+
+  /** Spawns `command` with stdout and stderr appended to <tmp>/<logName>. */
+  spawnLogged(logName, command, args, options = {}) {
+    const logFd = fs.openSync(this.file(logName), "a");
+    const child = spawn(command, args, {
+      ...options,
+      detached: true,
+      stdio: ["ignore", options.pipeStderr ? "pipe" : logFd, options.pipeStderr ? "pipe" : logFd],
+    });
+    fs.closeSync(logFd);
+    child.logPath = this.file(logName);
+    child.exited = new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
+    child.once("error", (err) => this.log(`${logName}: ${err.message}`));
+    this.children.push(child);
+    return child;
+  }
+
+  /**
+   * Starts the live test card into `dir` and waits until the playlist lists `minSegments`
+   * segments, so that a player sitting 7 segments behind the edge can start at once.
+   */
+  async startTestCard(dir = this.file("hls"), minSegments = 8) {
+    fs.mkdirSync(dir, { recursive: true });
+    const { size, bitrate, segment, listSize } = TEST_CARD;
+    const child = this.spawnLogged("testcard.log", "bash", [
+      path.join(REPO, "scripts/generate-video.sh"), "--out", dir, "--size", size, "--bitrate", bitrate,
+      "--segment", String(segment), "--list-size", String(listSize),
+    ]);
+    this.log(`test card: scripts/generate-video.sh -> ${dir}`);
+    const playlist = path.join(dir, "live.m3u8");
+    await within(30_000 + minSegments * segment * 1000, `test card playlist with ${minSegments} segments`, (async () => {
+      for (;;) {
+        if (child.exitCode !== null) throw new Error(`test card exited early, see ${child.logPath}`);
+        const text = fs.existsSync(playlist) ? fs.readFileSync(playlist, "utf8") : "";
+        if ((text.match(/^#EXTINF/gm) ?? []).length >= minSegments) return;
+        await sleep(500);
+      }
+    })());
+    this.hlsDir = dir;
+    return dir;
+  }
+
+  /** Starts a STUN-only coturn on loopback; its log later proves the browsers used it. */
+  async startStun(port) {
+    this.stunPort = port ?? (await freeUdpPort());
+    this.stun = this.spawnLogged("coturn.log", "turnserver", [
+      "-n", "--stun-only", "--no-auth", "--listening-ip=127.0.0.1",
+      `--listening-port=${this.stunPort}`, "--no-tls", "--no-dtls", "--no-cli",
+      `--pidfile=${this.file("turnserver.pid")}`, "--log-file=stdout", "--verbose",
+    ]);
+    await within(10_000, "coturn to listen", (async () => {
+      while (!fs.readFileSync(this.stun.logPath, "utf8").includes("UDP listener opened on")) {
+        if (this.stun.exitCode !== null) throw new Error(`coturn exited, see ${this.stun.logPath}`);
+        await sleep(200);
+      }
+    })());
+    this.log(`coturn: stun:127.0.0.1:${this.stunPort}`);
+    return this.stunPort;
+  }
+
+  /** STUN sessions coturn closed after serving binding requests: [{rp, rb, sp, sb}]. */
+  stunSessions() {
+    const text = fs.readFileSync(this.stun.logPath, "utf8");
+    return [...text.matchAll(/rp=(\d+), rb=(\d+), sp=(\d+), sb=(\d+)/g)]
+      .map(([, rp, rb, sp, sb]) => ({ rp: +rp, rb: +rb, sp: +sp, sb: +sb }))
+      .filter((session) => session.rp > 0 && session.sp > 0);
+  }
+
+  /**
+   * Starts our server (or uses PAGE_URL) and returns the page's base URL. The binary prints
+   * "listening on http://127.0.0.1:PORT" on stderr once it accepts connections.
+   */
+  async startServer() {
+    if (process.env.PAGE_URL) {
+      this.baseUrl = process.env.PAGE_URL.replace(/\/$/, "");
+      this.log(`server: using PAGE_URL ${this.baseUrl}`);
+      return this.baseUrl;
+    }
+    const bin = process.env.P2P_MEDIASTREAM_BIN || path.join(REPO, "target/debug/p2p-mediastream");
+    if (!fs.existsSync(bin)) throw new Error(`server binary not found: ${bin} (build it or set P2P_MEDIASTREAM_BIN)`);
+    const env = {
+      ...process.env,
+      TRACKER__SERVER__HOST: "127.0.0.1",
+      TRACKER__SERVER__PORT: "0",
+      TRACKER__HTTP__HLS_DIR: this.hlsDir,
+      TRACKER__HTTP__PUBLIC_DIR: path.join(REPO, "public"),
+      TRACKER__PLAYER__ICE_SERVERS: `stun:127.0.0.1:${this.stunPort}`,
+      RUST_LOG: process.env.RUST_LOG || "info",
+    };
+    this.server = this.spawnLogged("server.log", bin, [], { env, pipeStderr: true });
+    const serverLog = fs.createWriteStream(this.server.logPath, { flags: "a" });
+    this.server.stdout.pipe(serverLog);
+    this.baseUrl = await within(30_000, `"listening on" from ${bin}`, new Promise((resolve, reject) => {
+      let seen = "";
+      this.server.stderr.on("data", (chunk) => {
+        serverLog.write(chunk);
+        seen += chunk;
+        const match = seen.match(/listening on (http:\/\/[\d.]+:\d+)/);
+        if (match) resolve(match[1]);
+      });
+      this.server.exited.then(({ code, signal }) =>
+        reject(new Error(`server exited (code ${code}, signal ${signal}), see ${this.server.logPath}`)));
+    }));
+    this.log(`server: ${bin} at ${this.baseUrl}`);
+    return this.baseUrl;
+  }
+
+  /** Opens the player in a new Chromium process; `query` goes into the page URL. */
+  async launchViewer(name, query = {}) {
+    const browser = await within(30_000, `${name}: chromium launch`, chromium.launch({
+      executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+      args: CHROMIUM_ARGS,
+    }));
+    this.browsers.push(browser);
+    const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+    const consoleLog = fs.createWriteStream(this.file(`${name}.console.log`));
+    page.on("console", (msg) => consoleLog.write(`[${msg.type()}] ${msg.text()}\n`));
+    page.on("pageerror", (err) => consoleLog.write(`[pageerror] ${err.message}\n`));
+    page.on("response", (response) => {
+      if (response.status() >= 400) consoleLog.write(`[http ${response.status()}] ${response.url()}\n`);
+    });
+    const params = new URLSearchParams(query);
+    if (process.env.TRACKER_URL) params.set("tracker", process.env.TRACKER_URL);
+    const url = `${this.baseUrl}/${params.size ? `?${params}` : ""}`;
+    await within(30_000, `${name}: load ${url}`, page.goto(url));
+    return { name, browser, page, url };
+  }
+
+  /** Runs the player's figures getter in the page; null if the page does not answer. */
+  static async readStats(viewer) {
+    return within(5_000, `${viewer.name}: read p2pStats`,
+      viewer.page.evaluate(() => (window.p2pStats ? { ...window.p2pStats, config: window.p2pConfig } : null)))
+      .catch(() => null);
+  }
+
+  async closeViewers() {
+    const browsers = this.browsers.splice(0);
+    await Promise.allSettled(browsers.map((browser) => within(10_000, "browser close", browser.close())));
+  }
+
+  /** Stops everything; keeps the temp dir (logs) unless the run passed and KEEP_TMP is unset. */
+  async cleanup({ passed = false } = {}) {
+    await this.closeViewers();
+    const children = this.children.splice(0);
+    for (const child of children) killGroup(child, "SIGTERM");
+    await Promise.allSettled(children.map((child) =>
+      within(5_000, "child exit", child.exited).catch(() => killGroup(child, "SIGKILL"))));
+    process.removeListener("exit", this.onExit);
+    for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"]) process.removeListener(signal, this.onSignal);
+    if (passed && !process.env.KEEP_TMP) fs.rmSync(this.tmp, { recursive: true, force: true });
+    else this.log(`logs kept in ${this.tmp}`);
+  }
+}
+
+function killGroup(child, signal) {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  try {
+    process.kill(-child.pid, signal);
+  } catch {
+    // already gone
+  }
+}
+
+/**
+ * One viewing session: `count` viewers join `staggerSeconds` apart, and the run goes on until
+ * the last one has watched `watchSeconds`. Figures are sampled every 2 s. Returns one row per
+ * viewer (final figures, peak peers, position advance) plus totals.
+ */
+export async function watchSession(harness, { count, watchSeconds, staggerSeconds, query = {} }) {
+  const viewers = [];
+  const sample = async () => {
+    for (const viewer of viewers) {
+      const stats = await Harness.readStats(viewer);
+      if (!stats) continue;
+      viewer.last = stats;
+      viewer.peakPeers = Math.max(viewer.peakPeers, stats.peers);
+      if (stats.firstPlayAt !== null && viewer.playStart === undefined) {
+        viewer.playStart = { wall: Date.now(), currentTime: stats.currentTime };
+      }
+    }
+  };
+  for (let i = 0; i < count; i++) {
+    if (i > 0) await sleep(staggerSeconds * 1000);
+    const viewer = await harness.launchViewer(`viewer${i + 1}`, query);
+    Object.assign(viewer, { joinedAt: Date.now(), peakPeers: 0, last: null });
+    viewers.push(viewer);
+    harness.log(`${viewer.name} joined: ${viewer.url}`);
+    await sample();
+  }
+  const end = Date.now() + watchSeconds * 1000;
+  let nextReport = Date.now() + 15_000;
+  while (Date.now() < end) {
+    await sleep(2_000);
+    await sample();
+    if (Date.now() >= nextReport) {
+      nextReport += 15_000;
+      harness.log(`  ${Math.max(0, Math.round((end - Date.now()) / 1000))} s left: ` + viewers
+        .map((v) => `${v.name} ${v.last ? `${v.last.p2pShare.toFixed(0)}% p2p, ${v.last.peers} peers` : "no stats"}`)
+        .join(" | "));
+    }
+  }
+  await sample();
+  const rows = viewers.map((viewer) => {
+    const s = viewer.last ?? {};
+    const watched = viewer.playStart ? (Date.now() - viewer.playStart.wall) / 1000 : 0;
+    const advanced = viewer.playStart ? s.currentTime - viewer.playStart.currentTime : 0;
+    return {
+      name: viewer.name,
+      started: s.firstPlayAt != null,
+      startupSeconds: s.firstPlayAt != null ? s.firstPlayAt / 1000 : null,
+      watchedSeconds: watched,
+      advancedSeconds: advanced,
+      p2pBytes: s.p2pBytes ?? 0,
+      httpBytes: s.httpBytes ?? 0,
+      p2pShare: s.p2pShare ?? 0,
+      uploadBytes: s.uploadBytes ?? 0,
+      peakPeers: viewer.peakPeers,
+      peers: s.peers ?? 0,
+      segments: s.segments ?? 0,
+      stallCount: s.stallCount ?? 0,
+      stallSeconds: s.stallSeconds ?? 0,
+      trackerErrors: s.trackerErrors ?? 0,
+      lastTrackerError: s.lastTrackerError ?? null,
+      latency: s.latency ?? null,
+    };
+  });
+  const p2p = rows.reduce((sum, row) => sum + row.p2pBytes, 0);
+  const http = rows.reduce((sum, row) => sum + row.httpBytes, 0);
+  const settings = viewers.find((v) => v.last?.config)?.last.config.tuning ?? null;
+  await harness.closeViewers();
+  return {
+    count,
+    rows,
+    p2pBytes: p2p,
+    httpBytes: http,
+    p2pShare: p2p + http ? (100 * p2p) / (p2p + http) : 0,
+    ceiling: (100 * (count - 1)) / count,
+    maxStallSeconds: Math.max(0, ...rows.map((row) => row.stallSeconds)),
+    totalStalls: rows.reduce((sum, row) => sum + row.stallCount, 0),
+    settings,
+  };
+}
+
+/** A fixed-width table of a session's rows, for logs. */
+export function formatTable(session) {
+  const mb = (bytes) => (bytes / 1e6).toFixed(2);
+  const header = ["viewer", "startup s", "played s", "P2P MB", "HTTP MB", "P2P %", "up MB", "peers", "peak", "segs", "stalls", "stall s", "trk err"];
+  const lines = session.rows.map((r) => [
+    r.name, r.startupSeconds?.toFixed(1) ?? "-", r.advancedSeconds.toFixed(1), mb(r.p2pBytes), mb(r.httpBytes),
+    r.p2pShare.toFixed(1), mb(r.uploadBytes), r.peers, r.peakPeers, r.segments, r.stallCount,
+    r.stallSeconds.toFixed(1), r.trackerErrors,
+  ].map(String));
+  lines.push(["all", "", "", mb(session.p2pBytes), mb(session.httpBytes), session.p2pShare.toFixed(1),
+    "", "", "", "", String(session.totalStalls), session.maxStallSeconds.toFixed(1) + " max", ""]);
+  const widths = header.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i].length)));
+  const fmt = (cells) => cells.map((c, i) => (i ? c.padStart(widths[i]) : c.padEnd(widths[i]))).join("  ");
+  return [fmt(header), widths.map((w) => "-".repeat(w)).join("  "), ...lines.map(fmt)].join("\n");
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Prepares a machine for real-browser runs (tests/browser/run.sh, scripts/bench-p2p.sh):
+# installs what is missing (Debian packages chromium, ffmpeg, coturn; npm packages from the
+# lock file), rebuilds the player bundle when its sources changed and, when no server is
+# given (P2P_MEDIASTREAM_BIN or PAGE_URL), builds target/debug/p2p-mediastream if absent.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+
+missing=()
+command -v chromium >/dev/null || missing+=(chromium)
+command -v ffmpeg >/dev/null || missing+=(ffmpeg)
+command -v turnserver >/dev/null || missing+=(coturn)
+if ((${#missing[@]})); then
+  echo "installing ${missing[*]}"
+  sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [ ! -d "$here/node_modules" ] || [ "$here/package-lock.json" -nt "$here/node_modules" ]; then
+  (cd "$here" && npm ci --no-audit --no-fund && touch node_modules)
+fi
+
+bundle="$repo/public/dist/player.js"
+if [ ! -f "$bundle" ] || [ -n "$(find "$repo/public/src" "$repo/public/package-lock.json" -newer "$bundle" -print -quit)" ]; then
+  sh "$repo/public/build.sh"
+fi
+
+if [ -z "${P2P_MEDIASTREAM_BIN:-}" ] && [ -z "${PAGE_URL:-}" ] && [ ! -x "$repo/target/debug/p2p-mediastream" ]; then
+  (cd "$repo" && cargo build --bin p2p-mediastream)
+fi
