@@ -85,7 +85,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
     /// Outbound messages queued per connection before new ones are dropped and counted.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 64)]
     pub queue: usize,
     /// Seed of the swarm assignment (ids change every run regardless).
     #[arg(long, default_value_t = 1)]

@@ -21,9 +21,9 @@ use clap::Parser;
 
 use crate::cli::{Args, Config};
 use crate::client::{Clock, Shared, Slot, WorkerCounters};
-use crate::report::{Inputs, ProcessReport};
+use crate::report::{HostReport, Inputs, ProcessReport};
 use crate::stats::{Tally, WorkerOutcome};
-use crate::sys::ProcSample;
+use crate::sys::{HostTicks, ProcSample};
 
 /// Exit codes: 0 all thresholds met, 1 a threshold failed, 2 refused to start,
 /// 3 the run itself broke (a worker thread failed).
@@ -175,6 +175,7 @@ fn run(config: Config) -> ExitCode {
         window_secs: (config.duration - config.warmup).as_secs_f64(),
         client: watch.client,
         server: watch.server,
+        host: watch.host,
         notes,
     });
     if config.json {
@@ -210,15 +211,49 @@ fn sum_counters(workers: &[WorkerCounters]) -> (Tally, Tally) {
 struct Watch {
     client: ProcessReport,
     server: Option<ProcessReport>,
+    host: HostReport,
     notes: Vec<String>,
 }
 
-/// Prints progress once per second and samples CPU at the window's edges, until the
-/// drain is over and the workers are done (or JOIN_GRACE has passed).
+/// Resource counters read at one instant.
+#[derive(Debug, Clone, Copy)]
+struct Snapshot {
+    at: Instant,
+    cpu: Duration,
+    wait: Option<Duration>,
+    server: Option<ProcSample>,
+    server_wait: Option<Duration>,
+    host: Option<HostTicks>,
+}
+
+impl Snapshot {
+    fn take(server_pid: Option<u32>) -> Snapshot {
+        Snapshot {
+            at: Instant::now(),
+            cpu: sys::own_cpu_time(),
+            wait: sys::runqueue_wait(std::process::id()),
+            server: server_pid.and_then(sys::sample_process),
+            server_wait: server_pid.and_then(sys::runqueue_wait),
+            host: sys::host_ticks(),
+        }
+    }
+}
+
+fn percent_of(part: Option<Duration>, earlier: Option<Duration>, wall: Duration) -> f64 {
+    match (earlier, part) {
+        (Some(before), Some(after)) => sys::cpu_percent(before, after, wall),
+        _ => 0.0,
+    }
+}
+
+/// Prints progress once per second and samples resources at the window's edges, until
+/// the drain is over and the workers are done (or JOIN_GRACE has passed).
 fn watch_run(
     shared: &Shared,
     handles: &[thread::JoinHandle<Result<WorkerOutcome, String>>],
 ) -> Watch {
+    // Naps are at most NAP long, so the iteration cap below is never the real bound.
+    const NAP: Duration = Duration::from_millis(100);
     let clock = shared.clock;
     let config = &shared.config;
     let pid = config.server_pid;
@@ -228,18 +263,13 @@ fn watch_run(
     let give_up_at = at(clock.drain_end) + config.connect_timeout + JOIN_GRACE;
 
     let mut notes = Vec::new();
-    let mut last = Tally::default();
-    let mut last_cpu = sys::own_cpu_time();
-    let mut last_server = pid.and_then(sys::sample_process);
-    let mut last_tick = Instant::now();
-    let mut window_start: Option<(Duration, Option<ProcSample>)> = None;
-    let mut window_end: Option<(Duration, Option<ProcSample>)> = None;
+    let mut last_tally = Tally::default();
+    let mut last = Snapshot::take(pid);
+    let mut window_start: Option<Snapshot> = None;
+    let mut window_end: Option<Snapshot> = None;
     let mut server_gone = false;
-
-    // Naps are at most NAP long, so this bounds the loop well past give_up_at.
-    const NAP: Duration = Duration::from_millis(100);
     let max_iterations = (give_up_at - clock.base).as_millis() / NAP.as_millis() * 2 + 100;
-    let mut next_progress = clock.base + START_DELAY + Duration::from_secs(1);
+    let mut next_progress = at(clock.start) + Duration::from_secs(1);
     for _ in 0..max_iterations {
         let now = Instant::now();
         if now >= give_up_at || handles.iter().all(|h| h.is_finished()) {
@@ -251,26 +281,22 @@ fn watch_run(
         } else if window_end.is_none() {
             wake = wake.min(send_end_at);
         }
-        // Short sleeps so we notice finished workers promptly at the end.
-        let nap = wake.saturating_duration_since(now).min(NAP);
-        thread::sleep(nap);
+        // Short naps so finished workers are noticed promptly at the end.
+        thread::sleep(wake.saturating_duration_since(now).min(NAP));
         let now = Instant::now();
         if window_start.is_none() && now >= warmup_at {
-            window_start = Some((sys::own_cpu_time(), pid.and_then(sys::sample_process)));
+            window_start = Some(Snapshot::take(pid));
         }
         if window_end.is_none() && now >= send_end_at {
-            window_end = Some((sys::own_cpu_time(), pid.and_then(sys::sample_process)));
+            window_end = Some(Snapshot::take(pid));
         }
         if now < next_progress {
             continue;
         }
         next_progress += Duration::from_secs(1);
         let (total, _) = sum_counters(&shared.workers);
-        let delta = total.since(&last);
-        let secs = now.duration_since(last_tick).as_secs_f64().max(1e-3);
-        let cpu = sys::own_cpu_time();
-        let server = pid.and_then(sys::sample_process);
-        if pid.is_some() && server.is_none() && !server_gone {
+        let snap = Snapshot::take(pid);
+        if pid.is_some() && snap.server.is_none() && !server_gone {
             server_gone = true;
             notes.push(format!(
                 "the server process {} exited during the run",
@@ -278,69 +304,108 @@ fn watch_run(
             ));
         }
         if !config.quiet {
-            let elapsed = now.saturating_duration_since(clock.base + START_DELAY);
-            let phase = if now < warmup_at {
-                "warm"
-            } else if now < send_end_at {
-                "run "
-            } else {
-                "drain"
-            };
-            let rate = |n: u64| n as f64 / secs;
-            let mut line = format!(
-                "[{:>5.0}s {phase}] conns {}/{} fail {} | ann {:.0}/s resp {:.0}/s | offers in {:.0}/s | answers out {:.0}/s in {:.0}/s | fail {:.0}/s | msgs {:.0}/s | cpu {:.0}%",
-                elapsed.as_secs_f64(),
-                total.conn_established.saturating_sub(total.conn_ended),
-                config.connections,
-                total.conn_failed,
-                rate(delta.announces_sent),
-                rate(delta.announce_responses + delta.announce_responses_unmatched),
-                rate(delta.offers_received),
-                rate(delta.answers_sent),
-                rate(delta.answers_received),
-                rate(delta.failures),
-                rate(delta.msgs_in + delta.msgs_out),
-                sys::cpu_percent(last_cpu, cpu, now.duration_since(last_tick)),
+            eprintln!(
+                "{}",
+                progress_line(shared, &total, &last_tally, &last, &snap)
             );
-            if let (Some(before), Some(after)) = (last_server, server) {
-                line.push_str(&format!(
-                    " | server cpu {:.0}% rss {:.0} MB",
-                    sys::cpu_percent(before.cpu, after.cpu, now.duration_since(last_tick)),
-                    after.rss_bytes as f64 / 1048576.0
-                ));
-            }
-            eprintln!("{line}");
         }
-        last = total;
-        last_cpu = cpu;
-        last_server = server;
-        last_tick = now;
+        last_tally = total;
+        last = snap;
     }
 
-    let window = config.duration - config.warmup;
-    let (cpu_start, server_start) = window_start.unwrap_or((Duration::ZERO, None));
-    let (cpu_end, server_end) =
-        window_end.unwrap_or_else(|| (sys::own_cpu_time(), pid.and_then(sys::sample_process)));
-    let client = report::process_report(
+    let start = window_start.unwrap_or(last);
+    let end = window_end.unwrap_or_else(|| Snapshot::take(pid));
+    let wall = end
+        .at
+        .saturating_duration_since(start.at)
+        .max(Duration::from_millis(1));
+    let mut client = report::process_report(
         std::process::id(),
-        sys::cpu_percent(cpu_start, cpu_end, window),
+        sys::cpu_percent(start.cpu, end.cpu, wall),
         sys::sample_process(std::process::id()).map_or(0, |s| s.rss_bytes),
         sys::own_peak_rss(),
         config.threads as u64,
     );
-    let server = match (pid, server_start, server_end) {
-        (Some(pid), Some(start), Some(end)) => Some(report::process_report(
-            pid,
-            sys::cpu_percent(start.cpu, end.cpu, window),
-            end.rss_bytes,
-            end.peak_rss_bytes,
-            end.threads,
-        )),
+    client.runqueue_wait_percent = percent_of(end.wait, start.wait, wall);
+    let server = match (pid, start.server, end.server) {
+        (Some(pid), Some(before), Some(after)) => {
+            let mut server = report::process_report(
+                pid,
+                sys::cpu_percent(before.cpu, after.cpu, wall),
+                after.rss_bytes,
+                after.peak_rss_bytes,
+                after.threads,
+            );
+            server.runqueue_wait_percent = percent_of(end.server_wait, start.server_wait, wall);
+            Some(server)
+        }
         _ => None,
+    };
+    let host = HostReport {
+        cpus: sys::cpu_count(),
+        busy_percent: match (start.host, end.host) {
+            (Some(before), Some(after)) => sys::host_busy_percent(before, after),
+            _ => 0.0,
+        },
     };
     Watch {
         client,
         server,
+        host,
         notes,
     }
+}
+
+/// One line of per-second progress: rates since the previous line.
+fn progress_line(
+    shared: &Shared,
+    total: &Tally,
+    last_tally: &Tally,
+    last: &Snapshot,
+    snap: &Snapshot,
+) -> String {
+    let clock = shared.clock;
+    let config = &shared.config;
+    let delta = total.since(last_tally);
+    let wall = snap.at.saturating_duration_since(last.at);
+    let secs = wall.as_secs_f64().max(1e-3);
+    let rate = |n: u64| n as f64 / secs;
+    let now_ns = clock.now_ns();
+    let elapsed = now_ns.saturating_sub(clock.start) as f64 / 1e9;
+    let phase = if now_ns < clock.warmup_end {
+        "warm"
+    } else if now_ns < clock.send_end {
+        "run "
+    } else {
+        "drain"
+    };
+    let mut line = format!(
+        "[{elapsed:>5.0}s {phase}] conns {}/{} fail {} | ann {:.0}/s resp {:.0}/s | offers in {:.0}/s | answers out {:.0}/s in {:.0}/s | fail {:.0}/s | msgs {:.0}/s | cpu {:.0}% wait {:.0}%",
+        total.conn_established.saturating_sub(total.conn_ended),
+        config.connections,
+        total.conn_failed,
+        rate(delta.announces_sent),
+        rate(delta.announce_responses + delta.announce_responses_unmatched),
+        rate(delta.offers_received),
+        rate(delta.answers_sent),
+        rate(delta.answers_received),
+        rate(delta.failures),
+        rate(delta.msgs_in + delta.msgs_out),
+        sys::cpu_percent(last.cpu, snap.cpu, wall),
+        percent_of(snap.wait, last.wait, wall),
+    );
+    if let (Some(before), Some(after)) = (last.server, snap.server) {
+        line.push_str(&format!(
+            " | server cpu {:.0}% rss {:.0} MB",
+            sys::cpu_percent(before.cpu, after.cpu, wall),
+            after.rss_bytes as f64 / 1048576.0
+        ));
+    }
+    if let (Some(before), Some(after)) = (last.host, snap.host) {
+        line.push_str(&format!(
+            " | host {:.0}%",
+            sys::host_busy_percent(before, after)
+        ));
+    }
+    line
 }

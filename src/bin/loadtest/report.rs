@@ -129,6 +129,17 @@ pub struct ProcessReport {
     pub rss_mb_end: f64,
     pub rss_mb_peak: f64,
     pub threads: u64,
+    /// Time its threads were runnable but waited for a CPU, in percent of the window:
+    /// high values mean other processes took its cores.
+    pub runqueue_wait_percent: f64,
+}
+
+/// The whole machine over the window.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HostReport {
+    pub cpus: usize,
+    /// Busy share of all cores, whoever used them.
+    pub busy_percent: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -151,6 +162,7 @@ pub struct Report {
     pub throughput: ThroughputReport,
     pub client: ProcessReport,
     pub server: Option<ProcessReport>,
+    pub host: HostReport,
     pub notes: Vec<String>,
     pub checks: Vec<Check>,
     pub passed: bool,
@@ -172,6 +184,7 @@ pub struct Inputs<'a> {
     pub window_secs: f64,
     pub client: ProcessReport,
     pub server: Option<ProcessReport>,
+    pub host: HostReport,
     /// Notes from the run itself (e.g. a server that went away).
     pub notes: Vec<String>,
 }
@@ -186,6 +199,7 @@ pub fn build(inputs: Inputs<'_>) -> Report {
         window_secs,
         client,
         server,
+        host,
         mut notes,
     } = inputs;
     let per_sec = |n: u64| {
@@ -269,6 +283,27 @@ pub fn build(inputs: Inputs<'_>) -> Report {
             client.cpu_percent, config.threads
         ));
     }
+    if client.runqueue_wait_percent > 10.0 {
+        notes.push(format!(
+            "the client waited for a CPU {:.0}% of the time (other processes had its cores): \
+             latencies include that wait",
+            client.runqueue_wait_percent
+        ));
+    }
+    if let Some(server) = &server {
+        if server.runqueue_wait_percent > 10.0 {
+            notes.push(format!(
+                "the server waited for a CPU {:.0}% of the time: it was starved, not just slow",
+                server.runqueue_wait_percent
+            ));
+        }
+    }
+    if host.busy_percent > 90.0 {
+        notes.push(format!(
+            "the machine's {} CPUs were {:.0}% busy: client, server and anything else compete",
+            host.cpus, host.busy_percent
+        ));
+    }
     if let Some(lag) = latency.send_lag {
         if lag.p99 > 10.0 {
             notes.push(format!(
@@ -315,6 +350,7 @@ pub fn build(inputs: Inputs<'_>) -> Report {
         throughput,
         client,
         server,
+        host,
         notes,
         checks: Vec::new(),
         passed: true,
@@ -391,6 +427,7 @@ pub fn process_report(
         rss_mb_end: mb(rss_end),
         rss_mb_peak: mb(rss_peak.max(rss_end)),
         threads,
+        runqueue_wait_percent: 0.0,
     }
 }
 
@@ -553,16 +590,21 @@ pub fn render_table(report: &Report) -> String {
     let p = &report.client;
     let _ = writeln!(
         out,
-        "  client pid {}: CPU {:.0}% of a core, peak RSS {:.0} MB",
-        p.pid, p.cpu_percent, p.rss_mb_peak
+        "  client pid {}: CPU {:.0}% of a core, waited for CPU {:.0}%, peak RSS {:.0} MB",
+        p.pid, p.cpu_percent, p.runqueue_wait_percent, p.rss_mb_peak
     );
     if let Some(p) = &report.server {
         let _ = writeln!(
             out,
-            "  server pid {}: CPU {:.0}% of a core, RSS {:.0} MB (peak seen {:.0} MB), {} threads",
-            p.pid, p.cpu_percent, p.rss_mb_end, p.rss_mb_peak, p.threads
+            "  server pid {}: CPU {:.0}% of a core, waited for CPU {:.0}%, RSS {:.0} MB (peak {:.0} MB), {} threads",
+            p.pid, p.cpu_percent, p.runqueue_wait_percent, p.rss_mb_end, p.rss_mb_peak, p.threads
         );
     }
+    let _ = writeln!(
+        out,
+        "  host: {} CPUs, {:.0}% busy",
+        report.host.cpus, report.host.busy_percent
+    );
     if !report.notes.is_empty() {
         let _ = writeln!(out, "== notes");
         for note in &report.notes {
@@ -641,6 +683,7 @@ mod tests {
             window_secs: 10.0,
             client: ProcessReport::default(),
             server: None,
+            host: HostReport::default(),
             notes: Vec::new(),
         })
     }
@@ -731,6 +774,7 @@ mod tests {
             window_secs: 10.0,
             client: ProcessReport::default(),
             server: None,
+            host: HostReport::default(),
             notes: Vec::new(),
         });
         assert!(!report.passed);
@@ -755,6 +799,7 @@ mod tests {
             window_secs: 1.0,
             client: ProcessReport::default(),
             server: None,
+            host: HostReport::default(),
             notes: Vec::new(),
         });
         assert!(report.checks.is_empty());

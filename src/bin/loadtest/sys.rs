@@ -125,6 +125,70 @@ pub fn parse_proc(stat: &str, status: &str, ticks_per_sec: u64) -> Option<ProcSa
     })
 }
 
+/// Time the threads of `pid` spent runnable but waiting for a CPU (field 2 of
+/// /proc/PID/task/*/schedstat). It is the direct sign that a process was starved by
+/// others on the machine rather than slow itself.
+pub fn runqueue_wait(pid: u32) -> Option<Duration> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0u64;
+    // Bounded by the process's thread count.
+    for task in tasks.flatten() {
+        let path = task.path().join("schedstat");
+        if let Ok(text) = std::fs::read_to_string(path) {
+            total += parse_schedstat_wait(&text).unwrap_or(0);
+        }
+    }
+    Some(Duration::from_nanos(total))
+}
+
+/// The run-queue wait in ns from one schedstat line: "on_cpu_ns wait_ns timeslices".
+pub fn parse_schedstat_wait(text: &str) -> Option<u64> {
+    text.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Busy and total jiffies of the whole machine, from the first line of /proc/stat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HostTicks {
+    pub busy: u64,
+    pub total: u64,
+}
+
+pub fn host_ticks() -> Option<HostTicks> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_host_ticks(stat.lines().next()?)
+}
+
+pub fn parse_host_ticks(line: &str) -> Option<HostTicks> {
+    let mut fields = line.split_whitespace();
+    if fields.next()? != "cpu" {
+        return None;
+    }
+    let values: Vec<u64> = fields.map_while(|field| field.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let total: u64 = values.iter().take(8).sum();
+    let idle = values.get(3).copied().unwrap_or(0) + values.get(4).copied().unwrap_or(0);
+    Some(HostTicks {
+        busy: total.saturating_sub(idle),
+        total,
+    })
+}
+
+/// Machine-wide CPU busy share between two readings, in percent of all cores.
+pub fn host_busy_percent(before: HostTicks, after: HostTicks) -> f64 {
+    let total = after.total.saturating_sub(before.total);
+    if total == 0 {
+        return 0.0;
+    }
+    after.busy.saturating_sub(before.busy) as f64 / total as f64 * 100.0
+}
+
+/// Online CPUs of the machine (not of our affinity mask: /proc/stat covers them all).
+pub fn cpu_count() -> usize {
+    // SAFETY: sysconf has no memory effects.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(online).ok().filter(|&n| n > 0).unwrap_or(1)
+}
+
 /// CPU use between two readings, in percent of one core.
 pub fn cpu_percent(cpu_before: Duration, cpu_after: Duration, wall: Duration) -> f64 {
     if wall.is_zero() {
@@ -155,6 +219,27 @@ mod tests {
         let sample = sample_process(std::process::id()).expect("/proc/self exists");
         assert!(sample.rss_bytes > 0);
         assert!(sample.threads >= 1);
+    }
+
+    #[test]
+    fn parses_schedstat_and_proc_stat() {
+        assert_eq!(parse_schedstat_wait("123 456 7\n"), Some(456));
+        assert_eq!(parse_schedstat_wait("123"), None);
+        let ticks = parse_host_ticks("cpu  100 0 50 800 50 0 0 0 0 0").expect("cpu line");
+        assert_eq!(
+            ticks,
+            HostTicks {
+                busy: 150,
+                total: 1000
+            }
+        );
+        assert_eq!(parse_host_ticks("cpu0 1 2 3"), None);
+        let later = HostTicks {
+            busy: 250,
+            total: 1200,
+        };
+        assert!((host_busy_percent(ticks, later) - 50.0).abs() < 1e-9);
+        assert!(runqueue_wait(std::process::id()).is_some());
     }
 
     #[test]
