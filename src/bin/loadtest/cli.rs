@@ -35,6 +35,10 @@ pub struct Args {
     /// Seconds allowed for TCP connect + WebSocket upgrade.
     #[arg(long, default_value_t = 10.0)]
     pub connect_timeout: f64,
+    /// Spread connections over this many local source addresses 127.0.0.1, .2, ... (IPv4
+    /// loopback targets only): more ephemeral ports for churn, and a way past per-IP caps.
+    #[arg(long, default_value_t = 1)]
+    pub source_ips: u32,
     /// Seconds to wait before reconnecting after a failed or lost connection.
     #[arg(long, default_value_t = 1.0)]
     pub reconnect_delay: f64,
@@ -120,6 +124,7 @@ pub struct Config {
     pub addr: SocketAddr,
     pub connections: u32,
     pub connect_rate: f64,
+    pub source_ips: u32,
     #[serde(serialize_with = "secs")]
     pub connect_timeout: Duration,
     #[serde(serialize_with = "secs")]
@@ -175,6 +180,15 @@ const MAX_CONNECTIONS: u32 = 1_000_000;
 const MAX_SECONDS: f64 = 24.0 * 3600.0;
 const MAX_OFFERS: usize = 100;
 const MAX_SDP_BYTES: usize = 1 << 20;
+/// 127.0.0.1 .. 127.0.255.254 without wrapping into 127.1.x.x.
+const MAX_SOURCE_IPS: u32 = 65_534;
+
+/// The local address of a connection when --source-ips spreads them.
+pub fn source_ip(slot: u32, source_ips: u32) -> std::net::Ipv4Addr {
+    let host = slot % source_ips.max(1) + 1;
+    // host <= 65_534, so both bytes fit.
+    std::net::Ipv4Addr::new(127, 0, (host >> 8) as u8, (host & 0xFF) as u8)
+}
 
 fn seconds(name: &str, value: f64, min: f64) -> Result<Duration, String> {
     if !value.is_finite() || value < min || value > MAX_SECONDS {
@@ -320,6 +334,12 @@ impl Args {
         };
         let (host, port) = parse_ws_url(&self.url)?;
         let addr = resolve_target(&host, port, self.allow_remote)?;
+        if self.source_ips == 0 || self.source_ips > MAX_SOURCE_IPS {
+            return Err(format!("--source-ips must be 1..={MAX_SOURCE_IPS}"));
+        }
+        if self.source_ips > 1 && !matches!(addr.ip(), IpAddr::V4(ip) if ip.is_loopback()) {
+            return Err("--source-ips needs an IPv4 loopback target (127.x.x.x)".to_owned());
+        }
         let interval = announce_interval(
             self.connections,
             self.rate,
@@ -330,6 +350,7 @@ impl Args {
             addr,
             connections: self.connections,
             connect_rate: positive("connect-rate", self.connect_rate)?,
+            source_ips: self.source_ips,
             connect_timeout: seconds("connect-timeout", self.connect_timeout, 0.001)?,
             reconnect_delay: seconds("reconnect-delay", self.reconnect_delay, 0.0)?,
             duration,
@@ -407,6 +428,19 @@ mod tests {
         assert!(args(&["--url", "ws://192.0.2.7:80/"])
             .into_config()
             .is_err());
+    }
+
+    #[test]
+    fn source_ips_cycle_through_loopback() {
+        assert_eq!(source_ip(0, 1), std::net::Ipv4Addr::new(127, 0, 0, 1));
+        assert_eq!(source_ip(5, 1), std::net::Ipv4Addr::new(127, 0, 0, 1));
+        assert_eq!(source_ip(1, 300), std::net::Ipv4Addr::new(127, 0, 0, 2));
+        assert_eq!(source_ip(299, 300), std::net::Ipv4Addr::new(127, 0, 1, 44));
+        assert!(args(&["--source-ips", "4"]).into_config().is_ok());
+        assert!(args(&["--source-ips", "4", "--url", "ws://[::1]:80/"])
+            .into_config()
+            .is_err());
+        assert!(args(&["--source-ips", "0"]).into_config().is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use p2p_mediastream::protocol::client::{
 };
 use p2p_mediastream::protocol::{InfoHash, OfferId, PeerId};
 use rand::{rngs::SmallRng, Rng, SeedableRng};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::LocalSet;
 use tokio::time::MissedTickBehavior;
@@ -30,7 +31,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::cli::Config;
+use crate::cli::{self, Config};
 use crate::scenario::{self, Marker};
 use crate::stats::{record_ns, Counter, Counters, WorkerOutcome};
 
@@ -207,7 +208,7 @@ async fn run_slot(worker: Rc<Worker>, slot: Slot, churn: Rc<Notify>) {
         }
         let token = scenario::peer_token(shared.run_nonce, slot.index, generation);
         worker.count(attempt_ns, |c| &c.conn_attempted, 1);
-        let ws = match connect(config).await {
+        let ws = match connect(config, slot.index).await {
             Ok(ws) => ws,
             Err(cause) => {
                 worker.count(attempt_ns, |c| &c.conn_failed, 1);
@@ -255,10 +256,21 @@ fn ws_config() -> WebSocketConfig {
         .max_message_size(Some(4 << 20))
 }
 
+/// TCP connect from the slot's source address.
+async fn tcp_connect(config: &Config, slot: u32) -> std::io::Result<TcpStream> {
+    if config.source_ips <= 1 {
+        return TcpStream::connect(config.addr).await;
+    }
+    let socket = TcpSocket::new_v4()?;
+    let local = SocketAddr::new(IpAddr::V4(cli::source_ip(slot, config.source_ips)), 0);
+    socket.bind(local)?;
+    socket.connect(config.addr).await
+}
+
 /// TCP connect + WebSocket upgrade, with the cause of a failure as a short label.
-async fn connect(config: &Config) -> Result<WebSocketStream<TcpStream>, String> {
+async fn connect(config: &Config, slot: u32) -> Result<WebSocketStream<TcpStream>, String> {
     let deadline = tokio::time::Instant::now() + config.connect_timeout;
-    let tcp = match tokio::time::timeout_at(deadline, TcpStream::connect(config.addr)).await {
+    let tcp = match tokio::time::timeout_at(deadline, tcp_connect(config, slot)).await {
         Err(_) => return Err("timeout (tcp connect)".to_owned()),
         Ok(Err(err)) => return Err(io_cause(&err)),
         Ok(Ok(tcp)) => tcp,
