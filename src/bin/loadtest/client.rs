@@ -32,7 +32,7 @@ use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::cli::{self, Config};
-use crate::scenario::{self, Marker};
+use crate::scenario::{self, Marker, SdpTemplate};
 use crate::stats::{record_ns, Counter, Counters, WorkerOutcome};
 
 /// The run's timeline, as nanoseconds since `base`. Every client in the process stamps
@@ -367,9 +367,9 @@ struct Session {
     pending_scrapes: VecDeque<u64>,
     offer_counter: u64,
     scrape_credit: f64,
-    /// Reused SDP buffers: an announce carries one SDP text K times.
-    offer_sdp: String,
-    answer_sdp: String,
+    /// SDP templates: an announce carries one SDP text K times.
+    offer_sdp: SdpTemplate,
+    answer_sdp: SdpTemplate,
     queue: Option<mpsc::Sender<Message>>,
 }
 
@@ -387,8 +387,8 @@ impl Session {
             pending_scrapes: VecDeque::new(),
             offer_counter: 0,
             scrape_credit: 0.0,
-            offer_sdp: String::with_capacity(shared.config.sdp_bytes + 16),
-            answer_sdp: String::with_capacity(shared.config.sdp_bytes + 16),
+            offer_sdp: SdpTemplate::new(shared.config.sdp_bytes),
+            answer_sdp: SdpTemplate::new(shared.config.sdp_bytes),
             queue: None,
         }
     }
@@ -530,24 +530,16 @@ impl Session {
         }
         let swarm_size = u64::from(members.load(Ordering::Relaxed));
         let offers = config.offers;
-        scenario::write_sdp(
-            &mut self.offer_sdp,
-            config.sdp_bytes,
-            Marker {
+        let text = {
+            let sdp = self.offer_sdp.stamp(Marker {
                 offerer: self.token,
                 offer_ns: now,
                 answer_ns: 0,
-            },
-        );
-        let text = {
+            });
             let first = self.offer_counter;
+            let token = self.token;
             let list: Vec<(OfferId, &str)> = (0..offers as u64)
-                .map(|i| {
-                    (
-                        scenario::offer_id(self.token, first + i),
-                        self.offer_sdp.as_str(),
-                    )
-                })
+                .map(|i| (scenario::offer_id(token, first + i), sdp))
                 .collect();
             announce_text(self.info_hash, self.peer_id, event, None, &list)
         };
@@ -678,17 +670,12 @@ impl Session {
             }
         };
         // Every offer gets exactly one answer, as the reference client does.
-        let size = self.worker.shared.config.sdp_bytes;
-        scenario::write_sdp(
-            &mut self.answer_sdp,
-            size,
-            Marker {
-                offerer: origin.map_or(0, |m| m.offerer),
-                offer_ns: origin.map_or(0, |m| m.offer_ns),
-                answer_ns: now,
-            },
-        );
-        let text = answer_text(info_hash, self.peer_id, from, offer_id, &self.answer_sdp);
+        let sdp = self.answer_sdp.stamp(Marker {
+            offerer: origin.map_or(0, |m| m.offerer),
+            offer_ns: origin.map_or(0, |m| m.offer_ns),
+            answer_ns: now,
+        });
+        let text = answer_text(info_hash, self.peer_id, from, offer_id, sdp);
         if self.send(text, now) {
             if let Some(marker) = origin {
                 // Keyed to the offer's time, like answers_received, so the two compare.
