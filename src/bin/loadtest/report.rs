@@ -325,6 +325,14 @@ pub fn build(inputs: Inputs<'_>) -> Report {
             traffic.announce_responses_unmatched
         ));
     }
+    if errors.failures > 0 && traffic.announce_responses < traffic.announces_sent {
+        notes.push(
+            "failure reasons arrived while announce responses are missing: announce RTT pairs \
+             responses with announces in order, so if some announces got a failure instead \
+             of a response, the RTT reads high"
+                .to_owned(),
+        );
+    }
     if traffic.offers_to_self > 0 {
         notes.push(format!(
             "SERVER BUG? {} offers were relayed back to the peer that sent them",
