@@ -386,7 +386,9 @@ impl Session {
             pending_announces: VecDeque::new(),
             pending_scrapes: VecDeque::new(),
             offer_counter: 0,
-            scrape_credit: 0.0,
+            // A per-slot head start spreads scrapes over connections, so a ratio like
+            // 0.05 still yields scrapes when each connection announces fewer than 20 times.
+            scrape_credit: scenario::spread(slot.index),
             offer_sdp: SdpTemplate::new(shared.config.sdp_bytes),
             answer_sdp: SdpTemplate::new(shared.config.sdp_bytes),
             queue: None,

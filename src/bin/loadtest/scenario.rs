@@ -119,6 +119,11 @@ pub fn summarise(assignment: &[u32], shape: SwarmShape, offers: usize) -> SwarmS
     }
 }
 
+/// A value in [0, 1) per index, evenly spread (golden-ratio sequence).
+pub fn spread(index: u32) -> f64 {
+    (f64::from(index) * 0.618_033_988_749_894_9).fract()
+}
+
 /// SplitMix64: a cheap, well-mixed way to turn (seed, index) into id bytes.
 pub fn mix64(mut value: u64) -> u64 {
     value = value.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -343,6 +348,20 @@ mod tests {
         assert_eq!(summary.largest, 3);
         assert_eq!(summary.in_hot, 3);
         assert!((summary.deliverable_share - 6.0 / 20.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn spread_covers_the_unit_interval() {
+        let mut buckets = [0u32; 10];
+        for index in 0..1000 {
+            let value = spread(index);
+            assert!((0.0..1.0).contains(&value));
+            buckets[(value * 10.0) as usize] += 1;
+        }
+        assert!(
+            buckets.iter().all(|&n| (90..=110).contains(&n)),
+            "{buckets:?}"
+        );
     }
 
     #[test]
