@@ -1,8 +1,8 @@
-#!/bin/sh
+#!/usr/bin/env bash
 # Builds the web player bundle: public/dist/player.js (+ .map), minified.
 # Installs the pinned dependencies from package-lock.json first when node_modules is
-# missing or older than the lock file. Usage: sh public/build.sh
-set -eu
+# missing or older than the lock file. Usage: public/build.sh
+set -euo pipefail
 cd "$(dirname "$0")"
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
@@ -26,4 +26,4 @@ npx --no-install esbuild src/player.js \
   --log-level=warning \
   --outfile=dist/player.js
 
-ls -l dist/player.js | awk '{print "built public/dist/player.js (" $5 " bytes)"}'
+echo "built public/dist/player.js ($(stat -c %s dist/player.js) bytes)"

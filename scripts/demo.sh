@@ -123,9 +123,9 @@ if ((build)) && bundle_stale; then
         apt_install nodejs npm
     fi
     say "building the player bundle (public/build.sh)"
-    sh "$repo_root/public/build.sh" || die "public/build.sh failed"
+    bash "$repo_root/public/build.sh" || die "public/build.sh failed"
 fi
-[[ -s $bundle ]] || die "missing $bundle; run: sh public/build.sh"
+[[ -s $bundle ]] || die "missing $bundle; run: public/build.sh"
 
 # --- server binary -----------------------------------------------------------------------
 if [[ -n ${P2P_MEDIASTREAM_BIN:-} ]]; then

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: formatting, lints, Rust unit and integration tests, the interop
-# test with the real npm `bittorrent-tracker` client, the real-browser P2P test, and the
-# static checks of the deployment files. Installs what it needs (npm packages, Debian
-# packages) or stops with a message saying what is missing.
+# The whole test suite: formatting, lints (clippy, shellcheck), the deployment checks, the
+# interop test with the real npm `bittorrent-tracker` client, the real-browser P2P test,
+# and the Rust unit, integration, property and fault-injection tests. Installs what it
+# needs (npm packages, Debian packages) or stops with a message saying what is missing.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,24 +18,47 @@ need cargo "Install the Rust toolchain (https://rustup.rs), version 1.89 or newe
 need node "Install Node.js 20 or newer (apt-get install nodejs npm)."
 need npm "Install npm (apt-get install npm)."
 
+apt_updated=0
+apt_install() {
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "test.sh: Debian packages missing: $*; install them (apt-get install $*) or run as root" >&2
+        exit 1
+    fi
+    if ((apt_updated == 0)); then
+        apt-get update -qq
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
 stage() { printf '\n==> %s\n' "$*"; }
 
 stage "cargo fmt --check"
 cargo fmt --all -- --check
 
-stage "cargo clippy --all-targets -- -D warnings"
+stage "cargo clippy -D warnings (default features, then fault-injection)"
 cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --all-targets --locked --features fault-injection -- -D warnings
+
+stage "shellcheck"
+command -v shellcheck >/dev/null 2>&1 || apt_install shellcheck
+shellcheck scripts/*.sh tests/*/*.sh public/build.sh .ci/run
 
 stage "cargo build (the binary the Node and browser tests start)"
 cargo build --locked --bins
 export P2P_MEDIASTREAM_BIN="$root/target/debug/p2p-mediastream"
 
-for extra in tests/interop/run.sh tests/browser/run.sh scripts/check-compose.sh; do
-    if [[ -f "$extra" ]]; then
-        stage "$extra"
-        bash "$extra"
-    fi
-done
+stage "deployment files (docker-compose config, Dockerfile sources)"
+bash scripts/check-compose.sh
+
+stage "interop: the npm bittorrent-tracker client against our tracker"
+bash tests/interop/run.sh
+
+stage "browser: Chromium viewers sharing the live stream over P2P"
+bash tests/browser/run.sh
+
+stage "fault injection (a panicking swarm, SIGTERM, restart)"
+cargo test --locked --features fault-injection --test faults
 
 # Last, so that its summary closes the output.
 stage "cargo test"

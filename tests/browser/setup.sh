@@ -24,7 +24,7 @@ fi
 
 bundle="$repo/public/dist/player.js"
 if [ ! -f "$bundle" ] || [ -n "$(find "$repo/public/src" "$repo/public/package-lock.json" -newer "$bundle" -print -quit)" ]; then
-  sh "$repo/public/build.sh"
+  bash "$repo/public/build.sh"
 fi
 
 if [ -z "${P2P_MEDIASTREAM_BIN:-}" ] && [ -z "${PAGE_URL:-}" ] && [ ! -x "$repo/target/debug/p2p-mediastream" ]; then
