@@ -160,6 +160,7 @@ pub fn start(settings: Settings) -> io::Result<Running> {
     }
     let server = server_builder.run();
     spawn_housekeeping(&shared);
+    // Only now, with every handler in place, tell the world (and tests) we listen.
     for addr in &addrs {
         info!(
             "listening on http://{addr} (tracker at ws://{addr}{})",
@@ -202,6 +203,36 @@ fn spawn_housekeeping(shared: &Arc<Shared>) {
         }
     });
 
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        // Registered here, synchronously, before the server says it is listening: a SIGHUP
+        // that arrived before the handler existed would kill the process (its default).
+        let hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => Some(hangups),
+            Err(err) => {
+                warn!(
+                    "cannot listen for SIGHUP ({err}); the access list reloads on its timer only"
+                );
+                None
+            }
+        };
+        if let Some(mut hangups) = hangups {
+            let reloader = shared.clone();
+            actix_web::rt::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    match reloader.access.reload() {
+                        Ok(_) if reloader.access.mode() == config::AccessMode::Off => {
+                            info!("SIGHUP: no access list configured; nothing to reload")
+                        }
+                        Ok(count) => info!("SIGHUP: access list reloaded: {count} info_hashes"),
+                        Err(err) => warn!("SIGHUP: {err}; keeping the previous list"),
+                    }
+                }
+            });
+        }
+    }
+
     if shared.access.mode() == config::AccessMode::Off {
         return;
     }
@@ -218,23 +249,6 @@ fn spawn_housekeeping(shared: &Arc<Shared>) {
             }
         }
     });
-    #[cfg(unix)]
-    {
-        let reloader = shared.clone();
-        actix_web::rt::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-                warn!("cannot listen for SIGHUP; the access list reloads on its timer only");
-                return;
-            };
-            while hangups.recv().await.is_some() {
-                match reloader.access.reload() {
-                    Ok(count) => info!("SIGHUP: access list reloaded: {count} info_hashes"),
-                    Err(err) => warn!("SIGHUP: {err}; keeping the previous list"),
-                }
-            }
-        });
-    }
 }
 
 /// Runs the server until it is stopped; used by the binary.

@@ -5,11 +5,9 @@ mod common;
 
 use std::{
     collections::HashMap,
-    io::{BufRead, BufReader},
     net::TcpListener,
     path::Path,
     process::{Child, Command, Stdio},
-    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -386,60 +384,11 @@ fn the_binary_exits_2_on_an_invalid_env_setting() {
     assert!(stderr.contains("server.port"), "{stderr}");
 }
 
-/// The running binary: its port, and its stderr lines as they come.
-struct Server {
-    child: Child,
-    port: u16,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn start_binary() -> Server {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut child = command()
-        .env("TRACKER__SERVER__PORT", "0")
-        .env("TRACKER__SERVER__HOST", "127.0.0.1")
-        .env("TRACKER__SERVER__WORKERS", "1")
-        .env("TRACKER__SWARM__SHARDS", "1")
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn binary");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut seen = Vec::new();
-    let port = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = lines
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("no 'listening on' line; stderr so far: {seen:#?}"));
-        if let Some(rest) = line.split("listening on http://127.0.0.1:").nth(1) {
-            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            break digits.parse::<u16>().expect("port in the log line");
-        }
-        seen.push(line);
-    };
-    assert_ne!(port, 0);
-    drop(dir);
-    Server { child, port, lines }
+fn start_binary() -> BinaryServer {
+    BinaryServer::start(&[
+        ("TRACKER__SERVER__WORKERS", "1"),
+        ("TRACKER__SWARM__SHARDS", "1"),
+    ])
 }
 
 fn healthcheck(port: u16) -> std::process::Output {
@@ -455,7 +404,7 @@ fn healthcheck(port: u16) -> std::process::Output {
 #[tokio::test]
 async fn the_binary_serves_logs_its_address_and_stops_on_sigterm_closing_sockets_with_1001() {
     let mut server = start_binary();
-    let base = format!("http://127.0.0.1:{}", server.port);
+    let base = format!("http://127.0.0.1:{}", server.port());
     let response = reqwest::get(format!("{base}/healthz"))
         .await
         .expect("healthz");
@@ -463,7 +412,7 @@ async fn the_binary_serves_logs_its_address_and_stops_on_sigterm_closing_sockets
     assert_eq!(response.text().await.expect("body").trim(), "ok");
 
     // The healthcheck subcommand agrees.
-    let output = healthcheck(server.port);
+    let output = healthcheck(server.port());
     assert_eq!(
         output.status.code(),
         Some(0),
@@ -471,7 +420,7 @@ async fn the_binary_serves_logs_its_address_and_stops_on_sigterm_closing_sockets
         String::from_utf8_lossy(&output.stderr)
     );
 
-    let mut peer = TestPeer::connect(&format!("ws://127.0.0.1:{}/announce", server.port)).await;
+    let mut peer = TestPeer::connect(&format!("ws://127.0.0.1:{}/announce", server.port())).await;
     peer.announce(info_hash(1), peer_id(1), Some("started"), &[])
         .await;
     assert_eq!(peer.recv_announce_reply().await.incomplete, 1);

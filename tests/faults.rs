@@ -7,10 +7,8 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader},
     net::SocketAddr,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -296,61 +294,11 @@ async fn a_reset_in_the_middle_of_a_fragmented_message_removes_its_peers() {
 // The binary: SIGTERM closes every socket with 1001 and exits 0; a restart rebuilds.
 // ---------------------------------------------------------------------------------------
 
-struct Binary {
-    child: Child,
-    addr: SocketAddr,
-    /// The rest of stderr, drained by a thread so the process never blocks on it.
-    _lines: mpsc::Receiver<String>,
-}
-
-fn start_binary() -> Binary {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_p2p-mediastream"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("TRACKER__SERVER__HOST", "127.0.0.1")
-        .env("TRACKER__SERVER__PORT", "0")
-        .env("TRACKER__SERVER__WORKERS", "2")
-        .env("TRACKER__SWARM__SHARDS", "2")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the binary");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                // Nobody listens any more; keep draining.
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let addr = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .expect("the binary logged its address in time");
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            let addr = rest.split_whitespace().next().expect("address");
-            break addr.parse().expect("socket address");
-        }
-    };
-    Binary {
-        child,
-        addr,
-        _lines: rx,
-    }
-}
-
-impl Drop for Binary {
-    fn drop(&mut self) {
-        // Only if a test failed before the process exited.
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+fn start_binary() -> BinaryServer {
+    BinaryServer::start(&[
+        ("TRACKER__SERVER__WORKERS", "2"),
+        ("TRACKER__SWARM__SHARDS", "2"),
+    ])
 }
 
 async fn connect_peers(addr: SocketAddr, count: u32, event: Option<&str>) -> Vec<TestPeer> {

@@ -874,3 +874,89 @@ impl TestApp {
 pub fn websockets(stats: &serde_json::Value) -> u64 {
     stats["connections"].as_u64().expect("connections")
 }
+
+/// The real binary, started on 127.0.0.1 with an OS-chosen port and the given extra
+/// environment (`TRACKER__…`); its stderr is drained by a thread into `lines`. Killed on
+/// drop if a test did not stop it.
+pub struct BinaryServer {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub lines: mpsc::Receiver<String>,
+}
+
+impl BinaryServer {
+    pub fn start(env: &[(&str, &str)]) -> Self {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+        let mut command = Command::new(env!("CARGO_BIN_EXE_p2p-mediastream"));
+        command
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("TRACKER__SERVER__HOST", "127.0.0.1")
+            .env("TRACKER__SERVER__PORT", "0")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("start the binary");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, lines) = mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // Keep draining even when nobody listens, so the child never blocks.
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut seen = Vec::new();
+        let addr = loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no 'listening on' line; stderr so far: {seen:#?}"));
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let addr = rest.split_whitespace().next().expect("address");
+                break addr.parse().expect("socket address");
+            }
+            seen.push(line);
+        };
+        Self { child, addr, lines }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits (bounded) for a stderr line containing `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => continue,
+                Err(_) => panic!("no log line containing {needle:?} within {timeout:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for BinaryServer {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
