@@ -110,7 +110,7 @@ impl Default for WsSettings {
             max_message_bytes: 64 * 1024,
             ping_interval_secs: 20,
             idle_timeout_secs: 60,
-            session_mailbox: 256,
+            session_mailbox: 64,
             allowed_origins: Vec::new(),
             max_swarms_per_connection: 100,
             max_peer_ids_per_swarm: 4,
