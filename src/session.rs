@@ -185,6 +185,9 @@ impl PeerSession {
     }
 
     fn heartbeat(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        // Proof of life for the frozen-session watchdog: a session that still ticks is not
+        // stuck behind a full socket (touching on every frame would cost a clock read per
+        // message for nothing).
         self.progress.touch(&self.shared.connections);
         let idle_timeout = Duration::from_secs(self.shared.settings.ws.idle_timeout_secs);
         if self.last_heard.elapsed() >= idle_timeout {
@@ -629,7 +632,6 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for PeerSession {
     fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
         let now = Instant::now();
         self.last_heard = now;
-        self.progress.touch(&self.shared.connections);
         // Every message a client can make the server work for counts against its rate:
         // text messages (once, at their first fragment) and pings.
         let starts_fragmented = matches!(
@@ -700,7 +702,6 @@ impl Handler<Deliver> for PeerSession {
     type Result = ();
 
     fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
-        self.progress.touch(&self.shared.connections);
         self.send(ctx, &msg.0);
     }
 }

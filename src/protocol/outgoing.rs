@@ -63,14 +63,30 @@ pub enum OutMessage {
 impl OutMessage {
     /// Serialises to the JSON text of one frame.
     pub fn to_text(&self) -> String {
+        // Sized up front: relayed offers and answers are SDP plus ~200 bytes of envelope,
+        // and growing the buffer by doubling would copy them several times.
+        let mut buffer = Vec::with_capacity(self.estimated_len());
         // Serialising plain structs of ids, integers and strings cannot fail; the fallback
         // keeps the connection speaking the protocol should that ever change.
-        serde_json::to_string(self).unwrap_or_else(|err| {
-            format!(
+        match serde_json::to_writer(&mut buffer, self) {
+            Ok(()) => String::from_utf8(buffer).unwrap_or_default(),
+            Err(err) => format!(
                 "{{\"failure reason\":\"internal error: {}\",\"action\":\"announce\"}}",
                 err.to_string().replace(['"', '\\'], "'")
-            )
-        })
+            ),
+        }
+    }
+
+    /// A close upper estimate of the JSON length (SDP line breaks are escaped as `\r\n`).
+    fn estimated_len(&self) -> usize {
+        match self {
+            OutMessage::Offer { sdp, .. } | OutMessage::Answer { sdp, .. } => {
+                sdp.len() + sdp.len() / 8 + 256
+            }
+            OutMessage::ScrapeResponse { files } => 32 + files.len() * 120,
+            OutMessage::Failure { reason, .. } => reason.len() + 160,
+            OutMessage::AnnounceResponse { .. } => 160,
+        }
     }
 
     /// Short label for metrics.
