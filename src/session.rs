@@ -494,16 +494,25 @@ impl PeerSession {
         }));
     }
 
+    /// A new message may not start while a fragmented one is unfinished (RFC 6455 5.4);
+    /// closes the socket (1002) and returns true if one is.
+    fn interrupts_fragmented_message(&self, ctx: &mut ws::WebsocketContext<Self>) -> bool {
+        if self.fragments.is_none() {
+            return false;
+        }
+        self.close(
+            ctx,
+            CloseCode::Protocol,
+            "new message before the last ended",
+        );
+        true
+    }
+
     fn on_fragment(&mut self, item: actix_http::ws::Item, ctx: &mut ws::WebsocketContext<Self>) {
         let max_message = self.shared.settings.ws.max_message_bytes;
         let (chunk, last) = match item {
             actix_http::ws::Item::FirstText(chunk) => {
-                if self.fragments.is_some() {
-                    self.close(
-                        ctx,
-                        CloseCode::Protocol,
-                        "new message before the last ended",
-                    );
+                if self.interrupts_fragmented_message(ctx) {
                     return;
                 }
                 self.fragments = Some(Fragments {
@@ -653,12 +662,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for PeerSession {
         }
         match item {
             Ok(ws::Message::Text(text)) => {
-                if self.fragments.is_some() {
-                    self.close(
-                        ctx,
-                        CloseCode::Protocol,
-                        "new message before the last ended",
-                    );
+                if self.interrupts_fragmented_message(ctx) {
                     return;
                 }
                 self.on_text(&text, ctx);
