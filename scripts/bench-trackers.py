@@ -889,10 +889,15 @@ def f(v, digits: int = 2, suffix: str = "") -> str:
     return f"{v:.{digits}f}{suffix}"
 
 
+RATIO_KEYS = {"msgs_per_sec", "signal_msgs_per_sec", "p50", "p99", "p999", "announce_p99",
+              "cpu_percent", "us_per_msg", "us_per_signal_msg", "rss_mb"}
+
+
 def ratio(a, b) -> str:
     if a is None or b is None or b == 0:
         return "–"
-    return f"{a / b:.2f}×"
+    r = a / b
+    return f"{r:.2f}×" if r >= 0.1 else f"{r:.2g}×"
 
 
 def machine_facts() -> dict:
@@ -1012,7 +1017,8 @@ def render(summary: dict, doc_dir: Path) -> Path:
       "A→tracker→B→tracker→A. *CPU µs/msg* = server CPU time per client-side message "
       "(server CPU % / 100 × 10⁶ / msgs/s). *host busy* is the share of both CPUs in use "
       "during the window, whoever used them (the tester's core included), so about 50 % means "
-      "one core fully busy.")
+      "one core fully busy. *ours / X* columns divide our figure by the other tracker's: below 1 "
+      "means ours is lower, which is better for latencies, CPU and RSS and worse for msgs/s.")
     w("")
 
     # headline
@@ -1114,7 +1120,7 @@ def render(summary: dict, doc_dir: Path) -> Path:
                     text += f" ({f(a['p99_min'])}–{f(a['p99_max'])})"
                 cells.append(text)
             if "ours" in trackers:
-                no_ratio = key in ("unmatched_per_sec", "errors", "conn_failed")
+                no_ratio = key not in RATIO_KEYS
                 cells += ["" if no_ratio else ratio(vals.get("ours"), vals.get(p)) for p in peers]
             w(f"| {label} | " + " | ".join(cells) + " |")
         status = []
@@ -1193,9 +1199,9 @@ def render(summary: dict, doc_dir: Path) -> Path:
     w("## Raw data")
     w("")
     w("Every run's `loadtest --json` report, the server log and the tester's stderr are in "
-      "`target/bench/results/` (`STEP-TRACKER-rN.json`, `.server.log`, `.loadtest.log`), with "
-      "`summary.json` holding the aggregates this page was made from; "
-      "`scripts/bench-trackers.sh --render-only` remakes this page from them.")
+      f"`{RESULTS.relative_to(REPO)}/` (`STEP-TRACKER-rN.json`, `.server.log`, `.loadtest.log`), with "
+      "`summary.json` listing the runs this page was made from; "
+      f"`scripts/bench-trackers.sh --render-only{' --quick' if quick else ''}` remakes this page from them.")
     w("")
     doc.write_text("\n".join(lines))
 
@@ -1242,10 +1248,11 @@ examples:
   scripts/bench-trackers.sh --quick                  # about 6 minutes, writes target/bench/quick/
   scripts/bench-trackers.sh                          # full run (~35 min), writes docs/benchmarks.md
   scripts/bench-trackers.sh --trackers ours,reference --repeats 3
-  scripts/bench-trackers.sh --render-only            # remake the doc from target/bench/results/
+  scripts/bench-trackers.sh --render-only            # remake docs/benchmarks.md from target/bench/results/
 """)
     p.add_argument("--quick", action="store_true",
-                   help="short steps (12 s), 1 repeat, rates 500 and 2000 only; writes target/bench/quick/")
+                   help="short steps (12 s), 1 repeat, rates 500 and 2000 only; "
+                   "writes target/bench/quick/ (raw data: target/bench/results/quick/)")
     p.add_argument("--repeats", type=int, default=None, help="runs per step and tracker (default 2, quick 1)")
     p.add_argument("--trackers", default="ours,aquatic,reference",
                    help="comma-separated subset of ours,aquatic,reference (default: all three)")
@@ -1290,7 +1297,10 @@ examples:
 
 
 def main(argv: list[str]) -> int:
+    global RESULTS
     args = parse_args(argv)
+    if args.quick:
+        RESULTS = RESULTS / "quick"  # a trial never replaces the full run's raw data
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
     RESULTS.mkdir(parents=True, exist_ok=True)
