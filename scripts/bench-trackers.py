@@ -355,7 +355,7 @@ def prepare_ours(skip_build: bool) -> Tracker:
     for binary in (OURS_BIN, LOADTEST_BIN):
         if not os.access(binary, os.X_OK):
             raise BenchError(f"{binary} is missing; run without --skip-build")
-    commit = capture(["git", "-C", str(REPO), "describe", "--always", "--dirty"])
+    commit = capture(["git", "-C", str(REPO), "describe", "--always"])
     version = capture([str(OURS_BIN), "--version"])
     dirty = capture(["git", "-C", str(REPO), "diff", "--name-only", "HEAD", "--", "src", "Cargo.toml", "Cargo.lock"])
     note = f"built with uncommitted changes in {', '.join(dirty.split())}" if dirty else ""
@@ -536,6 +536,7 @@ class RunResult:
     rss_baseline: int | None = None
     rss_loaded: int | None = None
     rss_samples: list = field(default_factory=list)
+    core_split: dict | None = None  # "server"/"client" -> {user, system, softirq, idle...} in %
     peers_seen: int | None = None
     shards_line: str = ""
     load1_before: float | None = None
@@ -555,6 +556,32 @@ def server_log_issues(path: Path) -> list[str]:
     except OSError:
         pass
     return out
+
+
+def core_ticks() -> dict[str, list[int]]:
+    """Per-CPU jiffies from /proc/stat: user nice system idle iowait irq softirq steal."""
+    out = {}
+    with open("/proc/stat", encoding="ascii") as f:
+        for line in f:
+            parts = line.split()
+            if parts and parts[0].startswith("cpu") and parts[0] != "cpu":
+                out[parts[0][3:]] = [int(x) for x in parts[1:9]]
+    return out
+
+
+def core_split(before: dict, after: dict, core: str) -> dict | None:
+    """Where one core's time went between two readings, in percent."""
+    if core not in before or core not in after:
+        return None
+    d = [a - b for a, b in zip(after[core], before[core])]
+    total = sum(d)
+    if total <= 0:
+        return None
+    names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    split = {n: v / total * 100 for n, v in zip(names, d)}
+    split["user"] += split.pop("nice")
+    split["idle"] += split.pop("iowait")
+    return split
 
 
 def stats_json(port: int) -> dict | None:
@@ -605,6 +632,7 @@ def run_one(tracker: Tracker, step: Step, repeat: int, workdir: Path) -> RunResu
             loadtest = spawn(argv, "loadtest", stdout=jout, stderr=eout, cwd=REPO)
             budget = step.duration + 3 + 120
             plateau = (step.warmup, step.duration - 0.5)
+            ticks_start = ticks_end = None
             while loadtest.poll() is None:
                 now = time.monotonic() - t0
                 if now > budget:
@@ -613,6 +641,12 @@ def run_one(tracker: Tracker, step: Step, repeat: int, workdir: Path) -> RunResu
                     return res
                 rss = vm_rss_bytes(server.pid)
                 res.rss_samples.append((round(now, 1), rss))
+                # Where the cores' time goes inside the window: softirq (kernel network
+                # processing of loopback traffic) is in neither process's CPU figure.
+                if ticks_start is None and now >= step.warmup:
+                    ticks_start = core_ticks()
+                if ticks_end is None and now >= step.duration:
+                    ticks_end = core_ticks()
                 if (step.kind == "idle" and tracker.name == "ours" and res.peers_seen is None
                         and now >= (plateau[0] + plateau[1]) / 2):
                     res.peers_seen = stats_peers(port)
@@ -636,6 +670,9 @@ def run_one(tracker: Tracker, step: Step, repeat: int, workdir: Path) -> RunResu
         except ValueError as err:
             res.error = f"unreadable loadtest JSON ({err})"
             return res
+        if ticks_start and ticks_end:
+            res.core_split = {"server": core_split(ticks_start, ticks_end, SERVER_CORE),
+                              "client": core_split(ticks_start, ticks_end, CLIENT_CORE)}
         in_plateau = [r for (t, r) in res.rss_samples if plateau[0] <= t <= plateau[1] and r]
         if in_plateau:
             res.rss_loaded = int(statistics.median(in_plateau))
@@ -691,6 +728,7 @@ def metrics_of(report: dict) -> dict:
         "client_cpu": report["client"]["cpu_percent"],
         "host_busy": report["host"]["busy_percent"],
         "established": report["connections"]["established"],
+        "failed_by_cause": report["connections"].get("failed_by_cause") or {},
         "conn_failed": report["connections"]["failed"],
         "closed_by_server": report["connections"]["closed_by_server"],
         "lost": report["connections"]["lost"],
@@ -721,7 +759,7 @@ def aggregate(runs: list[RunResult]) -> dict | None:
             agg[key + "_max"] = max(vals)
         elif key == "notes":
             agg[key] = sorted({n for m in ms for n in m[key]})
-        elif key == "failures":
+        elif key in ("failures", "failed_by_cause"):
             merged: dict = {}
             for m in ms:
                 for k, v in (m[key] or {}).items():
@@ -747,9 +785,36 @@ def aggregate(runs: list[RunResult]) -> dict | None:
     failures_sent = [r.server_stats.get("failures_sent") for r in good
                      if r.server_stats and r.server_stats.get("failures_sent") is not None]
     agg["server_failures_sent"] = statistics.fmean(failures_sent) if failures_sent else None
+    for side in ("server", "client"):
+        splits = [r.core_split[side] for r in good if r.core_split and r.core_split.get(side)]
+        if splits:
+            agg[f"core_{side}"] = {k: statistics.fmean(sp[k] for sp in splits) for k in splits[0]}
     agg["peers_seen"] = next((r.peers_seen for r in good if r.peers_seen is not None), None)
     agg["shards_line"] = next((r.shards_line for r in runs if r.shards_line), "")
     return agg
+
+
+def merge_summaries(old: dict, new: dict) -> dict:
+    """The earlier run's summary plus the runs of an --add run."""
+    redone = {(r["step"], r["tracker"]) for r in new["runs"]}
+    out = dict(old)
+    out["runs"] = [r for r in old["runs"] if (r["step"], r["tracker"]) not in redone] + new["runs"]
+    ids = [s["id"] for s in old["steps"]]
+    steps = list(old["steps"])
+    for s in new["steps"]:
+        if s["id"] not in ids:
+            steps.append(s)
+    # Rate steps in rate order, then the others as they came.
+    out["steps"] = (sorted((s for s in steps if s["kind"] == "rate"), key=lambda s: s["rate"])
+                    + [s for s in steps if s["kind"] != "rate"])
+    out["trackers"] = [t for t in TRACKERS if t in old["trackers"] or t in new["trackers"]]
+    out["tracker_info"] = {**new.get("tracker_info", {}), **old.get("tracker_info", {})}
+    out["added"] = old.get("added", []) + [{"command": new["command"], "finished": new["finished"],
+                                            "quiet": new["quiet"], "repeats": new["repeats"],
+                                            "pairs": sorted(f"{s} {t}" for s, t in redone),
+                                            "versions": {t: new["tracker_info"][t]["version"]
+                                                         for t in new.get("tracker_info", {})}}]
+    return out
 
 
 def build_aggregates(summary: dict) -> dict:
@@ -951,8 +1016,20 @@ def render(summary: dict, doc_dir: Path) -> Path:
     w("")
     w("```sh")
     w(summary["command"])
+    for extra in summary.get("added", []):
+        w(extra["command"])
     w("```")
     w("")
+    for extra in summary.get("added", []):
+        steps_added = sorted({p.split()[0] for p in extra["pairs"]})
+        trk = sorted({SHORT[p.split()[1]] for p in extra["pairs"]})
+        w(f"The second command (finished {extra['finished']} UTC, {extra['repeats']} repeats, machine "
+          f"state: {extra['quiet']}) added step(s) {', '.join(f'`{x}`' for x in steps_added)} for "
+          f"{', '.join(trk)} only: the other trackers were already saturated well below those rates.")
+        for t, v in extra.get("versions", {}).items():
+            if v != summary["tracker_info"].get(t, {}).get("version"):
+                w(f"Version of {SHORT[t]} in that run: {v}.")
+        w("")
     w("## Set-up")
     w("")
     m = summary["machine"]
@@ -1017,7 +1094,14 @@ def render(summary: dict, doc_dir: Path) -> Path:
       "A→tracker→B→tracker→A. *CPU µs/msg* = server CPU time per client-side message "
       "(server CPU % / 100 × 10⁶ / msgs/s). *host busy* is the share of both CPUs in use "
       "during the window, whoever used them (the tester's core included), so about 50 % means "
-      "one core fully busy. *ours / X* columns divide our figure by the other tracker's: below 1 "
+      "one core fully busy; it is read from /proc/stat, which in this VM sometimes reads below the "
+      "server's and the tester's own CPU use, so treat it as indicative. *Run-queue wait* sums "
+      "over a process's threads: ours (an HTTP worker and a swarm shard) and aquatic_ws (a socket "
+      "and a swarm worker) run two busy threads on the one core, so one waits while the other "
+      "runs; it does not mean that something else took the core. Where present, the *core 1 / core 0* "
+      "rows split each core's time in the window (from /proc/stat): *softirq* is the kernel's "
+      "processing of the loopback traffic, which is in neither process's CPU figure but takes "
+      "the same core. *ours / X* columns divide our figure by the other tracker's: below 1 "
       "means ours is lower, which is better for latencies, CPU and RSS and worse for msgs/s.")
     w("")
 
@@ -1064,6 +1148,10 @@ def render(summary: dict, doc_dir: Path) -> Path:
             a = agg.get(idle["id"], {}).get(t)
             cells.append(f"{a['rss_delta'] / idle['connections'] / 1024:.1f} KiB" if a and a.get("rss_delta") else "–")
         w(f"| memory per idle announced connection (10k) | " + " | ".join(cells) + " |")
+    w("")
+    w("aquatic_ws's offer→answer p99 is above 10 ms even at the lowest rate because of the "
+      "missing TCP_NODELAY (see Set-up), not for lack of CPU: its p50 stays below 1 ms at light "
+      "load; its CPU row in each step shows when it runs out of core.")
     w("")
     w(f"![delivered msgs/s vs offered rate]({prefix}-throughput.svg)")
     w("")
@@ -1123,11 +1211,23 @@ def render(summary: dict, doc_dir: Path) -> Path:
                 no_ratio = key not in RATIO_KEYS
                 cells += ["" if no_ratio else ratio(vals.get("ours"), vals.get(p)) for p in peers]
             w(f"| {label} | " + " | ".join(cells) + " |")
+        for side, core in (("server", SERVER_CORE), ("client", CLIENT_CORE)):
+            cells = []
+            for t in trackers:
+                a = agg.get(s["id"], {}).get(t)
+                sp = a.get(f"core_{side}") if a else None
+                cells.append(f"{sp['user']:.0f} / {sp['system']:.0f} / {sp['softirq']:.0f} / {sp['idle']:.0f}"
+                             if sp else "–")
+            if any(c != "–" for c in cells):
+                if "ours" in trackers:
+                    cells += [""] * len(peers)
+                w(f"| core {core} ({side}): user / system / softirq / idle % | " + " | ".join(cells) + " |")
         status = []
         for t in trackers:
             a = agg.get(s["id"], {}).get(t)
             if not a:
-                status.append("not measured" if summary["unavailable"].get(t) else "failed")
+                ran = any(r["step"] == s["id"] and r["tracker"] == t for r in summary["runs"])
+                status.append("not measured" if summary["unavailable"].get(t) else "failed" if ran else "not run")
             else:
                 k, runs_ = a["saturated_runs"], a["runs"]
                 status.append("**saturated**" if k == runs_ else f"saturated in {k} of {runs_} runs" if k else "ok")
@@ -1140,8 +1240,16 @@ def render(summary: dict, doc_dir: Path) -> Path:
             a = agg.get(s["id"], {}).get(t)
             if not a:
                 continue
+            seen: dict[str, list[str]] = {}
             for n in a["notes"]:
-                notes.append(f"{SHORT[t]}: {n}")
+                seen.setdefault(re.sub(r"\d+(\.\d+)?", "#", n), []).append(n)
+            for group in seen.values():
+                more = f" (similar in {len(group)} runs)" if len(group) > 1 else ""
+                notes.append(f"{SHORT[t]}: {group[0]}{more}")
+            if a.get("failed_by_cause"):
+                causes = "; ".join(f"{k} ×{v}" for k, v in sorted(a["failed_by_cause"].items(), key=lambda kv: -kv[1]))
+                notes.append(f"{SHORT[t]}: connection attempts failed over {a['runs']} run(s): {causes}; "
+                             "those in the measurement window count as errors (the tester retries them)")
             if a["failures"]:
                 top = sorted(a["failures"].items(), key=lambda kv: -kv[1])[:3]
                 notes.append(f"{SHORT[t]}: failure reasons " + "; ".join(f"{k!r} ×{v}" for k, v in top))
@@ -1199,7 +1307,7 @@ def render(summary: dict, doc_dir: Path) -> Path:
     w("## Raw data")
     w("")
     w("Every run's `loadtest --json` report, the server log and the tester's stderr are in "
-      f"`{RESULTS.relative_to(REPO)}/` (`STEP-TRACKER-rN.json`, `.server.log`, `.loadtest.log`), with "
+      f"`{RESULTS.relative_to(REPO) if RESULTS.is_relative_to(REPO) else RESULTS}/` (`STEP-TRACKER-rN.json`, `.server.log`, `.loadtest.log`), with "
       "`summary.json` listing the runs this page was made from; "
       f"`scripts/bench-trackers.sh --render-only{' --quick' if quick else ''}` remakes this page from them.")
     w("")
@@ -1271,6 +1379,13 @@ examples:
     p.add_argument("--ci-log", default="/tmp/ci-run.log", help="log whose last line must start with EXIT")
     p.add_argument("--doc-dir", default=None, help="where benchmarks.md and the SVGs go "
                    "(default docs/, target/bench/quick/ with --quick)")
+    p.add_argument("--results-dir", default=None,
+                   help="raw data directory, emptied at the start (default target/bench/results/, "
+                   "target/bench/results/quick/ with --quick)")
+    p.add_argument("--add", action="store_true",
+                   help="keep the raw data already in the results directory and add these runs to it "
+                   "(a step and tracker run again replace the earlier runs of that pair); e.g. "
+                   "--add --trackers ours --rates 5000,6000 --no-big --no-idle probes ours above the table")
     p.add_argument("--render-only", action="store_true",
                    help="only remake the doc from target/bench/results/summary.json")
     args = p.parse_args(argv)
@@ -1299,7 +1414,9 @@ examples:
 def main(argv: list[str]) -> int:
     global RESULTS
     args = parse_args(argv)
-    if args.quick:
+    if args.results_dir:
+        RESULTS = Path(args.results_dir).resolve()
+    elif args.quick:
         RESULTS = RESULTS / "quick"  # a trial never replaces the full run's raw data
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
@@ -1333,9 +1450,18 @@ def main(argv: list[str]) -> int:
     memlock = raise_memlock()
     workdir = BENCH / "work"
     workdir.mkdir(parents=True, exist_ok=True)
-    for old in RESULTS.glob("*"):
-        if old.is_file():
-            old.unlink()
+    previous = None
+    if args.add:
+        if not summary_path.exists():
+            raise BenchError(f"--add: {summary_path} does not exist; run the benchmark first")
+        previous = json.loads(summary_path.read_text())
+        if previous.get("quick") != args.quick:
+            raise BenchError("--add: the earlier run was " + ("" if previous.get("quick") else "not ")
+                             + "a --quick run; add runs of the same kind")
+    else:
+        for old in RESULTS.glob("*"):
+            if old.is_file():
+                old.unlink()
 
     trackers: dict[str, Tracker] = {}
     unavailable: dict[str, str] = {}
@@ -1420,6 +1546,8 @@ def main(argv: list[str]) -> int:
         "steps": [dict(s.__dict__, describe=s.describe()) for s in steps],
         "runs": [{k: v for k, v in r.__dict__.items() if k != "report"} for r in runs],
     }
+    if previous is not None:
+        summary = merge_summaries(previous, summary)
     summary_path.write_text(json.dumps(summary, indent=1))
     summary["aggregates"] = build_aggregates(summary)
     doc = render(summary, args.doc_path)

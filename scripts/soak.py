@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import html
 import json
 import math
 import os
@@ -486,8 +485,12 @@ def write_doc(a, argv, started, base, samples, report, checks, passed, summary, 
                    if l.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+    commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always"],
                             capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(REPO), "diff", "--name-only", "HEAD", "--", "src", "Cargo.toml", "Cargo.lock"],
+                           capture_output=True, text=True).stdout.split()
+    if dirty:
+        commit += f" with uncommitted changes in {', '.join(dirty)}"
     w(f"- Machine: {os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}, shared with other work.")
     w(f"- Server: `target/release/p2p-mediastream` at commit {commit}, default settings except "
       "`TRACKER__SERVER__HOST=127.0.0.1 TRACKER__SERVER__PORT=<free port> RUST_LOG=warn,p2p_mediastream=info`"
@@ -544,7 +547,8 @@ def write_doc(a, argv, started, base, samples, report, checks, passed, summary, 
         w(f"| errors / requests (rate) | {e['errors']:,} / {e['requests']:,} ({(e.get('error_rate') or 0) * 100:.3f} %) |")
         if e.get("failure_reasons"):
             fr = "; ".join(f"{k!r} ×{v}" for k, v in sorted(e["failure_reasons"].items(), key=lambda kv: -kv[1])[:5])
-            w(f"| failure reasons | {html.escape(fr)} |")
+            fr = fr.replace("|", "\\|")
+            w(f"| failure reasons | {fr} |")
         w(f"| anomalies (to self / wrong swarm / misrouted) | {t['offers_to_self']} / {t['offers_wrong_swarm']} / {t['answers_misrouted']} |")
         w(f"| server CPU (% of a core) / run-queue wait | {srv.get('cpu_percent', 0):.0f} % / {srv.get('runqueue_wait_percent', 0):.1f} % |")
         w(f"| client CPU / host busy | {report['client']['cpu_percent']:.0f} % / {report['host']['busy_percent']:.0f} % |")
