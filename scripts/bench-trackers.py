@@ -151,6 +151,9 @@ def kill_all_children() -> None:
 
 
 def _on_signal(signum, _frame):
+    # Once: further signals must not interrupt the cleanup that this one starts.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     raise Interrupted(signal.Signals(signum).name)
 
 
@@ -220,16 +223,24 @@ def loadavg() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
-def ci_finished(path: Path) -> tuple[bool, str]:
-    """True when the background CI log is absent or its last line starts with EXIT."""
-    if not path.exists():
-        return True, f"{path} absent"
-    lines = [l for l in path.read_text(errors="replace").splitlines() if l.strip()]
-    last = lines[-1] if lines else ""
-    return last.startswith("EXIT"), f"{path} ends with {last[:60]!r}"
+def ci_finished(pattern: str) -> tuple[bool, str]:
+    """True when every background CI log matching `pattern` (a glob) ends with a line
+    starting with EXIT (or none exists)."""
+    paths = sorted(glob.glob(pattern))
+    if not paths:
+        return True, f"no {pattern}"
+    texts = []
+    ok = True
+    for path in paths:
+        lines = [l for l in Path(path).read_text(errors="replace").splitlines() if l.strip()]
+        last = lines[-1] if lines else ""
+        if not last.startswith("EXIT"):
+            ok = False
+            texts.append(f"{path} still running (last line {last[:50]!r})")
+    return ok, "; ".join(texts) if texts else f"{', '.join(paths)} all end with EXIT"
 
 
-def wait_quiet(limit: float, timeout: float, ci_log: Path) -> dict:
+def wait_quiet(limit: float, timeout: float, ci_log: str) -> dict:
     """Waits until the 1-min load average is below `limit` and CI has finished."""
     start = time.monotonic()
     while True:
@@ -914,7 +925,10 @@ def svg_chart(title: str, xlabel: str, ylabel: str, series: dict, log_y: bool = 
         out.append(f'<line x1="{L}" y1="{y:.1f}" x2="{L + pw}" y2="{y:.1f}" stroke="#c00" stroke-dasharray="6 4"/>')
         out.append(f'<text x="{L + pw - 4}" y="{y - 5:.1f}" text-anchor="end" fill="#c00">{html.escape(hline[1])}</text>')
     legend_y = T + 10
+    parts: list[list[str]] = []  # drawn in reverse, so that the first series (ours) is on top
     for name, pts in series.items():
+        part: list[str] = []
+        parts.append(part)
         base, _, variant = name.partition(":")
         color = COLOR.get(base, "#333")
         dash = ' stroke-dasharray="6 4"' if variant else ""
@@ -922,10 +936,10 @@ def svg_chart(title: str, xlabel: str, ylabel: str, series: dict, log_y: bool = 
         pts = sorted((p for p in pts if p[1] is not None), key=lambda p: p[0])
         if len(pts) > 1:
             path = " ".join(f"{fx(x):.1f},{fy(y):.1f}" for x, y, _ in pts)
-            out.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"{dash}/>')
+            part.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"{dash}/>')
         for x, y, sat in pts:
             fill = "white" if sat else color
-            out.append(f'<circle cx="{fx(x):.1f}" cy="{fy(y):.1f}" r="4.5" fill="{fill}" stroke="{color}" stroke-width="2">'
+            part.append(f'<circle cx="{fx(x):.1f}" cy="{fy(y):.1f}" r="4.5" fill="{fill}" stroke="{color}" stroke-width="2">'
                        f'<title>{html.escape(label)}: {x:g} -> {y:.4g}</title></circle>')
         out.append(f'<line x1="{L + pw + 14}" y1="{legend_y}" x2="{L + pw + 38}" y2="{legend_y}" stroke="{color}" stroke-width="3"{dash}/>')
         words = label.split(" (")
@@ -934,6 +948,8 @@ def svg_chart(title: str, xlabel: str, ylabel: str, series: dict, log_y: bool = 
             legend_y += 14
             out.append(f'<text x="{L + pw + 44}" y="{legend_y + 4}" font-size="10">({html.escape(words[1])}</text>')
         legend_y += 20
+    for part in reversed(parts):
+        out.extend(part)
     out.append(f'<circle cx="{L + pw + 26}" cy="{legend_y + 6}" r="4.5" fill="white" stroke="#555" stroke-width="2"/>')
     out.append(f'<text x="{L + pw + 44}" y="{legend_y + 10}">saturated</text>')
     out.append(f'<text x="{L + pw + 14}" y="{legend_y + 26}" font-size="10">(p99 &gt; {P99_LIMIT_MS:g} ms or</text>')
@@ -1126,6 +1142,21 @@ def render(summary: dict, doc_dir: Path) -> Path:
             top = max(s["rate"] for s in rate_steps)
             row.append(f"{best:g}/s" + (" (highest step tried)" if best == top else ""))
     w(f"| max sustained announce rate, 1000 conns, p99 ≤ {P99_LIMIT_MS:g} ms | " + " | ".join(row) + " |")
+    row = []
+    for t in trackers:
+        first = None
+        for s in rate_steps:
+            a = agg.get(s["id"], {}).get(t)
+            if a and a["saturated_runs"]:
+                first = (s, a)
+                break
+        if first is None:
+            row.append("–")
+        else:
+            s, a = first
+            row.append(f"{s['rate']:g}/s: p99 {f(a['p99_min'], 1)}–{f(a['p99_max'], 1)} ms, delivery "
+                       f"{f(min(a['offer_delivery'] or 1, a['answer_delivery'] or 1), 3)}, CPU {f(a['cpu_percent'], 0)} %")
+    w("| first saturated step (p99 range over repeats, worse delivery ratio, server CPU) | " + " | ".join(row) + " |")
 
     def cell_at(step_id: str, key: str, digits: int = 2, suffix: str = "") -> list[str]:
         cells = []
@@ -1370,13 +1401,14 @@ examples:
     p.add_argument("--no-idle", action="store_true", help="skip the idle-memory step")
     p.add_argument("--skip-build", action="store_true", help="do not run cargo build (binaries must exist)")
     p.add_argument("--wait-quiet", dest="wait_quiet", action="store_true", default=None,
-                   help="wait for 1-min load < --max-load and /tmp/ci-run.log ending in EXIT (default for full runs)")
+                   help="wait for 1-min load < --max-load and the --ci-log logs ending in EXIT (default for full runs)")
     p.add_argument("--no-wait-quiet", dest="wait_quiet", action="store_false",
                    help="start at once (default for --quick)")
     p.add_argument("--max-load", type=float, default=1.0, help="1-min load average to wait for (default 1.0)")
     p.add_argument("--quiet-timeout", type=float, default=1800,
                    help="seconds to wait for a quiet machine before going on anyway (default 1800)")
-    p.add_argument("--ci-log", default="/tmp/ci-run.log", help="log whose last line must start with EXIT")
+    p.add_argument("--ci-log", default="/tmp/ci-run*.log",
+                   help="glob of background CI logs whose last line must start with EXIT (default /tmp/ci-run*.log)")
     p.add_argument("--doc-dir", default=None, help="where benchmarks.md and the SVGs go "
                    "(default docs/, target/bench/quick/ with --quick)")
     p.add_argument("--results-dir", default=None,
@@ -1496,7 +1528,7 @@ def main(argv: list[str]) -> int:
 
     quiet = {"quiet": None, "note": "not checked (--no-wait-quiet)", "load1": loadavg()}
     if args.wait_quiet:
-        quiet = wait_quiet(args.max_load, args.quiet_timeout, Path(args.ci_log))
+        quiet = wait_quiet(args.max_load, args.quiet_timeout, args.ci_log)
     quiet_text = (f"1-min load average {quiet['load1']:.2f}"
                   + (f" after waiting {quiet.get('waited_s', 0)} s; {quiet.get('ci')}" if args.wait_quiet else
                      " (no wait for a quiet machine)")

@@ -120,6 +120,9 @@ def kill_all_children() -> None:
 
 
 def _on_signal(signum, _frame):
+    # Once: further signals must not interrupt the cleanup that this one starts.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     raise Interrupted(signal.Signals(signum).name)
 
 
