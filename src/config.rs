@@ -52,6 +52,10 @@ pub struct ServerSettings {
     pub shutdown_timeout_secs: u64,
     /// Seconds a client has to send the request head of a plain HTTP request.
     pub client_request_timeout_secs: u64,
+    /// Milliseconds a closing connection waits for the client to finish: after our
+    /// WebSocket close frame, for the client's close frame; after an HTTP response that
+    /// closes the connection, for the client to hang up.
+    pub client_disconnect_timeout_ms: u64,
 }
 
 impl Default for ServerSettings {
@@ -66,6 +70,7 @@ impl Default for ServerSettings {
             trusted_proxies: Vec::new(),
             shutdown_timeout_secs: 5,
             client_request_timeout_secs: 5,
+            client_disconnect_timeout_ms: 1_000,
         }
     }
 }
@@ -366,6 +371,10 @@ impl Settings {
         check(
             self.server.max_connections > 0,
             "server.max_connections must be at least 1",
+        );
+        check(
+            self.server.client_disconnect_timeout_ms <= 60_000,
+            "server.client_disconnect_timeout_ms must be at most 60000",
         );
         check(self.ws.path.starts_with('/'), "ws.path must start with '/'");
         check(

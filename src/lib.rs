@@ -6,14 +6,17 @@
 //! - `config`: settings, defaults, file/env layering, validation.
 //! - `swarm::state`: the swarm logic as plain data (peers, offer routing, expiry).
 //! - `swarm` (actor shell), `swarm::shard` (one per Arbiter, owns info_hash -> swarm).
-//! - `session`: one actor per WebSocket: framing, heartbeat, parse/serialise.
+//! - `session`: one actor per WebSocket: heartbeat, limits, parse/serialise;
+//!   `memberships`: the swarms it joined.
 //! - `messages`: every message between actors.
-//! - `http`: routes: tracker upgrade, `/hls`, `public/`, stats, metrics, health.
+//! - `http`: routes (`/hls`, `public/`, stats, metrics, health), the tracker upgrade
+//!   (`http::ws`) and the WebSocket I/O on the raw socket (`http::ws_io`).
 //! - `connections`: admission caps and the session list for shutdown.
 //! - `client_ip`, `metrics`, `shutdown`, `app` (what all threads share).
 //!
 //! # Threads
-//! HTTP workers (one per core by default) run the sessions, and so all JSON work;
+//! HTTP workers (one per core by default) run the sessions (a task each), and so all JSON
+//! work;
 //! `swarm.shards` Arbiters run the shards and their swarms, chosen by info_hash.
 
 pub mod access;
@@ -22,6 +25,7 @@ pub mod client_ip;
 pub mod config;
 pub mod connections;
 pub mod http;
+pub mod memberships;
 pub mod messages;
 pub mod metrics;
 pub mod protocol;
@@ -31,7 +35,7 @@ pub mod swarm;
 
 use std::{io, net::SocketAddr, sync::Arc, time::Duration, time::Instant};
 
-use actix_web::{dev::ServerHandle, App, HttpServer};
+use actix_web::{dev::ServerHandle, App};
 use log::{info, warn};
 
 pub use config::Settings;
@@ -126,37 +130,25 @@ pub fn start(settings: Settings) -> io::Result<Running> {
         settings,
     });
 
-    let factory_shared = shared.clone();
-    let mut server_builder = HttpServer::new(move || {
-        let shared = factory_shared.clone();
-        App::new().configure(move |cfg| http::configure(cfg, &shared))
-    });
     let settings = &shared.settings;
+    let mut server_builder = actix_server::Server::build()
+        .max_concurrent_connections(settings.server.max_connections.max(1))
+        .shutdown_timeout(settings.server.shutdown_timeout_secs)
+        .shutdown_signal(shutdown::signal(shared.clone()));
     if settings.server.workers > 0 {
         server_builder = server_builder.workers(settings.server.workers);
     }
-    server_builder = server_builder
-        .max_connections(settings.server.max_connections.max(1))
-        .client_request_timeout(Duration::from_secs(
-            settings.server.client_request_timeout_secs,
-        ))
-        .shutdown_timeout(settings.server.shutdown_timeout_secs)
-        .shutdown_signal(shutdown::signal(shared.clone()))
-        // Signalling is latency-bound small writes: without TCP_NODELAY, Nagle plus delayed
-        // ACKs add up to 40 ms to a relay.
-        .on_connect(|conn, extensions| {
-            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() {
-                let _ = tcp.set_nodelay(true);
-                // Remembered for the watchdog that cuts sessions whose client stopped
-                // reading (see connections::ConnectionRegistry::cut_frozen).
-                extensions.insert(connections::ConnSocket {
-                    fd: std::os::fd::AsRawFd::as_raw_fd(tcp),
-                    peer: tcp.peer_addr().ok(),
-                });
-            }
-        });
+    // Tells idle keep-alive HTTP connections to close when shutdown starts (as
+    // actix-web's HttpServer does).
+    let graceful = server_builder.graceful_shutdown_signal();
     for listener in listeners {
-        server_builder = server_builder.listen(listener)?;
+        let addr = listener.local_addr()?;
+        let shared = shared.clone();
+        let graceful = graceful.clone();
+        server_builder =
+            server_builder.listen(format!("p2p-mediastream-{addr}"), listener, move || {
+                http_service(&shared, addr, graceful.clone())
+            })?;
     }
     let server = server_builder.run();
     spawn_housekeeping(&shared);
@@ -179,6 +171,44 @@ pub fn start(settings: Settings) -> io::Result<Running> {
         server,
         shared,
     })
+}
+
+/// One listener's HTTP/1.1 service: actix-web's `App` for plain requests, and the tracker's
+/// upgrade service for WebSocket upgrades (actix-web's `HttpServer` offers no upgrade
+/// hook, so the service is assembled here the way `HttpServer` does it).
+fn http_service(
+    shared: &Arc<Shared>,
+    addr: SocketAddr,
+    graceful: actix_server::GracefulShutdownSignal,
+) -> impl actix_service::ServiceFactory<
+    actix_web::rt::net::TcpStream,
+    Config = (),
+    Response = (),
+    Error = actix_http::error::DispatchError,
+    InitError = (),
+> {
+    let app_shared = shared.clone();
+    let app = App::new().configure(move |cfg| http::configure(cfg, &app_shared));
+    let settings = &shared.settings.server;
+    actix_http::HttpService::build()
+        .client_request_timeout(Duration::from_secs(settings.client_request_timeout_secs))
+        .client_disconnect_timeout(Duration::from_millis(settings.client_disconnect_timeout_ms))
+        // Signalling is latency-bound small writes: without TCP_NODELAY, Nagle plus
+        // delayed ACKs add up to 40 ms to a relay.
+        .tcp_nodelay(true)
+        .local_addr(addr)
+        .graceful_shutdown_signal(move || {
+            let graceful = graceful.clone();
+            async move { graceful.notified().await }
+        })
+        .upgrade(http::ws::upgrade_service(shared.clone()))
+        .finish(actix_service::map_config(
+            actix_service::IntoServiceFactory::into_factory(app),
+            // Only consulted for requests without a Host header (URL generation and
+            // ConnectionInfo's fallback host).
+            |()| actix_web::dev::AppConfig::default(),
+        ))
+        .tcp()
 }
 
 /// Background tasks on the system's main arbiter: the frozen-session watchdog and the

@@ -1,12 +1,12 @@
 //! PeerSession actor: one per WebSocket, on the HTTP worker thread that accepted it.
 //!
-//! It owns the transport: frame and message caps, continuation reassembly, heartbeat,
-//! JSON parsing and serialising (so swarms only route). It remembers which swarms and
-//! peer_ids this connection registered, so that closing the socket removes them at once.
-//! The only module that touches `actix_web_actors`.
+//! It owns the protocol side of the connection: message caps, continuation reassembly,
+//! heartbeat, rate limit, JSON parsing and serialising (so swarms only route). Its context
+//! is actix-web-actors' `WebsocketContext`, fed and drained by `http::ws_io` straight on the
+//! socket. It remembers which swarms and peer_ids this connection registered, so that
+//! closing the socket removes them at once.
 
 use std::{
-    collections::HashMap,
     net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
@@ -20,6 +20,7 @@ use log::{debug, trace, warn};
 use crate::{
     app::Shared,
     connections::{ConnSocket, Progress},
+    memberships::Memberships,
     messages::{
         Announce, Answer, CloseSession, Deliver, GetSwarm, Leave, ScrapeShard, SwarmError, SwarmRef,
     },
@@ -33,11 +34,6 @@ use crate::{
 /// A swarm request is retried this often when the swarm it reached had just emptied and
 /// closed (a race that needs a peer to join at the moment the last one leaves).
 const SWARM_ATTEMPTS: usize = 3;
-
-struct Joined {
-    swarm: SwarmRef,
-    peer_ids: Vec<PeerId>,
-}
 
 /// A text message arriving in fragments.
 struct Fragments {
@@ -62,7 +58,7 @@ pub struct PeerSession {
     ip: Option<IpAddr>,
     socket: Option<ConnSocket>,
     shared: Arc<Shared>,
-    joined: HashMap<InfoHash, Joined>,
+    joined: Memberships,
     last_heard: Instant,
     fragments: Option<Fragments>,
     rate: RateLimit,
@@ -84,7 +80,7 @@ impl PeerSession {
             ip,
             socket,
             shared,
-            joined: HashMap::new(),
+            joined: Memberships::default(),
             last_heard: Instant::now(),
             fragments: None,
             rate: RateLimit {
@@ -335,20 +331,9 @@ impl PeerSession {
         registered: bool,
     ) {
         if registered {
-            let joined = self.joined.entry(info_hash).or_insert_with(|| Joined {
-                swarm: swarm.clone(),
-                peer_ids: Vec::with_capacity(1),
-            });
-            // The swarm may have been re-created since we cached it.
-            joined.swarm = swarm;
-            if !joined.peer_ids.contains(&peer_id) {
-                joined.peer_ids.push(peer_id);
-            }
-        } else if let Some(joined) = self.joined.get_mut(&info_hash) {
-            joined.peer_ids.retain(|known| *known != peer_id);
-            if joined.peer_ids.is_empty() {
-                self.joined.remove(&info_hash);
-            }
+            self.joined.add(info_hash, peer_id, swarm);
+        } else {
+            self.joined.remove(&info_hash, &peer_id);
         }
     }
 

@@ -1,9 +1,14 @@
 //! Graceful shutdown: on SIGTERM or SIGINT, refuse new connections, close every session
-//! with 1001 (Going Away) so clients reconnect after their back-off, then let actix-server
-//! drain for `server.shutdown_timeout_secs`. Installed with `HttpServer::shutdown_signal`,
-//! which replaces actix's own signal handling.
+//! with 1001 (Going Away) so clients reconnect after their back-off, and wait (at most
+//! `server.shutdown_timeout_secs`) until they are gone; only then is actix-server told to
+//! stop, and it drains plain HTTP connections for that long again. Sessions run in tasks
+//! of their own, which actix-server does not wait for, hence the wait here. Installed
+//! with `ServerBuilder::shutdown_signal`, which replaces actix's own signal handling.
 
-use std::sync::Arc;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use actix_web_actors::ws::CloseCode;
 use log::{info, warn};
@@ -18,6 +23,16 @@ pub async fn signal(shared: Arc<Shared>) {
         reason: "server shutting down",
     });
     info!("{name} received: closing {closed} WebSocket connections with 1001, then stopping");
+    let deadline =
+        Instant::now() + Duration::from_secs(shared.settings.server.shutdown_timeout_secs);
+    let mut open = shared.connections.open_connections();
+    while open > 0 && Instant::now() < deadline {
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+        open = shared.connections.open_connections();
+    }
+    if open > 0 {
+        warn!("{open} WebSocket connections still open after the shutdown timeout; dropping them");
+    }
 }
 
 #[cfg(unix)]

@@ -1,10 +1,11 @@
-//! Routes of the one HTTP server: the tracker (WebSocket upgrades at "/" and `ws.path`),
-//! service endpoints, `/hls` and the player in `public/` at "/". Registration order
-//! matters: the catch-all file service for "/" comes last.
+//! Routes of the one HTTP server: the tracker path (426 to a plain GET; upgrades are
+//! taken over in `ws`), service endpoints, `/hls` and the player in `public/` at "/".
+//! Registration order matters: the catch-all file service for "/" comes last.
 
 pub mod hls;
 pub mod service;
 pub mod ws;
+pub mod ws_io;
 
 use std::sync::Arc;
 
@@ -16,32 +17,12 @@ pub fn configure(cfg: &mut web::ServiceConfig, shared: &Arc<Shared>) {
     let settings = &shared.settings;
     cfg.app_data(web::Data::new(shared.clone()));
 
-    // The tracker. Upgrades go to the session; a plain GET on the tracker path gets 426,
-    // while a plain GET on "/" falls through to the player page.
-    let tracker_path = settings.ws.path.clone();
-    if tracker_path == "/*" {
-        cfg.service(
-            web::resource("/{tail:.*}")
-                .guard(actix_web::guard::fn_guard(ws::is_upgrade))
-                .route(web::get().to(ws::upgrade)),
-        );
-    } else {
-        cfg.service(
-            web::resource("/")
-                .guard(actix_web::guard::fn_guard(ws::is_upgrade))
-                .route(web::get().to(ws::upgrade)),
-        );
-        if tracker_path != "/" {
-            cfg.service(
-                web::resource(tracker_path.as_str())
-                    .route(
-                        web::get()
-                            .guard(actix_web::guard::fn_guard(ws::is_upgrade))
-                            .to(ws::upgrade),
-                    )
-                    .route(web::get().to(ws::upgrade_required)),
-            );
-        }
+    // WebSocket upgrades never reach these routes: actix-http hands them to
+    // `ws::upgrade_service` (see `crate::start`). A plain GET on the tracker path gets 426;
+    // a plain GET on "/" is the player page.
+    let tracker_path = settings.ws.path.as_str();
+    if tracker_path != "/" && tracker_path != "/*" {
+        cfg.route(tracker_path, web::get().to(ws::upgrade_required));
     }
 
     cfg.route("/healthz", web::get().to(service::healthz))

@@ -1,0 +1,274 @@
+//! The tracker's WebSocket I/O: moves bytes between the TCP socket of an upgraded
+//! connection and the `WebsocketContext` of its `PeerSession`.
+//!
+//! actix-http would otherwise carry a WebSocket as a streaming response of its HTTP/1
+//! dispatcher, which keeps an 8 KiB read and an 8 KiB write buffer (plus the request
+//! payload channel) for the life of the connection; at tens of thousands of mostly idle
+//! sockets that is most of the server's memory. Here an idle connection holds no buffer at
+//! all: reads go through one scratch buffer per thread and only what was read is copied
+//! out, and writes keep only the bytes the kernel has not taken yet.
+//!
+//! Backpressure is the same as before: while the kernel refuses our bytes the session is
+//! not polled, so it neither reads nor queues more output (relays to it are dropped at its
+//! bounded mailbox, and the connection watchdog cuts it if that lasts).
+
+use std::{
+    cell::RefCell,
+    io,
+    pin::Pin,
+    rc::Rc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use actix_codec::Decoder;
+use actix_http::ws::{Codec, Frame, Message, ProtocolError};
+use actix_web::rt::net::TcpStream;
+use bytes::{Buf, Bytes, BytesMut};
+use bytestring::ByteString;
+use futures_util::{ready, Stream};
+use log::debug;
+
+/// Size of the per-thread read buffer: one read takes at most this much.
+const SCRATCH_BYTES: usize = 64 * 1024;
+
+/// Most bytes read for one connection before it yields to the others on its thread.
+const READ_BUDGET: usize = 4 * SCRATCH_BYTES;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_BYTES].into_boxed_slice());
+}
+
+/// The messages a client sends, decoded straight off the socket.
+///
+/// Its buffer holds only an incomplete frame; once every complete frame is handed on it is
+/// let go (an emptied `BytesMut` would keep the allocation the frames were split from), so
+/// a connection that sent a 10 KB announce does not keep 10 KB while it idles.
+/// actix-web-actors' own reader keeps its buffer, which is why the session's context is
+/// given a stream that never yields and this one is added to it instead (see `ws`).
+pub struct FrameReader {
+    io: Rc<TcpStream>,
+    codec: Codec,
+    buf: BytesMut,
+    read_since_yield: usize,
+    finished: bool,
+}
+
+impl FrameReader {
+    /// `early`: bytes that arrived with the HTTP request, after its head (a client may
+    /// send its first frame without waiting for the 101).
+    pub fn new(io: Rc<TcpStream>, early: BytesMut, codec: Codec) -> Self {
+        Self {
+            io,
+            codec,
+            buf: early,
+            read_since_yield: 0,
+            finished: false,
+        }
+    }
+
+    fn decode(&mut self) -> Result<Option<Message>, ProtocolError> {
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let frame = self.codec.decode(&mut self.buf);
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        }
+        frame?.map(message_of).transpose()
+    }
+
+    /// Reads once from the socket into the buffer (at the end of the stream, marks it
+    /// finished).
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProtocolError>> {
+        loop {
+            if let Err(err) = ready!(self.io.poll_read_ready(cx)) {
+                return Poll::Ready(Err(ProtocolError::Io(err)));
+            }
+            let read = SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                let read = self.io.try_read(&mut scratch);
+                if let Ok(len) = read {
+                    self.buf.extend_from_slice(&scratch[..len]);
+                }
+                read
+            });
+            match read {
+                Ok(0) => {
+                    self.finished = true;
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(len) => {
+                    self.read_since_yield += len;
+                    return Poll::Ready(Ok(()));
+                }
+                // Readiness was stale; poll_read_ready re-arms it.
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(err) => return Poll::Ready(Err(ProtocolError::Io(err))),
+            }
+        }
+    }
+}
+
+impl Stream for FrameReader {
+    type Item = Result<Message, ProtocolError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            match this.decode() {
+                Ok(Some(message)) => return Poll::Ready(Some(Ok(message))),
+                Ok(None) => {}
+                Err(err) => {
+                    this.finished = true;
+                    this.buf = BytesMut::new();
+                    return Poll::Ready(Some(Err(err)));
+                }
+            }
+            if this.finished {
+                // An incomplete frame at the end of the stream is dropped with it.
+                return Poll::Ready(None);
+            }
+            if this.read_since_yield >= READ_BUDGET {
+                this.read_since_yield = 0;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            match this.poll_fill(cx) {
+                Poll::Pending => {
+                    this.read_since_yield = 0;
+                    return Poll::Pending;
+                }
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(err)) => {
+                    this.finished = true;
+                    return Poll::Ready(Some(Err(err)));
+                }
+            }
+        }
+    }
+}
+
+/// A frame as the session sees it (the mapping actix-web-actors' reader makes, including
+/// how it reports a text frame that is not UTF-8).
+fn message_of(frame: Frame) -> Result<Message, ProtocolError> {
+    Ok(match frame {
+        Frame::Text(data) => Message::Text(
+            ByteString::try_from(data)
+                .map_err(|err| ProtocolError::Io(io::Error::other(err.to_string())))?,
+        ),
+        Frame::Binary(data) => Message::Binary(data),
+        Frame::Ping(payload) => Message::Ping(payload),
+        Frame::Pong(payload) => Message::Pong(payload),
+        Frame::Close(reason) => Message::Close(reason),
+        Frame::Continuation(item) => Message::Continuation(item),
+    })
+}
+
+/// Drives a session: polls its context (which runs the actor and encodes what it sends)
+/// and writes the output to the socket, until the session has stopped and all its output
+/// is written, or the socket fails. Then closes the connection gracefully: our side is
+/// shut down and the client's remaining bytes (its close frame) are read and dropped for
+/// at most `linger`, so that the kernel does not answer them with a reset that could
+/// destroy our close frame before the client reads it.
+///
+/// Built by hand around `WriteOutput` (awaited by reference) rather than as an `async fn`
+/// taking `output`: an argument of an `async fn` is stored in its state apart from the
+/// locals it is moved into, and the context is most of a session's memory.
+pub fn run_session<S, E>(
+    io: Rc<TcpStream>,
+    output: S,
+    linger: Duration,
+    conn: u64,
+) -> impl std::future::Future<Output = ()>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let mut writer = WriteOutput {
+        io: io.clone(),
+        output,
+        unsent: Bytes::new(),
+    };
+    async move {
+        let outcome = (&mut writer).await;
+        // Dropping the context drops the reader's handle on the socket, so the socket can
+        // be taken back for the close.
+        drop(writer);
+        match outcome {
+            // Boxed: only closing sessions need its timer and read state.
+            Ok(()) => Box::pin(close_gracefully(io, linger)).await,
+            Err(err) => debug!("conn={conn} write failed: {err}"),
+        }
+    }
+}
+
+struct WriteOutput<S> {
+    io: Rc<TcpStream>,
+    output: S,
+    unsent: Bytes,
+}
+
+impl<S, E> std::future::Future for WriteOutput<S>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    type Output = io::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            if !this.unsent.is_empty() {
+                match this.io.poll_write_ready(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                    Poll::Ready(Ok(())) => {}
+                }
+                match this.io.try_write(&this.unsent) {
+                    Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    // Dropped once written, not just advanced to empty: an empty `Bytes`
+                    // still holds its allocation.
+                    Ok(written) if written == this.unsent.len() => this.unsent = Bytes::new(),
+                    Ok(written) => this.unsent.advance(written),
+                    // Readiness was stale; poll_write_ready re-arms it.
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(err) => return Poll::Ready(Err(err)),
+                }
+                continue;
+            }
+            match Pin::new(&mut this.output).poll_next(cx) {
+                Poll::Ready(Some(Ok(bytes))) => this.unsent = bytes,
+                Poll::Ready(Some(Err(err))) => {
+                    return Poll::Ready(Err(io::Error::other(err.to_string())))
+                }
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+async fn close_gracefully(io: Rc<TcpStream>, linger: Duration) {
+    let Ok(mut socket) = Rc::try_unwrap(io) else {
+        debug_assert!(false, "the session's reader still holds the socket");
+        return;
+    };
+    if tokio::io::AsyncWriteExt::shutdown(&mut socket)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let _ = tokio::time::timeout(linger, async {
+        while socket.readable().await.is_ok() {
+            let read = SCRATCH.with(|scratch| socket.try_read(&mut scratch.borrow_mut()));
+            match read {
+                Ok(0) => break,
+                Err(err) if err.kind() != io::ErrorKind::WouldBlock => break,
+                _ => {}
+            }
+        }
+    })
+    .await;
+}
