@@ -23,16 +23,21 @@ import re
 import resource
 import shlex
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tarfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+# bench_common.py sits next to this file: found from any working directory (even under
+# python3 -P), and not compiled into a scripts/__pycache__/ that git would list.
+sys.dont_write_bytecode = True
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import (Children, free_port, handle_signals, make_log,  # noqa: E402
+                          proc_status, run_main, stats_json, tail)
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "target" / "bench"
@@ -64,111 +69,25 @@ class Unavailable(Exception):
     """A tracker that cannot be built or started here; reported in the doc."""
 
 
-class Interrupted(Exception):
-    pass
-
-
-def log(msg: str) -> None:
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%H:%M:%S")
-    print(f"[bench {stamp}] {msg}", file=sys.stderr, flush=True)
+log = make_log("bench")
 
 
 # ---------------------------------------------------------------- process bookkeeping
 
-_children: dict[int, str] = {}  # pgid -> what
-
-
-def _write_children() -> None:
-    try:
-        CHILDREN_FILE.parent.mkdir(parents=True, exist_ok=True)
-        CHILDREN_FILE.write_text("".join(f"{pgid}\n" for pgid in _children))
-    except OSError:
-        pass
-
-
-def spawn(argv: list[str], what: str, **kwargs) -> subprocess.Popen:
-    """Starts a child in its own process group, remembered for cleanup."""
-    proc = subprocess.Popen(argv, start_new_session=True, **kwargs)
-    _children[proc.pid] = what
-    _write_children()
-    return proc
-
-
-def stop(proc: subprocess.Popen | None, grace: float = 15.0) -> int | None:
-    """SIGTERM to the process group, SIGKILL after `grace` seconds. Returns the exit code."""
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            log(f"{_children.get(proc.pid, proc.pid)} ignored SIGTERM for {grace:.0f} s: SIGKILL")
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=10)
-    else:
-        # The leader is gone; make sure nothing of its group is left.
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    _children.pop(proc.pid, None)
-    _write_children()
-    return proc.returncode
-
-
-def kill_all_children() -> None:
-    for pgid, what in list(_children.items()):
-        try:
-            os.killpg(pgid, signal.SIGTERM)
-            log(f"stopping {what} (pgid {pgid})")
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + 10
-    for pgid in list(_children):
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-        else:
-            try:
-                os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    _children.clear()
-    try:
-        CHILDREN_FILE.unlink()
-    except OSError:
-        pass
-
-
-def _on_signal(signum, _frame):
-    # Once: further signals must not interrupt the cleanup that this one starts.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
-    raise Interrupted(signal.Signals(signum).name)
+children = Children(CHILDREN_FILE, log)
 
 
 def run(argv: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
     """A bounded foreground command (build, install, version probes)."""
-    proc = spawn(argv, Path(argv[0]).name, **kwargs)
+    proc = children.spawn(argv, Path(argv[0]).name, **kwargs)
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        stop(proc, grace=5)
+        children.stop(proc, grace=5)
         raise BenchError(f"`{shlex.join(argv)}` took more than {timeout:.0f} s") from None
     finally:
         if proc.poll() is not None:
-            _children.pop(proc.pid, None)
-            _write_children()
+            children.forget(proc)
     return subprocess.CompletedProcess(argv, proc.returncode)
 
 
@@ -182,12 +101,6 @@ def capture(argv: list[str], timeout: float = 30, cwd: Path | None = None) -> st
 
 # ---------------------------------------------------------------- small helpers
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def wait_listening(port: int, proc: subprocess.Popen, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -199,24 +112,6 @@ def wait_listening(port: int, proc: subprocess.Popen, timeout: float) -> None:
         except OSError:
             time.sleep(0.2)
     raise Unavailable(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
-
-
-def vm_rss_bytes(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 def loadavg() -> float:
@@ -500,16 +395,16 @@ def prepare_aquatic(workdir: Path) -> Tracker:
     cmd = t.command(port, workdir)
     logf = workdir / "aquatic-probe.log"
     with open(logf, "w") as out:
-        proc = spawn(cmd, "aquatic_ws probe", stdout=out, stderr=subprocess.STDOUT, cwd=workdir)
+        proc = children.spawn(cmd, "aquatic_ws probe", stdout=out, stderr=subprocess.STDOUT, cwd=workdir)
     try:
         wait_listening(port, proc, timeout=20)
         time.sleep(1.0)
         if proc.poll() is not None:
             raise Unavailable(f"it exited with code {proc.returncode} just after listening")
     except Unavailable as err:
-        stop(proc, grace=3)
-        raise Unavailable(f"aquatic_ws does not run in this sandbox: {err}. Its log:\n{tail(logf)}") from None
-    stop(proc, grace=5)
+        children.stop(proc, grace=3)
+        raise Unavailable(f"aquatic_ws does not run in this sandbox: {err}. Its log:\n{tail(logf, 15)}") from None
+    children.stop(proc, grace=5)
     return t
 
 
@@ -595,14 +490,6 @@ def core_split(before: dict, after: dict, core: str) -> dict | None:
     return split
 
 
-def stats_json(port: int) -> dict | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats.json", timeout=3) as resp:
-            return json.load(resp)
-    except (OSError, ValueError):
-        return None
-
-
 def stats_peers(port: int) -> int | None:
     try:
         return int((stats_json(port) or {}).get("peersCount"))
@@ -617,8 +504,8 @@ def run_one(tracker: Tracker, step: Step, repeat: int, workdir: Path) -> RunResu
     srv_log = RESULTS / f"{tag}.server.log"
     cmd = tracker.command(port, workdir)
     with open(srv_log, "w") as out:
-        server = spawn(cmd, f"{tracker.name} server", stdout=out, stderr=subprocess.STDOUT,
-                       env=tracker.environment(port), cwd=tracker.cwd)
+        server = children.spawn(cmd, f"{tracker.name} server", stdout=out, stderr=subprocess.STDOUT,
+                                env=tracker.environment(port), cwd=tracker.cwd)
     loadtest = None
     try:
         try:
@@ -627,7 +514,7 @@ def run_one(tracker: Tracker, step: Step, repeat: int, workdir: Path) -> RunResu
             res.error = f"server did not start: {err}; log: {tail(srv_log, 5)}"
             return res
         time.sleep(1.0)  # let it settle before the baseline
-        res.rss_baseline = vm_rss_bytes(server.pid)
+        res.rss_baseline = proc_status(server.pid).get("VmRSS")
         if tracker.name == "ours":
             text = srv_log.read_text(errors="replace")
             m = re.search(r"(\d+) swarm shard\(s\)", text)
@@ -640,7 +527,7 @@ def run_one(tracker: Tracker, step: Step, repeat: int, workdir: Path) -> RunResu
             eout.write(f"$ {shlex.join(argv)}\n")
             eout.flush()
             t0 = time.monotonic()
-            loadtest = spawn(argv, "loadtest", stdout=jout, stderr=eout, cwd=REPO)
+            loadtest = children.spawn(argv, "loadtest", stdout=jout, stderr=eout, cwd=REPO)
             budget = step.duration + 3 + 120
             plateau = (step.warmup, step.duration - 0.5)
             ticks_start = ticks_end = None
@@ -648,9 +535,9 @@ def run_one(tracker: Tracker, step: Step, repeat: int, workdir: Path) -> RunResu
                 now = time.monotonic() - t0
                 if now > budget:
                     res.error = f"loadtest still running after {budget:.0f} s; killed"
-                    stop(loadtest, grace=5)
+                    children.stop(loadtest, grace=5)
                     return res
-                rss = vm_rss_bytes(server.pid)
+                rss = proc_status(server.pid).get("VmRSS")
                 res.rss_samples.append((round(now, 1), rss))
                 # Where the cores' time goes inside the window: softirq (kernel network
                 # processing of loopback traffic) is in neither process's CPU figure.
@@ -663,8 +550,7 @@ def run_one(tracker: Tracker, step: Step, repeat: int, workdir: Path) -> RunResu
                     res.peers_seen = stats_peers(port)
                 time.sleep(0.5)
             code = loadtest.returncode
-            _children.pop(loadtest.pid, None)
-            _write_children()
+            children.forget(loadtest)
         if tracker.name == "ours":
             # Our own counters over the whole run: deliveries dropped when a session's
             # mailbox was full, failures sent.
@@ -693,8 +579,8 @@ def run_one(tracker: Tracker, step: Step, repeat: int, workdir: Path) -> RunResu
         res.ok = True
         return res
     finally:
-        stop(loadtest, grace=5)
-        stop(server, grace=15)
+        children.stop(loadtest, grace=5)
+        children.stop(server, grace=15)
         res.server_log_issues = server_log_issues(srv_log)
 
 
@@ -1450,8 +1336,7 @@ def main(argv: list[str]) -> int:
         RESULTS = Path(args.results_dir).resolve()
     elif args.quick:
         RESULTS = RESULTS / "quick"  # a trial never replaces the full run's raw data
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _on_signal)
+    handle_signals()
     RESULTS.mkdir(parents=True, exist_ok=True)
     args.doc_path.mkdir(parents=True, exist_ok=True)
     summary_path = RESULTS / "summary.json"
@@ -1591,13 +1476,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except BenchError as err:
-        log(f"error: {err}")
-        sys.exit(2)
-    except (Interrupted, KeyboardInterrupt) as err:
-        log(f"interrupted ({err}); cleaning up")
-        sys.exit(130)
-    finally:
-        kill_all_children()
+    run_main(main, BenchError, children)

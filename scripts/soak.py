@@ -20,14 +20,18 @@ import platform
 import re
 import resource
 import shlex
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
+
+# bench_common.py sits next to this file: found from any working directory (even under
+# python3 -P), and not compiled into a scripts/__pycache__/ that git would list.
+sys.dont_write_bytecode = True
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import (Children, free_port, handle_signals, make_log,  # noqa: E402
+                          proc_status, run_main, stats_json, tail)
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "target" / "bench" / "soak"
@@ -43,107 +47,8 @@ class SoakError(Exception):
     pass
 
 
-class Interrupted(Exception):
-    pass
-
-
-def log(msg: str) -> None:
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%H:%M:%S")
-    print(f"[soak {stamp}] {msg}", file=sys.stderr, flush=True)
-
-
-_children: dict[int, str] = {}
-
-
-def _write_children() -> None:
-    try:
-        CHILDREN_FILE.parent.mkdir(parents=True, exist_ok=True)
-        CHILDREN_FILE.write_text("".join(f"{p}\n" for p in _children))
-    except OSError:
-        pass
-
-
-def spawn(argv: list[str], what: str, **kwargs) -> subprocess.Popen:
-    proc = subprocess.Popen(argv, start_new_session=True, **kwargs)
-    _children[proc.pid] = what
-    _write_children()
-    return proc
-
-
-def stop(proc: subprocess.Popen | None, grace: float = 15.0) -> int | None:
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            log(f"{_children.get(proc.pid, proc.pid)} ignored SIGTERM: SIGKILL")
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=10)
-    _children.pop(proc.pid, None)
-    _write_children()
-    return proc.returncode
-
-
-def kill_all_children() -> None:
-    for pgid, what in list(_children.items()):
-        try:
-            os.killpg(pgid, signal.SIGTERM)
-            log(f"stopping {what} (pgid {pgid})")
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + 10
-    for pgid in list(_children):
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-        else:
-            try:
-                os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    _children.clear()
-    try:
-        CHILDREN_FILE.unlink()
-    except OSError:
-        pass
-
-
-def _on_signal(signum, _frame):
-    # Once: further signals must not interrupt the cleanup that this one starts.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, signal.SIG_IGN)
-    raise Interrupted(signal.Signals(signum).name)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def proc_status(pid: int) -> dict:
-    out = {}
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith(("VmRSS:", "VmHWM:")):
-                    out[line.split(":")[0]] = int(line.split()[1]) * 1024
-                elif line.startswith("Threads:"):
-                    out["Threads"] = int(line.split()[1])
-    except OSError:
-        pass
-    return out
+log = make_log("soak")
+children = Children(CHILDREN_FILE, log, kill_note="{what} ignored SIGTERM: SIGKILL", sweep_exited=False)
 
 
 def cpu_seconds(pid: int) -> float | None:
@@ -159,21 +64,6 @@ def fd_count(pid: int) -> int | None:
         return len(os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return None
-
-
-def stats(port: int) -> dict | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats.json", timeout=3) as resp:
-            return json.load(resp)
-    except (OSError, ValueError):
-        return None
-
-
-def tail(path: Path, lines: int = 10) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 # ---------------------------------------------------------------- chart
@@ -264,18 +154,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     a = parse_args(argv)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _on_signal)
+    handle_signals()
     OUT.mkdir(parents=True, exist_ok=True)
     a.doc_path.mkdir(parents=True, exist_ok=True)
     if not a.skip_build:
         log("building: cargo build --release --bin p2p-mediastream --bin loadtest")
-        b = spawn(["cargo", "build", "--release", "--bin", "p2p-mediastream", "--bin", "loadtest"], "cargo", cwd=REPO)
+        b = children.spawn(["cargo", "build", "--release", "--bin", "p2p-mediastream", "--bin", "loadtest"], "cargo", cwd=REPO)
         try:
             b.wait(timeout=3600)
         except subprocess.TimeoutExpired:
             raise SoakError("cargo build took more than an hour") from None
-        _children.pop(b.pid, None)
+        children.groups.pop(b.pid, None)
         if b.returncode != 0:
             raise SoakError("cargo build --release failed (see above)")
     for binary in (OURS_BIN, LOADTEST_BIN):
@@ -313,17 +202,17 @@ def main(argv: list[str]) -> int:
                "--json", "-q"]
     started = dt.datetime.now(dt.timezone.utc)
     with open(srv_log, "w") as out:
-        server = spawn(pin_srv + [str(OURS_BIN)], "p2p-mediastream", stdout=out, stderr=subprocess.STDOUT,
-                       env=env, cwd=REPO)
+        server = children.spawn(pin_srv + [str(OURS_BIN)], "p2p-mediastream", stdout=out, stderr=subprocess.STDOUT,
+                                env=env, cwd=REPO)
     loadtest = None
     samples: list[dict] = []
     try:
         deadline = time.monotonic() + 30
-        while stats(port) is None:
+        while stats_json(port) is None:
             if server.poll() is not None:
-                raise SoakError(f"the server exited with {server.returncode}:\n{tail(srv_log)}")
+                raise SoakError(f"the server exited with {server.returncode}:\n{tail(srv_log, 10)}")
             if time.monotonic() > deadline:
-                raise SoakError(f"the server does not answer /stats.json after 30 s:\n{tail(srv_log)}")
+                raise SoakError(f"the server does not answer /stats.json after 30 s:\n{tail(srv_log, 10)}")
             time.sleep(0.3)
         time.sleep(1)
         base = proc_status(server.pid)
@@ -335,7 +224,7 @@ def main(argv: list[str]) -> int:
             eout.write(f"$ {shlex.join(argv_lt)}\n")
             eout.flush()
             t0 = time.monotonic()
-            loadtest = spawn(argv_lt, "loadtest", stdout=jout, stderr=eout, cwd=REPO)
+            loadtest = children.spawn(argv_lt, "loadtest", stdout=jout, stderr=eout, cwd=REPO)
             last_cpu, last_t = cpu_seconds(server.pid), 0.0
             next_sample = 0.0
             settle_end = None
@@ -347,16 +236,15 @@ def main(argv: list[str]) -> int:
                 if not lt_running and settle_end is None:
                     settle_end = now + SETTLE_TIMEOUT
                     send_end = now
-                    _children.pop(loadtest.pid, None)
-                    _write_children()
+                    children.forget(loadtest)
                     log(f"load stopped (loadtest exit {loadtest.returncode}); waiting up to "
                         f"{SETTLE_TIMEOUT:.0f} s for peers and swarms to reach 0")
                 if now > budget and lt_running:
                     raise SoakError(f"loadtest still running after {budget:.0f} s")
                 if server.poll() is not None:
-                    raise SoakError(f"the server died (exit {server.returncode}) at {now:.0f} s:\n{tail(srv_log)}")
+                    raise SoakError(f"the server died (exit {server.returncode}) at {now:.0f} s:\n{tail(srv_log, 10)}")
                 if now >= next_sample or (settle_end is not None):
-                    st = stats(port) or {}
+                    st = stats_json(port) or {}
                     ps = proc_status(server.pid)
                     cpu = cpu_seconds(server.pid)
                     cpu_pct = None
@@ -385,8 +273,8 @@ def main(argv: list[str]) -> int:
                 time.sleep(0.25)
         end_status = proc_status(server.pid)
     finally:
-        stop(loadtest, grace=5)
-        code = stop(server, grace=20)
+        children.stop(loadtest, grace=5)
+        code = children.stop(server, grace=20)
     log(f"server stopped (exit {code})")
 
     # ------------------------------------------------------------ checks
@@ -594,13 +482,4 @@ def write_doc(a, argv, started, base, samples, report, checks, passed, summary, 
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except SoakError as err:
-        log(f"error: {err}")
-        sys.exit(2)
-    except (Interrupted, KeyboardInterrupt) as err:
-        log(f"interrupted ({err}); cleaning up")
-        sys.exit(130)
-    finally:
-        kill_all_children()
+    run_main(main, SoakError, children)

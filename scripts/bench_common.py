@@ -1,0 +1,203 @@
+"""What the benchmark orchestrators (scripts/bench-trackers.py, scripts/soak.py) share:
+their children's process groups, the one-shot signal handling, the exit codes, logging and a
+few probes of the server under test. Python 3.11+, standard library only.
+
+Every child runs in a process group of its own, and the pgids of those still running are
+listed, one a line, in a children file: scripts/run-orchestrator.sh stops what that file
+still lists when the orchestrator itself was SIGKILLed. The first SIGINT, SIGTERM or SIGHUP
+raises Interrupted in the main thread; `run_main` then stops every child and exits 130.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable, NoReturn
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(Exception):
+    """Raised by the signal handler, with the signal's name, to unwind into the cleanup."""
+
+
+def make_log(prefix: str) -> Callable[[str], None]:
+    """A logger writing `[PREFIX HH:MM:SS] message` lines (UTC) to stderr."""
+
+    def log(msg: str) -> None:
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%H:%M:%S")
+        print(f"[{prefix} {stamp}] {msg}", file=sys.stderr, flush=True)
+
+    return log
+
+
+# ---------------------------------------------------------------- process bookkeeping
+
+class Children:
+    """The process groups an orchestrator started and has not stopped yet, mirrored in
+    `path` for scripts/run-orchestrator.sh.
+
+    `kill_note` is what `stop` logs when a child ignores SIGTERM (fields: what, grace);
+    with `sweep_exited`, `stop` also SIGKILLs the group of a child that already exited,
+    in case the leader left something of its group behind."""
+
+    def __init__(self, path: Path, log: Callable[[str], None], *,
+                 kill_note: str = "{what} ignored SIGTERM for {grace:.0f} s: SIGKILL",
+                 sweep_exited: bool = True) -> None:
+        self.path = path
+        self.log = log
+        self.kill_note = kill_note
+        self.sweep_exited = sweep_exited
+        self.groups: dict[int, str] = {}  # pgid -> what
+
+    def write(self) -> None:
+        """Rewrites the children file from `groups`; best effort."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("".join(f"{pgid}\n" for pgid in self.groups))
+        except OSError:
+            pass
+
+    def spawn(self, argv: list[str], what: str, **kwargs) -> subprocess.Popen:
+        """Starts a child in its own process group, remembered for cleanup."""
+        proc = subprocess.Popen(argv, start_new_session=True, **kwargs)
+        self.groups[proc.pid] = what
+        self.write()
+        return proc
+
+    def forget(self, proc: subprocess.Popen) -> None:
+        """Drops a child that has exited on its own from the bookkeeping."""
+        self.groups.pop(proc.pid, None)
+        self.write()
+
+    def stop(self, proc: subprocess.Popen | None, grace: float = 15.0) -> int | None:
+        """SIGTERM to the process group, SIGKILL after `grace` seconds. Returns the exit code."""
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self.log(self.kill_note.format(what=self.groups.get(proc.pid, proc.pid), grace=grace))
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(timeout=10)
+        elif self.sweep_exited:
+            # The leader is gone; make sure nothing of its group is left.
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self.forget(proc)
+        return proc.returncode
+
+    def kill_all(self) -> None:
+        """SIGTERM to every group still listed, SIGKILL to those alive 10 s later; then
+        removes the children file."""
+        for pgid, what in list(self.groups.items()):
+            try:
+                os.killpg(pgid, signal.SIGTERM)
+                self.log(f"stopping {what} (pgid {pgid})")
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        for pgid in list(self.groups):
+            while time.monotonic() < deadline:
+                try:
+                    os.killpg(pgid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.2)
+            else:
+                try:
+                    os.killpg(pgid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.groups.clear()
+        try:
+            self.path.unlink()
+        except OSError:
+            pass
+
+
+def _on_signal(signum, _frame):
+    # Once: further signals must not interrupt the cleanup that this one starts.
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def handle_signals() -> None:
+    """From now on SIGINT, SIGTERM and SIGHUP raise Interrupted (once)."""
+    for sig in SIGNALS:
+        signal.signal(sig, _on_signal)
+
+
+def run_main(main: Callable[[list[str]], int], fatal: type[Exception], children: Children) -> NoReturn:
+    """Runs `main(sys.argv[1:])` and exits with its code; `fatal` (a failure with a message
+    for people) exits 2, a signal or Ctrl-C 130. Every child still running is stopped on
+    the way out, whatever happened."""
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except fatal as err:
+        children.log(f"error: {err}")
+        sys.exit(2)
+    except (Interrupted, KeyboardInterrupt) as err:
+        children.log(f"interrupted ({err}); cleaning up")
+        sys.exit(130)
+    finally:
+        children.kill_all()
+
+
+# ---------------------------------------------------------------- probes
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_status(pid: int) -> dict:
+    """VmRSS and VmHWM (bytes) and Threads from /proc/PID/status; what cannot be read is missing."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    out[line.split(":")[0]] = int(line.split()[1]) * 1024
+                elif line.startswith("Threads:"):
+                    out["Threads"] = int(line.split()[1])
+    except OSError:
+        pass
+    return out
+
+
+def stats_json(port: int) -> dict | None:
+    """Our tracker's /stats.json on 127.0.0.1:`port`, or None when it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats.json", timeout=3) as resp:
+            return json.load(resp)
+    except (OSError, ValueError):
+        return None
+
+
+def tail(path: Path, lines: int) -> str:
+    """The last `lines` lines of a log, for error messages."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
