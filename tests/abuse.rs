@@ -113,6 +113,18 @@ fn assert_failure(value: &serde_json::Value, swarm: Option<InfoHash>, contains: 
     }
 }
 
+/// The next frame on `peer` is a failure containing `reason` (naming `swarm`, if given);
+/// returned for further checks.
+async fn assert_refused(
+    peer: &mut TestPeer,
+    swarm: Option<InfoHash>,
+    reason: &str,
+) -> serde_json::Value {
+    let failure = peer.recv_failure().await;
+    assert_failure(&failure, swarm, reason);
+    failure
+}
+
 /// Waits until /stats.json counts `open` WebSocket connections.
 async fn wait_connections(app: &TestApp, open: u64) {
     wait_for_stats(app, |stats| websockets(stats) == open).await;
@@ -122,199 +134,159 @@ async fn wait_connections(app: &TestApp, open: u64) {
 // Fragmentation
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn more_than_64_fragments_close_with_1008() {
+/// Encoded client frames of each kind (`fin` false: more fragments follow).
+fn text_frame(fin: bool, payload: &[u8]) -> Vec<u8> {
+    client_frame(fin, opcode::TEXT, payload)
+}
+
+fn continuation_frame(fin: bool, payload: &[u8]) -> Vec<u8> {
+    client_frame(fin, opcode::CONTINUATION, payload)
+}
+
+fn binary_frame(fin: bool, payload: &[u8]) -> Vec<u8> {
+    client_frame(fin, opcode::BINARY, payload)
+}
+
+/// Opens a raw socket and sends `writes`, each in one write: a test chooses how its
+/// frames are split over writes (one frame each, or a whole flood at once).
+async fn raw_socket_sending(app: &TestApp, writes: &[Vec<u8>]) -> RawWs {
+    let mut raw = RawWs::connect(app.addr).await;
+    for bytes in writes {
+        raw.stream.write_all(bytes).await.expect("send");
+    }
+    raw
+}
+
+/// The server closes `raw` with `code`, and only the honest pair's two sockets remain.
+async fn assert_closed_with(app: &TestApp, raw: &mut RawWs, code: u16) {
+    assert_eq!(raw.expect_close(RECV_TIMEOUT).await, Some(code));
+    wait_connections(app, 2).await;
+}
+
+/// Most frame-level abuses: a raw socket beside an honest pair sends `writes`; the server
+/// must close it with `code`, and the pair must not notice.
+async fn writes_close_with(writes: &[Vec<u8>], code: u16) {
     let app = spawn_app();
     let mut honest = HonestPair::join(&app).await;
-    let mut raw = RawWs::connect(app.addr).await;
-    raw.send_frame(false, opcode::TEXT, b"{")
-        .await
-        .expect("send");
-    for _ in 0..64 {
-        raw.send_frame(false, opcode::CONTINUATION, b" ")
-            .await
-            .expect("send");
-    }
-    assert_eq!(raw.expect_close(RECV_TIMEOUT).await, Some(1008));
-    wait_connections(&app, 2).await;
+    let mut raw = raw_socket_sending(&app, writes).await;
+    assert_closed_with(&app, &mut raw, code).await;
     honest.assert_unaffected().await;
+}
+
+/// A fragmented announce (from peer 1, alone in its swarm) that must be reassembled: a
+/// raw socket beside an honest pair sends `writes`, and the reply counts the announcer;
+/// the pair must not notice. Returns the reply.
+async fn reassembled_reply(writes: &[Vec<u8>]) -> serde_json::Value {
+    let app = spawn_app();
+    let mut honest = HonestPair::join(&app).await;
+    let mut raw = raw_socket_sending(&app, writes).await;
+    let reply = raw.recv_json().await;
+    assert_eq!(reply["incomplete"], 1, "{reply}");
+    honest.assert_unaffected().await;
+    reply
+}
+
+#[tokio::test]
+async fn more_than_64_fragments_close_with_1008() {
+    // A first frame and 64 continuations: 65 fragments, none of them final.
+    let mut writes = vec![text_frame(false, b"{")];
+    writes.extend((0..64).map(|_| continuation_frame(false, b" ")));
+    writes_close_with(&writes, 1008).await;
 }
 
 #[tokio::test]
 async fn exactly_64_fragments_are_reassembled() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
-    let mut raw = RawWs::connect(app.addr).await;
     let text = announce_text(info_hash(1), peer_id(1), Some("started"), None, &[]);
     let bytes = text.as_bytes();
-    // 64 frames: the first, 62 continuations and the last.
+    // 64 frames: the first, 62 continuations and the last (empty ones fill up the count).
     let chunk = bytes.len().div_ceil(64);
-    let pieces: Vec<&[u8]> = bytes.chunks(chunk).collect();
+    let mut pieces: Vec<&[u8]> = bytes.chunks(chunk).collect();
     assert!(pieces.len() <= 64);
-    let mut frames: Vec<&[u8]> = pieces.clone();
-    while frames.len() < 64 {
-        frames.push(b"");
-    }
-    for (index, piece) in frames.iter().enumerate() {
-        let opcode = if index == 0 {
-            opcode::TEXT
-        } else {
-            opcode::CONTINUATION
-        };
-        raw.send_frame(index == 63, opcode, piece)
-            .await
-            .expect("send");
-    }
-    let reply = raw.recv_json().await;
-    assert_eq!(reply["incomplete"], 1, "{reply}");
+    pieces.resize(64, b"");
+    let writes: Vec<Vec<u8>> = pieces
+        .iter()
+        .enumerate()
+        .map(|(index, piece)| match index {
+            0 => text_frame(false, piece),
+            _ => continuation_frame(index == 63, piece),
+        })
+        .collect();
+    let reply = reassembled_reply(&writes).await;
     assert_eq!(reply["info_hash"], info_hash(1).to_wire());
-    honest.assert_unaffected().await;
 }
 
 #[tokio::test]
 async fn empty_continuation_flood_closes_with_1008() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
-    let mut raw = RawWs::connect(app.addr).await;
     // One write: a first frame and a thousand empty continuations.
-    let mut flood = client_frame(false, opcode::TEXT, b"");
-    for _ in 0..1000 {
-        flood.extend(client_frame(false, opcode::CONTINUATION, b""));
-    }
-    raw.stream.write_all(&flood).await.expect("send flood");
-    assert_eq!(raw.expect_close(RECV_TIMEOUT).await, Some(1008));
-    wait_connections(&app, 2).await;
-    honest.assert_unaffected().await;
+    let mut flood = text_frame(false, b"");
+    flood.extend((0..1000).flat_map(|_| continuation_frame(false, b"")));
+    writes_close_with(&[flood], 1008).await;
 }
 
 #[tokio::test]
 async fn one_byte_fragment_flood_closes_with_1008() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
-    let mut raw = RawWs::connect(app.addr).await;
-    let mut flood = client_frame(false, opcode::TEXT, b"[");
-    for _ in 0..500 {
-        flood.extend(client_frame(false, opcode::CONTINUATION, b"1"));
-    }
-    raw.stream.write_all(&flood).await.expect("send flood");
-    assert_eq!(raw.expect_close(RECV_TIMEOUT).await, Some(1008));
-    wait_connections(&app, 2).await;
-    honest.assert_unaffected().await;
+    // One write: a first frame and 500 one-byte continuations.
+    let mut flood = text_frame(false, b"[");
+    flood.extend((0..500).flat_map(|_| continuation_frame(false, b"1")));
+    writes_close_with(&[flood], 1008).await;
 }
 
 #[tokio::test]
 async fn final_continuation_without_a_first_frame_closes_with_1002() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
-    let mut raw = RawWs::connect(app.addr).await;
-    raw.send_frame(true, opcode::CONTINUATION, b"{}")
-        .await
-        .expect("send");
-    assert_eq!(raw.expect_close(RECV_TIMEOUT).await, Some(1002));
-    wait_connections(&app, 2).await;
-    honest.assert_unaffected().await;
+    writes_close_with(&[continuation_frame(true, b"{}")], 1002).await;
 }
 
 #[tokio::test]
 async fn unfinished_continuation_without_a_first_frame_closes_with_1002() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
-    let mut raw = RawWs::connect(app.addr).await;
-    raw.send_frame(false, opcode::CONTINUATION, b"{")
-        .await
-        .expect("send");
-    assert_eq!(raw.expect_close(RECV_TIMEOUT).await, Some(1002));
-    wait_connections(&app, 2).await;
-    honest.assert_unaffected().await;
+    writes_close_with(&[continuation_frame(false, b"{")], 1002).await;
 }
 
 #[tokio::test]
 async fn final_text_frame_inside_a_fragmented_message_closes_with_1002() {
     let app = spawn_app();
     let mut honest = HonestPair::join(&app).await;
-    let mut raw = RawWs::connect(app.addr).await;
-    raw.send_frame(false, opcode::TEXT, b"{\"action\":")
-        .await
-        .expect("send");
-    raw.send_text(&announce_text(info_hash(1), peer_id(1), None, None, &[]))
-        .await;
-    assert_eq!(raw.expect_close(RECV_TIMEOUT).await, Some(1002));
-    wait_connections(&app, 2).await;
+    // A whole announce in a new text frame while another message is unfinished...
+    let announce = announce_text(info_hash(1), peer_id(1), None, None, &[]);
+    let writes = [
+        text_frame(false, b"{\"action\":"),
+        text_frame(true, announce.as_bytes()),
+    ];
+    let mut raw = raw_socket_sending(&app, &writes).await;
+    assert_closed_with(&app, &mut raw, 1002).await;
+    // ...is not processed.
     assert_eq!(scrape_counts(&app, info_hash(1)).await, (0, 0));
     honest.assert_unaffected().await;
 }
 
 #[tokio::test]
 async fn unfinished_text_frame_inside_a_fragmented_message_closes_with_1002() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
-    let mut raw = RawWs::connect(app.addr).await;
-    raw.send_frame(false, opcode::TEXT, b"{")
-        .await
-        .expect("send");
-    raw.send_frame(false, opcode::TEXT, b"{")
-        .await
-        .expect("send");
-    assert_eq!(raw.expect_close(RECV_TIMEOUT).await, Some(1002));
-    wait_connections(&app, 2).await;
-    honest.assert_unaffected().await;
+    writes_close_with(&[text_frame(false, b"{"), text_frame(false, b"{")], 1002).await;
 }
 
 #[tokio::test]
 async fn binary_frame_inside_a_fragmented_text_message_closes_with_1002() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
-    let mut raw = RawWs::connect(app.addr).await;
-    raw.send_frame(false, opcode::TEXT, b"{")
-        .await
-        .expect("send");
-    raw.send_frame(true, opcode::BINARY, b"}")
-        .await
-        .expect("send");
-    assert_eq!(raw.expect_close(RECV_TIMEOUT).await, Some(1002));
-    wait_connections(&app, 2).await;
-    honest.assert_unaffected().await;
+    writes_close_with(&[text_frame(false, b"{"), binary_frame(true, b"}")], 1002).await;
 }
 
 #[tokio::test]
 async fn fragmented_binary_message_closes_with_1003() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
-    let mut raw = RawWs::connect(app.addr).await;
-    raw.send_frame(false, opcode::BINARY, b"\x00\x01")
-        .await
-        .expect("send");
-    raw.send_frame(true, opcode::CONTINUATION, b"\x02")
-        .await
-        .expect("send");
-    assert_eq!(raw.expect_close(RECV_TIMEOUT).await, Some(1003));
-    wait_connections(&app, 2).await;
-    honest.assert_unaffected().await;
+    let writes = [
+        binary_frame(false, b"\x00\x01"),
+        continuation_frame(true, b"\x02"),
+    ];
+    writes_close_with(&writes, 1003).await;
 }
 
 #[tokio::test]
 async fn fragmented_message_above_the_message_cap_closes_with_1009() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
-    let mut raw = RawWs::connect(app.addr).await;
     // Each frame is within the 64 KiB frame cap; together they are not.
     let piece = vec![b' '; 40 * 1024];
-    raw.send_frame(false, opcode::TEXT, &piece)
-        .await
-        .expect("send");
-    raw.send_frame(true, opcode::CONTINUATION, &piece)
-        .await
-        .expect("send");
-    assert_eq!(raw.expect_close(RECV_TIMEOUT).await, Some(1009));
-    wait_connections(&app, 2).await;
-    honest.assert_unaffected().await;
+    let writes = [text_frame(false, &piece), continuation_frame(true, &piece)];
+    writes_close_with(&writes, 1009).await;
 }
 
 #[tokio::test]
 async fn fragmented_message_exactly_at_the_message_cap_is_accepted() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
-    let mut raw = RawWs::connect(app.addr).await;
     let base = announce_value(info_hash(1), peer_id(1), &[], None);
     let empty = {
         let mut value = base.clone();
@@ -326,22 +298,11 @@ async fn fragmented_message_exactly_at_the_message_cap_is_accepted() {
     let text = value.to_string();
     assert_eq!(text.len(), 65_536);
     let (first, rest) = text.as_bytes().split_at(30_000);
-    raw.send_frame(false, opcode::TEXT, first)
-        .await
-        .expect("send");
-    raw.send_frame(true, opcode::CONTINUATION, rest)
-        .await
-        .expect("send");
-    let reply = raw.recv_json().await;
-    assert_eq!(reply["incomplete"], 1, "{reply}");
-    honest.assert_unaffected().await;
+    reassembled_reply(&[text_frame(false, first), continuation_frame(true, rest)]).await;
 }
 
 #[tokio::test]
 async fn utf8_character_split_across_fragments_is_reassembled() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
-    let mut raw = RawWs::connect(app.addr).await;
     // A peer_id with 0xE9 travels as C3 A9; cut the message between those two bytes.
     let mut peer = peer_id(1);
     peer.0[5] = 0xE9;
@@ -352,49 +313,31 @@ async fn utf8_character_split_across_fragments_is_reassembled() {
         .position(|pair| pair == [0xC3, 0xA9])
         .expect("two-byte character")
         + 1;
-    raw.send_frame(false, opcode::TEXT, &bytes[..cut])
-        .await
-        .expect("send");
-    raw.send_frame(true, opcode::CONTINUATION, &bytes[cut..])
-        .await
-        .expect("send");
-    let reply = raw.recv_json().await;
-    assert_eq!(reply["incomplete"], 1, "{reply}");
-    honest.assert_unaffected().await;
+    let (first, rest) = bytes.split_at(cut);
+    reassembled_reply(&[text_frame(false, first), continuation_frame(true, rest)]).await;
 }
 
 #[tokio::test]
 async fn invalid_utf8_in_a_fragmented_message_closes_with_1007() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
-    let mut raw = RawWs::connect(app.addr).await;
-    raw.send_frame(false, opcode::TEXT, b"{\"action\":\"")
-        .await
-        .expect("send");
-    raw.send_frame(true, opcode::CONTINUATION, b"\xff\xfe\"}")
-        .await
-        .expect("send");
-    assert_eq!(raw.expect_close(RECV_TIMEOUT).await, Some(1007));
-    wait_connections(&app, 2).await;
-    honest.assert_unaffected().await;
+    let writes = [
+        text_frame(false, b"{\"action\":\""),
+        continuation_frame(true, b"\xff\xfe\"}"),
+    ];
+    writes_close_with(&writes, 1007).await;
 }
 
 #[tokio::test]
 async fn pings_between_fragments_are_answered_and_the_message_completes() {
     let app = spawn_app();
     let mut honest = HonestPair::join(&app).await;
-    let mut raw = RawWs::connect(app.addr).await;
     let text = announce_text(info_hash(1), peer_id(1), None, None, &[]);
     let (first, rest) = text.as_bytes().split_at(10);
-    raw.send_frame(false, opcode::TEXT, first)
-        .await
-        .expect("send");
-    raw.send_frame(true, opcode::PING, b"mid")
-        .await
-        .expect("send");
-    raw.send_frame(true, opcode::CONTINUATION, rest)
-        .await
-        .expect("send");
+    let writes = [
+        text_frame(false, first),
+        client_frame(true, opcode::PING, b"mid"),
+        continuation_frame(true, rest),
+    ];
+    let mut raw = raw_socket_sending(&app, &writes).await;
     let mut pong = false;
     loop {
         match raw.read_frame(RECV_TIMEOUT).await {
@@ -437,17 +380,12 @@ async fn info_hash_with_a_character_above_u00ff_is_refused() {
     let mut value = announce_value(info_hash(1), peer_id(1), &[], None);
     value["info_hash"] = json!(format!("{}\u{0100}", &info_hash(1).to_wire()[..19]));
     abuser.send_json(value).await;
-    let failure = abuser.recv_failure().await;
-    assert_failure(
-        &failure,
-        None,
-        "invalid info_hash: has a character above U+00FF",
-    );
+    let reason = "invalid info_hash: has a character above U+00FF";
+    assert_refused(&mut abuser, None, reason).await;
     // The socket stays usable.
-    assert_eq!(
-        abuser.announce_counts(info_hash(1), peer_id(1), None).await,
-        (0, 1)
-    );
+    abuser
+        .assert_counts(info_hash(1), peer_id(1), None, (0, 1))
+        .await;
     honest.assert_unaffected().await;
 }
 
@@ -463,12 +401,8 @@ async fn peer_id_with_an_astral_character_escape_is_refused() {
         serde_json::to_string(&swarm.to_wire()).expect("json")
     );
     abuser.send_text(text).await;
-    let failure = abuser.recv_failure().await;
-    assert_failure(
-        &failure,
-        Some(swarm),
-        "invalid peer_id: has a character above U+00FF",
-    );
+    let reason = "invalid peer_id: has a character above U+00FF";
+    assert_refused(&mut abuser, Some(swarm), reason).await;
     assert_eq!(scrape_counts(&app, swarm).await, (0, 0));
     honest.assert_unaffected().await;
 }
@@ -481,30 +415,16 @@ async fn lone_surrogate_escape_in_an_id_is_refused() {
     abuser
         .send_text(r#"{"action":"announce","info_hash":"0123456789012345678\ud800","peer_id":"-XX0001-0123456789ab"}"#)
         .await;
-    let failure = abuser.recv_failure().await;
-    assert_failure(&failure, None, "invalid message");
+    assert_refused(&mut abuser, None, "invalid message").await;
     honest.assert_unaffected().await;
 }
 
 #[tokio::test]
 async fn offer_id_above_u00ff_is_refused_and_nothing_is_relayed() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
-    let swarm = info_hash(1);
-    let mut receivers = joined_peers(&app, swarm, 100, 2).await;
-    let mut abuser = app.peer().await;
-    let mut value = announce_value(swarm, peer_id(1), &offers(1, 1, 100), Some(json!(1)));
+    let mut value = announce_value(info_hash(1), peer_id(1), &offers(1, 1, 100), Some(json!(1)));
     value["offers"][0]["offer_id"] = json!("\u{2603}123456789012345678X");
-    abuser.send_json(value).await;
-    let failure = abuser.recv_failure().await;
-    assert_failure(
-        &failure,
-        Some(swarm),
-        "invalid offer_id: has a character above U+00FF",
-    );
-    assert_eq!(offers_received(&mut receivers, peer_id(1)).await, [0, 0]);
-    assert_eq!(scrape_counts(&app, swarm).await, (0, 2));
-    honest.assert_unaffected().await;
+    let reason = "invalid offer_id: has a character above U+00FF";
+    offer_announce_is_refused(spawn_app(), value, reason).await;
 }
 
 #[tokio::test]
@@ -512,31 +432,14 @@ async fn to_peer_id_above_u00ff_is_refused() {
     let app = spawn_app();
     let mut honest = HonestPair::join(&app).await;
     let (mut offerer, mut answerer, swarm, offer) = relayed_offer(&app).await;
-    let mut value: serde_json::Value = serde_json::from_str(&answer_text(
-        swarm,
-        peer_id(2),
-        peer_id(1),
-        offer,
-        "v=0 answer",
-    ))
-    .expect("json");
+    let answer = answer_text(swarm, peer_id(2), peer_id(1), offer, "v=0 answer");
+    let mut value: serde_json::Value = serde_json::from_str(&answer).expect("json");
     value["to_peer_id"] = json!("\u{0101}".repeat(20));
     answerer.send_json(value).await;
-    let failure = answerer.recv_failure().await;
-    assert_failure(
-        &failure,
-        Some(swarm),
-        "invalid to_peer_id: has a character above U+00FF",
-    );
-    offerer.expect_silence().await;
+    let reason = "invalid to_peer_id: has a character above U+00FF";
+    assert_answer_refused(&mut answerer, &mut offerer, swarm, reason).await;
     // The offer is still answerable.
-    answerer
-        .answer(swarm, peer_id(2), peer_id(1), offer, "v=0 answer")
-        .await;
-    assert!(matches!(
-        offerer.recv().await,
-        TrackerMessage::Answer { .. }
-    ));
+    assert_answer_relayed(&mut answerer, &mut offerer, swarm, offer).await;
     honest.assert_unaffected().await;
 }
 
@@ -544,30 +447,61 @@ async fn to_peer_id_above_u00ff_is_refused() {
 // Offers, SDP, numwant
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn offers_above_max_offers_relay_only_max_offers() {
-    let app = spawn_app_configured(|settings| settings.tracker.max_offers = 3);
+/// `receivers` peers (100 and up) wait in swarm 1; the abuser, peer 1 on its own socket,
+/// sends `text`, an announce with offers that must be answered. Returns the answer, how
+/// many offers each receiver got, and the abuser's socket (for further checks).
+async fn announce_offers(
+    app: &TestApp,
+    receivers: u32,
+    text: String,
+) -> (AnnounceReply, Vec<usize>, TestPeer) {
+    let swarm = info_hash(1);
+    let mut peers = joined_peers(app, swarm, 100, receivers).await;
+    let mut abuser = app.peer().await;
+    abuser.send_text(text).await;
+    let reply = abuser.recv_announce_reply().await;
+    let received = offers_received(&mut peers, peer_id(1)).await;
+    (reply, received, abuser)
+}
+
+/// Two peers wait in swarm 1 beside an honest pair; the abuser, peer 1 on its own socket,
+/// sends `value`, an announce with offers, which must be refused with `reason`: no offer
+/// is relayed, the abuser is not registered, and the honest pair does not notice.
+async fn offer_announce_is_refused(app: TestApp, value: serde_json::Value, reason: &str) {
     let mut honest = HonestPair::join(&app).await;
     let swarm = info_hash(1);
-    let mut receivers = joined_peers(&app, swarm, 100, 6).await;
+    let mut receivers = joined_peers(&app, swarm, 100, 2).await;
     let mut abuser = app.peer().await;
-    abuser
-        .send_json(announce_value(
-            swarm,
-            peer_id(1),
-            &offers(1, 12, 200),
-            Some(json!(12)),
-        ))
-        .await;
-    let reply = abuser.recv_announce_reply().await;
-    assert_eq!((reply.complete, reply.incomplete), (0, 7));
-    abuser.expect_silence().await;
-    let received = offers_received(&mut receivers, peer_id(1)).await;
-    assert_eq!(received.iter().sum::<usize>(), 3, "{received:?}");
+    abuser.send_json(value).await;
+    assert_refused(&mut abuser, Some(swarm), reason).await;
+    assert_eq!(offers_received(&mut receivers, peer_id(1)).await, [0, 0]);
+    assert_eq!(scrape_counts(&app, swarm).await, (0, 2), "not registered");
+    honest.assert_unaffected().await;
+}
+
+/// Exactly `total` offers were relayed, each to a different receiver.
+fn assert_relayed_to_distinct_receivers(received: &[usize], total: usize) {
+    assert_eq!(received.iter().sum::<usize>(), total, "{received:?}");
     assert!(
         received.iter().all(|&n| n <= 1),
         "distinct receivers: {received:?}"
     );
+}
+
+#[tokio::test]
+async fn offers_above_max_offers_relay_only_max_offers() {
+    let app = spawn_app_configured(|settings| settings.tracker.max_offers = 3);
+    let mut honest = HonestPair::join(&app).await;
+    let value = announce_value(
+        info_hash(1),
+        peer_id(1),
+        &offers(1, 12, 200),
+        Some(json!(12)),
+    );
+    let (reply, received, mut abuser) = announce_offers(&app, 6, value.to_string()).await;
+    assert_eq!((reply.complete, reply.incomplete), (0, 7));
+    abuser.expect_silence().await;
+    assert_relayed_to_distinct_receivers(&received, 3);
     honest.assert_unaffected().await;
 }
 
@@ -578,46 +512,25 @@ async fn a_thousand_offers_relay_only_max_offers() {
         settings.ws.max_message_bytes = 128 * 1024;
     });
     let mut honest = HonestPair::join(&app).await;
-    let swarm = info_hash(1);
-    let mut receivers = joined_peers(&app, swarm, 100, 12).await;
-    let mut abuser = app.peer().await;
-    let value = announce_value(swarm, peer_id(1), &offers(1, 1000, 1), None);
-    let text = value.to_string();
+    let text = announce_value(info_hash(1), peer_id(1), &offers(1, 1000, 1), None).to_string();
     assert!(text.len() < 128 * 1024, "fits one frame: {}", text.len());
-    abuser.send_text(text).await;
-    let reply = abuser.recv_announce_reply().await;
+    let (reply, received, mut abuser) = announce_offers(&app, 12, text).await;
     assert_eq!(reply.incomplete, 13);
     abuser.expect_silence().await;
-    let received = offers_received(&mut receivers, peer_id(1)).await;
-    assert_eq!(received.iter().sum::<usize>(), 10, "{received:?}");
-    assert!(received.iter().all(|&n| n <= 1), "{received:?}");
+    assert_relayed_to_distinct_receivers(&received, 10);
     honest.assert_unaffected().await;
 }
 
 #[tokio::test]
 async fn offer_sdp_above_the_limit_is_refused_and_nothing_is_relayed() {
     let app = spawn_app_configured(|settings| settings.tracker.max_sdp_bytes = 1024);
-    let mut honest = HonestPair::join(&app).await;
-    let swarm = info_hash(1);
-    let mut receivers = joined_peers(&app, swarm, 100, 2).await;
-    let mut abuser = app.peer().await;
-    abuser
-        .send_json(announce_value(
-            swarm,
-            peer_id(1),
-            &offers(1, 2, 1025),
-            Some(json!(2)),
-        ))
-        .await;
-    let failure = abuser.recv_failure().await;
-    assert_failure(
-        &failure,
-        Some(swarm),
-        "offer.sdp is 1025 bytes, the limit is 1024",
+    let value = announce_value(
+        info_hash(1),
+        peer_id(1),
+        &offers(1, 2, 1025),
+        Some(json!(2)),
     );
-    assert_eq!(offers_received(&mut receivers, peer_id(1)).await, [0, 0]);
-    assert_eq!(scrape_counts(&app, swarm).await, (0, 2), "not registered");
-    honest.assert_unaffected().await;
+    offer_announce_is_refused(app, value, "offer.sdp is 1025 bytes, the limit is 1024").await;
 }
 
 #[tokio::test]
@@ -627,14 +540,8 @@ async fn offer_sdp_exactly_at_the_limit_is_relayed() {
     let swarm = info_hash(1);
     let mut receivers = joined_peers(&app, swarm, 100, 1).await;
     let mut abuser = app.peer().await;
-    abuser
-        .send_json(announce_value(
-            swarm,
-            peer_id(1),
-            &offers(1, 1, 1024),
-            Some(json!(1)),
-        ))
-        .await;
+    let value = announce_value(swarm, peer_id(1), &offers(1, 1, 1024), Some(json!(1)));
+    abuser.send_json(value).await;
     assert_eq!(abuser.recv_announce_reply().await.incomplete, 2);
     match receivers[0].recv().await {
         TrackerMessage::Offer { sdp, .. } => assert_eq!(sdp.len(), 1024),
@@ -651,13 +558,8 @@ async fn answer_sdp_above_the_limit_is_refused_and_not_relayed() {
     answerer
         .answer(swarm, peer_id(2), peer_id(1), offer, &fake_sdp(1025))
         .await;
-    let failure = answerer.recv_failure().await;
-    assert_failure(
-        &failure,
-        Some(swarm),
-        "answer.sdp is 1025 bytes, the limit is 1024",
-    );
-    offerer.expect_silence().await;
+    let reason = "answer.sdp is 1025 bytes, the limit is 1024";
+    assert_answer_refused(&mut answerer, &mut offerer, swarm, reason).await;
     honest.assert_unaffected().await;
 }
 
@@ -666,40 +568,20 @@ async fn answer_sdp_above_the_limit_is_refused_and_not_relayed() {
 async fn numwant_1e300_is_capped_by_the_offers_sent() {
     let app = spawn_app();
     let mut honest = HonestPair::join(&app).await;
-    let swarm = info_hash(1);
-    let mut receivers = joined_peers(&app, swarm, 100, 3).await;
-    let mut abuser = app.peer().await;
-    let text = announce_value(swarm, peer_id(1), &offers(1, 2, 50), Some(json!(0)))
+    let text = announce_value(info_hash(1), peer_id(1), &offers(1, 2, 50), Some(json!(0)))
         .to_string()
         .replace("\"numwant\":0", "\"numwant\":1e300");
     assert!(text.contains("1e300"));
-    abuser.send_text(text).await;
-    assert_eq!(abuser.recv_announce_reply().await.incomplete, 4);
-    let received = offers_received(&mut receivers, peer_id(1)).await;
+    let (reply, received, _abuser) = announce_offers(&app, 3, text).await;
+    assert_eq!(reply.incomplete, 4);
     assert_eq!(received.iter().sum::<usize>(), 2, "{received:?}");
     honest.assert_unaffected().await;
 }
 
 #[tokio::test]
 async fn negative_numwant_is_refused_and_nothing_is_relayed() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
-    let swarm = info_hash(1);
-    let mut receivers = joined_peers(&app, swarm, 100, 2).await;
-    let mut abuser = app.peer().await;
-    abuser
-        .send_json(announce_value(
-            swarm,
-            peer_id(1),
-            &offers(1, 2, 50),
-            Some(json!(-1)),
-        ))
-        .await;
-    let failure = abuser.recv_failure().await;
-    assert_failure(&failure, Some(swarm), "numwant must not be negative");
-    assert_eq!(offers_received(&mut receivers, peer_id(1)).await, [0, 0]);
-    assert_eq!(scrape_counts(&app, swarm).await, (0, 2));
-    honest.assert_unaffected().await;
+    let value = announce_value(info_hash(1), peer_id(1), &offers(1, 2, 50), Some(json!(-1)));
+    offer_announce_is_refused(spawn_app(), value, "numwant must not be negative").await;
 }
 
 /// numwant 0.5 rounds down to 0: the peer is registered, no offer is relayed.
@@ -707,70 +589,54 @@ async fn negative_numwant_is_refused_and_nothing_is_relayed() {
 async fn fractional_numwant_rounds_down() {
     let app = spawn_app();
     let mut honest = HonestPair::join(&app).await;
-    let swarm = info_hash(1);
-    let mut receivers = joined_peers(&app, swarm, 100, 2).await;
-    let mut abuser = app.peer().await;
-    abuser
-        .send_json(announce_value(
-            swarm,
-            peer_id(1),
-            &offers(1, 2, 50),
-            Some(json!(0.5)),
-        ))
-        .await;
-    assert_eq!(abuser.recv_announce_reply().await.incomplete, 3);
-    assert_eq!(offers_received(&mut receivers, peer_id(1)).await, [0, 0]);
+    let value = announce_value(
+        info_hash(1),
+        peer_id(1),
+        &offers(1, 2, 50),
+        Some(json!(0.5)),
+    );
+    let (reply, received, _abuser) = announce_offers(&app, 2, value.to_string()).await;
+    assert_eq!(reply.incomplete, 3);
+    assert_eq!(received, [0, 0]);
     honest.assert_unaffected().await;
 }
 
 #[tokio::test]
 async fn numwant_as_a_string_is_refused() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
-    let swarm = info_hash(1);
-    let mut receivers = joined_peers(&app, swarm, 100, 2).await;
-    let mut abuser = app.peer().await;
-    abuser
-        .send_json(announce_value(
-            swarm,
-            peer_id(1),
-            &offers(1, 2, 50),
-            Some(json!("5")),
-        ))
-        .await;
-    let failure = abuser.recv_failure().await;
-    assert_failure(&failure, Some(swarm), "invalid message");
-    assert_eq!(offers_received(&mut receivers, peer_id(1)).await, [0, 0]);
-    assert_eq!(scrape_counts(&app, swarm).await, (0, 2));
-    honest.assert_unaffected().await;
+    let value = announce_value(
+        info_hash(1),
+        peer_id(1),
+        &offers(1, 2, 50),
+        Some(json!("5")),
+    );
+    offer_announce_is_refused(spawn_app(), value, "invalid message").await;
 }
 
 // ---------------------------------------------------------------------------------------
 // Answers
 // ---------------------------------------------------------------------------------------
 
+/// `offerer` (as `from`) announces one offer in `swarm` and gets its response.
+async fn make_offer(offerer: &mut TestPeer, swarm: InfoHash, from: PeerId, offer: OfferId) {
+    offerer
+        .announce(swarm, from, None, &[(offer, "v=0 offer")])
+        .await;
+    offerer.recv_announce_reply().await;
+}
+
 /// Peer 1 (first socket) made offer 1 in swarm 1 and it reached peer 2 (second socket).
 async fn relayed_offer(app: &TestApp) -> (TestPeer, TestPeer, InfoHash, OfferId) {
     let swarm = info_hash(1);
     let mut offerer = app.peer().await;
     let mut answerer = app.peer().await;
-    assert_eq!(
-        offerer
-            .announce_counts(swarm, peer_id(1), Some("started"))
-            .await,
-        (0, 1)
-    );
-    assert_eq!(
-        answerer
-            .announce_counts(swarm, peer_id(2), Some("started"))
-            .await,
-        (0, 2)
-    );
-    let offer = offer_id(1);
     offerer
-        .announce(swarm, peer_id(1), None, &[(offer, "v=0 offer")])
+        .assert_counts(swarm, peer_id(1), Some("started"), (0, 1))
         .await;
-    offerer.recv_announce_reply().await;
+    answerer
+        .assert_counts(swarm, peer_id(2), Some("started"), (0, 2))
+        .await;
+    let offer = offer_id(1);
+    make_offer(&mut offerer, swarm, peer_id(1), offer).await;
     match answerer.recv().await {
         TrackerMessage::Offer { offer_id, .. } => assert_eq!(offer_id, offer),
         other => panic!("expected the offer, got {other:?}"),
@@ -778,7 +644,36 @@ async fn relayed_offer(app: &TestApp) -> (TestPeer, TestPeer, InfoHash, OfferId)
     (offerer, answerer, swarm, offer)
 }
 
+/// Peer 2 answers `offer` to peer 1 in `swarm` from `answerer`, and it reaches `offerer`.
+async fn assert_answer_relayed(
+    answerer: &mut TestPeer,
+    offerer: &mut TestPeer,
+    swarm: InfoHash,
+    offer: OfferId,
+) {
+    answerer
+        .answer(swarm, peer_id(2), peer_id(1), offer, "v=0 answer")
+        .await;
+    assert!(matches!(
+        offerer.recv().await,
+        TrackerMessage::Answer { .. }
+    ));
+}
+
+/// The answer just sent on `answerer` is refused with `reason` (for `swarm`), and nothing
+/// reaches `offerer`.
+async fn assert_answer_refused(
+    answerer: &mut TestPeer,
+    offerer: &mut TestPeer,
+    swarm: InfoHash,
+    reason: &str,
+) {
+    assert_refused(answerer, Some(swarm), reason).await;
+    offerer.expect_silence().await;
+}
+
 const UNKNOWN_OFFER: &str = "no offer with that offer_id from to_peer_id was relayed to you";
+const NOT_RELAYED_TO_YOU: &str = "that offer was relayed to another connection";
 
 #[tokio::test]
 async fn answer_to_an_unknown_offer_is_refused() {
@@ -788,8 +683,7 @@ async fn answer_to_an_unknown_offer_is_refused() {
     answerer
         .answer(swarm, peer_id(2), peer_id(1), offer_id(999), "v=0 answer")
         .await;
-    assert_failure(&answerer.recv_failure().await, Some(swarm), UNKNOWN_OFFER);
-    offerer.expect_silence().await;
+    assert_answer_refused(&mut answerer, &mut offerer, swarm, UNKNOWN_OFFER).await;
     honest.assert_unaffected().await;
 }
 
@@ -802,12 +696,7 @@ async fn answer_in_a_swarm_the_socket_never_joined_is_refused() {
     answerer
         .answer(elsewhere, peer_id(2), peer_id(1), offer, "v=0 answer")
         .await;
-    assert_failure(
-        &answerer.recv_failure().await,
-        Some(elsewhere),
-        UNKNOWN_OFFER,
-    );
-    offerer.expect_silence().await;
+    assert_answer_refused(&mut answerer, &mut offerer, elsewhere, UNKNOWN_OFFER).await;
     assert_eq!(
         scrape_counts(&app, elsewhere).await,
         (0, 0),
@@ -828,16 +717,9 @@ async fn answer_routed_through_another_joined_swarm_is_refused() {
     answerer
         .answer(other, peer_id(2), peer_id(1), offer, "v=0 answer")
         .await;
-    assert_failure(&answerer.recv_failure().await, Some(other), UNKNOWN_OFFER);
-    offerer.expect_silence().await;
+    assert_answer_refused(&mut answerer, &mut offerer, other, UNKNOWN_OFFER).await;
     // The right swarm still routes it.
-    answerer
-        .answer(swarm, peer_id(2), peer_id(1), offer, "v=0 answer")
-        .await;
-    assert!(matches!(
-        offerer.recv().await,
-        TrackerMessage::Answer { .. }
-    ));
+    assert_answer_relayed(&mut answerer, &mut offerer, swarm, offer).await;
     honest.assert_unaffected().await;
 }
 
@@ -851,7 +733,7 @@ async fn answer_with_a_forged_to_peer_id_is_refused() {
     answerer
         .answer(swarm, peer_id(2), peer_id(3), offer, "v=0 forged")
         .await;
-    assert_failure(&answerer.recv_failure().await, Some(swarm), UNKNOWN_OFFER);
+    assert_refused(&mut answerer, Some(swarm), UNKNOWN_OFFER).await;
     victim.expect_silence().await;
     offerer.expect_silence().await;
     honest.assert_unaffected().await;
@@ -868,12 +750,7 @@ async fn answer_from_a_connection_the_offer_was_not_relayed_to_is_refused() {
     intruder
         .answer(swarm, peer_id(2), peer_id(1), offer, "v=0 stolen")
         .await;
-    assert_failure(
-        &intruder.recv_failure().await,
-        Some(swarm),
-        "that offer was relayed to another connection",
-    );
-    offerer.expect_silence().await;
+    assert_answer_refused(&mut intruder, &mut offerer, swarm, NOT_RELAYED_TO_YOU).await;
     honest.assert_unaffected().await;
 }
 
@@ -882,18 +759,11 @@ async fn a_replayed_answer_is_refused() {
     let app = spawn_app();
     let mut honest = HonestPair::join(&app).await;
     let (mut offerer, mut answerer, swarm, offer) = relayed_offer(&app).await;
-    answerer
-        .answer(swarm, peer_id(2), peer_id(1), offer, "v=0 answer")
-        .await;
-    assert!(matches!(
-        offerer.recv().await,
-        TrackerMessage::Answer { .. }
-    ));
+    assert_answer_relayed(&mut answerer, &mut offerer, swarm, offer).await;
     answerer
         .answer(swarm, peer_id(2), peer_id(1), offer, "v=0 answer again")
         .await;
-    assert_failure(&answerer.recv_failure().await, Some(swarm), UNKNOWN_OFFER);
-    offerer.expect_silence().await;
+    assert_answer_refused(&mut answerer, &mut offerer, swarm, UNKNOWN_OFFER).await;
     honest.assert_unaffected().await;
 }
 
@@ -908,47 +778,31 @@ async fn peer_id_claimed_by_two_sockets_last_writer_wins() {
     let mut honest = HonestPair::join(&app).await;
     let swarm = info_hash(1);
     let claimed = peer_id(1);
-    let mut first = app.peer().await;
-    let mut second = app.peer().await;
-    let mut offerer = app.peer().await;
-    assert_eq!(
-        first.announce_counts(swarm, claimed, Some("started")).await,
-        (0, 1)
-    );
-    assert_eq!(
-        second
-            .announce_counts(swarm, claimed, Some("started"))
-            .await,
-        (0, 1)
-    );
-    assert_eq!(
-        offerer
-            .announce_counts(swarm, peer_id(2), Some("started"))
-            .await,
-        (0, 2)
-    );
+    let [mut first, mut second, mut offerer] = app.peers().await;
+    first
+        .assert_counts(swarm, claimed, Some("started"), (0, 1))
+        .await;
+    second
+        .assert_counts(swarm, claimed, Some("started"), (0, 1))
+        .await;
+    offerer
+        .assert_counts(swarm, peer_id(2), Some("started"), (0, 2))
+        .await;
 
     // The offer goes to the claimed peer_id's new owner.
     let offer = offer_id(1);
-    offerer
-        .announce(swarm, peer_id(2), None, &[(offer, "v=0 offer")])
-        .await;
-    offerer.recv_announce_reply().await;
+    make_offer(&mut offerer, swarm, peer_id(2), offer).await;
     assert!(matches!(second.recv().await, TrackerMessage::Offer { .. }));
     first.expect_silence().await;
 
     // The old owner cannot stop it...
-    assert_eq!(
-        first.announce_counts(swarm, claimed, Some("stopped")).await,
-        (0, 2)
-    );
+    first
+        .assert_counts(swarm, claimed, Some("stopped"), (0, 2))
+        .await;
     // ...nor remove it by closing.
     first.close().await;
     wait_connections(&app, 4).await;
-    assert_eq!(
-        offerer.announce_counts(swarm, peer_id(2), None).await,
-        (0, 2)
-    );
+    offerer.assert_counts(swarm, peer_id(2), None, (0, 2)).await;
 
     // The owner answers, and its `stopped` counts.
     second
@@ -958,12 +812,9 @@ async fn peer_id_claimed_by_two_sockets_last_writer_wins() {
         offerer.recv().await,
         TrackerMessage::Answer { .. }
     ));
-    assert_eq!(
-        second
-            .announce_counts(swarm, claimed, Some("stopped"))
-            .await,
-        (0, 1)
-    );
+    second
+        .assert_counts(swarm, claimed, Some("stopped"), (0, 1))
+        .await;
     honest.assert_unaffected().await;
 }
 
@@ -973,9 +824,7 @@ async fn answer_from_the_previous_owner_of_a_peer_id_is_refused() {
     let mut honest = HonestPair::join(&app).await;
     let swarm = info_hash(1);
     let claimed = peer_id(1);
-    let mut first = app.peer().await;
-    let mut second = app.peer().await;
-    let mut offerer = app.peer().await;
+    let [mut first, mut second, mut offerer] = app.peers().await;
     first.announce_counts(swarm, claimed, Some("started")).await;
     second
         .announce_counts(swarm, claimed, Some("started"))
@@ -984,20 +833,12 @@ async fn answer_from_the_previous_owner_of_a_peer_id_is_refused() {
         .announce_counts(swarm, peer_id(2), Some("started"))
         .await;
     let offer = offer_id(1);
-    offerer
-        .announce(swarm, peer_id(2), None, &[(offer, "v=0 offer")])
-        .await;
-    offerer.recv_announce_reply().await;
+    make_offer(&mut offerer, swarm, peer_id(2), offer).await;
     assert!(matches!(second.recv().await, TrackerMessage::Offer { .. }));
     first
         .answer(swarm, claimed, peer_id(2), offer, "v=0 spoofed")
         .await;
-    assert_failure(
-        &first.recv_failure().await,
-        Some(swarm),
-        "that offer was relayed to another connection",
-    );
-    offerer.expect_silence().await;
+    assert_answer_refused(&mut first, &mut offerer, swarm, NOT_RELAYED_TO_YOU).await;
     honest.assert_unaffected().await;
 }
 
@@ -1018,6 +859,24 @@ fn is_rate_failure(value: &serde_json::Value) -> bool {
         .as_str()
         .is_some_and(|reason| reason.contains("rate limit"))
         && value["action"] == "announce"
+}
+
+/// Waits for the bucket to refill: retries `announce` (which sends an announce and
+/// returns the reply) 250 ms apart, about one token each, at most 12 times; every refusal
+/// must be a rate-limit failure. Returns the first reply that is not a failure, `None`
+/// when the bucket never refilled.
+async fn first_reply_after_refill(
+    mut announce: impl AsyncFnMut() -> serde_json::Value,
+) -> Option<serde_json::Value> {
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let reply = announce().await;
+        if reply.get("failure reason").is_none() {
+            return Some(reply);
+        }
+        assert!(is_rate_failure(&reply), "{reply}");
+    }
+    None
 }
 
 #[tokio::test]
@@ -1143,20 +1002,13 @@ async fn a_rate_limited_socket_recovers_as_the_bucket_refills() {
         assert_eq!(abuser.recv_json().await["action"], "scrape");
     }
     assert!(is_rate_failure(&abuser.recv_json().await));
-    // Bounded retries, 250 ms apart (about one token each).
-    let mut accepted = false;
-    for _ in 0..12 {
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    let reply = first_reply_after_refill(async || {
         abuser.announce(swarm, peer_id(1), None, &[]).await;
-        let reply = abuser.recv_json().await;
-        if reply.get("failure reason").is_none() {
-            assert_eq!(reply["incomplete"], 1, "{reply}");
-            accepted = true;
-            break;
-        }
-        assert!(is_rate_failure(&reply), "{reply}");
-    }
-    assert!(accepted, "the bucket never refilled");
+        abuser.recv_json().await
+    })
+    .await
+    .expect("the bucket never refilled");
+    assert_eq!(reply["incomplete"], 1, "{reply}");
     honest.assert_unaffected().await;
 }
 
@@ -1167,40 +1019,33 @@ async fn a_rate_limited_socket_recovers_as_the_bucket_refills() {
 async fn a_fragmented_message_over_the_rate_is_dropped_whole() {
     let app = spawn_app_with(rate_limited_settings());
     let mut honest = HonestPair::join(&app).await;
-    let mut raw = RawWs::connect(app.addr).await;
     let swarm = info_hash(1);
+    // One write: ten scrapes spend the burst, then a fragmented announce of peer 7.
     let scrape = json!({"action": "scrape", "info_hash": []}).to_string();
-    let mut burst = Vec::new();
-    for _ in 0..10 {
-        burst.extend(client_frame(true, opcode::TEXT, scrape.as_bytes()));
-    }
+    let mut burst: Vec<u8> = (0..10)
+        .flat_map(|_| text_frame(true, scrape.as_bytes()))
+        .collect();
     let dropped = announce_text(swarm, peer_id(7), Some("started"), None, &[]);
     let (first, rest) = dropped.as_bytes().split_at(20);
-    burst.extend(client_frame(false, opcode::TEXT, first));
-    burst.extend(client_frame(true, opcode::CONTINUATION, rest));
-    raw.stream.write_all(&burst).await.expect("send");
+    burst.extend(text_frame(false, first));
+    burst.extend(continuation_frame(true, rest));
+    let mut raw = raw_socket_sending(&app, &[burst]).await;
     for _ in 0..10 {
         assert_eq!(raw.recv_json().await["action"], "scrape");
     }
     raw.expect_silence().await;
     // After a refill the stream is still in step, and the dropped announce left no trace.
-    let mut accepted = false;
-    for _ in 0..12 {
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    let reply = first_reply_after_refill(async || {
         raw.send_text(&announce_text(swarm, peer_id(1), None, None, &[]))
             .await;
-        let reply = raw.recv_json().await;
-        if reply.get("failure reason").is_none() {
-            assert_eq!(
-                reply["incomplete"], 1,
-                "peer 7 was never registered: {reply}"
-            );
-            accepted = true;
-            break;
-        }
-        assert!(is_rate_failure(&reply), "{reply}");
-    }
-    assert!(accepted);
+        raw.recv_json().await
+    })
+    .await
+    .expect("the bucket never refilled");
+    assert_eq!(
+        reply["incomplete"], 1,
+        "peer 7 was never registered: {reply}"
+    );
     honest.assert_unaffected().await;
 }
 
@@ -1214,33 +1059,24 @@ async fn too_many_swarms_on_one_socket_are_refused() {
     let mut honest = HonestPair::join(&app).await;
     let mut abuser = app.peer().await;
     for n in 1..=3 {
-        assert_eq!(
-            abuser.announce_counts(info_hash(n), peer_id(1), None).await,
-            (0, 1)
-        );
+        abuser
+            .assert_counts(info_hash(n), peer_id(1), None, (0, 1))
+            .await;
     }
     abuser.announce(info_hash(4), peer_id(1), None, &[]).await;
-    assert_failure(
-        &abuser.recv_failure().await,
-        Some(info_hash(4)),
-        "too many swarms on one connection (limit 3)",
-    );
+    let reason = "too many swarms on one connection (limit 3)";
+    assert_refused(&mut abuser, Some(info_hash(4)), reason).await;
     assert_eq!(scrape_counts(&app, info_hash(4)).await, (0, 0));
     // Re-announcing in a joined swarm is still fine; leaving one frees a place.
-    assert_eq!(
-        abuser.announce_counts(info_hash(2), peer_id(1), None).await,
-        (0, 1)
-    );
-    assert_eq!(
-        abuser
-            .announce_counts(info_hash(1), peer_id(1), Some("stopped"))
-            .await,
-        (0, 0)
-    );
-    assert_eq!(
-        abuser.announce_counts(info_hash(4), peer_id(1), None).await,
-        (0, 1)
-    );
+    abuser
+        .assert_counts(info_hash(2), peer_id(1), None, (0, 1))
+        .await;
+    abuser
+        .assert_counts(info_hash(1), peer_id(1), Some("stopped"), (0, 0))
+        .await;
+    abuser
+        .assert_counts(info_hash(4), peer_id(1), None, (0, 1))
+        .await;
     honest.assert_unaffected().await;
 }
 
@@ -1250,26 +1086,16 @@ async fn too_many_peer_ids_in_one_swarm_on_one_socket_are_refused() {
     let mut honest = HonestPair::join(&app).await;
     let mut abuser = app.peer().await;
     let swarm = info_hash(1);
-    assert_eq!(
-        abuser.announce_counts(swarm, peer_id(1), None).await,
-        (0, 1)
-    );
-    assert_eq!(
-        abuser.announce_counts(swarm, peer_id(2), None).await,
-        (0, 2)
-    );
+    abuser.assert_counts(swarm, peer_id(1), None, (0, 1)).await;
+    abuser.assert_counts(swarm, peer_id(2), None, (0, 2)).await;
     abuser.announce(swarm, peer_id(3), None, &[]).await;
-    assert_failure(
-        &abuser.recv_failure().await,
-        Some(swarm),
-        "too many peer_ids in one swarm on one connection (limit 2)",
-    );
+    let reason = "too many peer_ids in one swarm on one connection (limit 2)";
+    assert_refused(&mut abuser, Some(swarm), reason).await;
     assert_eq!(scrape_counts(&app, swarm).await, (0, 2));
     // Another swarm is a separate budget.
-    assert_eq!(
-        abuser.announce_counts(info_hash(2), peer_id(3), None).await,
-        (0, 1)
-    );
+    abuser
+        .assert_counts(info_hash(2), peer_id(3), None, (0, 1))
+        .await;
     honest.assert_unaffected().await;
 }
 
@@ -1281,15 +1107,10 @@ async fn a_full_swarm_refuses_new_peers_but_keeps_its_members() {
     let mut members = joined_peers(&app, swarm, 100, 3).await;
     let mut abuser = app.peer().await;
     abuser.announce(swarm, peer_id(1), None, &[]).await;
-    assert_failure(
-        &abuser.recv_failure().await,
-        Some(swarm),
-        "swarm is full (3 peers)",
-    );
-    assert_eq!(
-        members[0].announce_counts(swarm, peer_id(100), None).await,
-        (0, 3)
-    );
+    assert_refused(&mut abuser, Some(swarm), "swarm is full (3 peers)").await;
+    members[0]
+        .assert_counts(swarm, peer_id(100), None, (0, 3))
+        .await;
     honest.assert_unaffected().await;
 }
 
@@ -1302,14 +1123,9 @@ async fn too_many_sockets_from_one_ip_get_503_and_the_slot_comes_back() {
     let app = spawn_app_configured(|settings| settings.server.max_connections_per_ip = 3);
     let mut honest = HonestPair::join(&app).await;
     let abuser = app.peer().await;
-    let refused = try_connect(&app.ws_url(), &[]).await;
-    match refused {
-        Err((status, body)) => {
-            assert_eq!(status, 503);
-            assert!(body.contains("max_connections_per_ip"), "{body}");
-        }
-        Ok(_) => panic!("a fourth socket from one IP was admitted"),
-    }
+    let (status, body) = refused_upgrade(&app.ws_url(), &[], "a fourth socket from one IP").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("max_connections_per_ip"), "{body}");
     abuser.close().await;
     wait_connections(&app, 2).await;
     let again = try_connect(&app.ws_url(), &[]).await;
@@ -1331,21 +1147,31 @@ async fn honest_behind_proxy(app: &TestApp) -> HonestPair {
     .await
 }
 
+/// An upgrade forwarded for `client` (an X-Forwarded-For value); `Err` with the status
+/// when refused.
+async fn forwarded_for(app: &TestApp, client: &str) -> Result<TestPeer, (u16, String)> {
+    try_connect(&app.ws_url(), &[("X-Forwarded-For", client)]).await
+}
+
+/// An upgrade forwarded for `client` that the per-IP cap must refuse with 503; `what`
+/// names it in the panic when it is admitted.
+async fn assert_forwarded_refused(app: &TestApp, client: &str, what: &str) {
+    let headers = [("X-Forwarded-For", client)];
+    let (status, _) = refused_upgrade(&app.ws_url(), &headers, what).await;
+    assert_eq!(status, 503);
+}
+
 #[tokio::test]
 async fn behind_a_trusted_proxy_the_forwarded_client_ip_is_capped() {
     let app = spawn_app_configured(behind_proxy);
     let mut honest = honest_behind_proxy(&app).await;
-    let url = app.ws_url();
-    let _one = try_connect(&url, &[("X-Forwarded-For", "203.0.113.7")])
+    let _one = forwarded_for(&app, "203.0.113.7")
         .await
         .expect("first client admitted");
-    let _two = try_connect(&url, &[("X-Forwarded-For", "203.0.113.8")])
+    let _two = forwarded_for(&app, "203.0.113.8")
         .await
         .expect("another client admitted");
-    match try_connect(&url, &[("X-Forwarded-For", "203.0.113.7")]).await {
-        Err((status, _)) => assert_eq!(status, 503),
-        Ok(_) => panic!("a second socket of 203.0.113.7 was admitted"),
-    }
+    assert_forwarded_refused(&app, "203.0.113.7", "a second socket of 203.0.113.7").await;
     honest.assert_unaffected().await;
 }
 
@@ -1353,14 +1179,11 @@ async fn behind_a_trusted_proxy_the_forwarded_client_ip_is_capped() {
 async fn x_forwarded_for_is_ignored_without_a_trusted_proxy() {
     let app = spawn_app_configured(|settings| settings.server.max_connections_per_ip = 3);
     let mut honest = HonestPair::join(&app).await;
-    let url = app.ws_url();
-    let _third = try_connect(&url, &[("X-Forwarded-For", "203.0.113.7")])
+    let _third = forwarded_for(&app, "203.0.113.7")
         .await
         .expect("third socket from 127.0.0.1 admitted");
-    match try_connect(&url, &[("X-Forwarded-For", "203.0.113.8")]).await {
-        Err((status, _)) => assert_eq!(status, 503),
-        Ok(_) => panic!("a forged X-Forwarded-For escaped the per-IP cap"),
-    }
+    let what = "a socket with a forged X-Forwarded-For (escaping the per-IP cap)";
+    assert_forwarded_refused(&app, "203.0.113.8", what).await;
     honest.assert_unaffected().await;
 }
 
@@ -1368,15 +1191,12 @@ async fn x_forwarded_for_is_ignored_without_a_trusted_proxy() {
 async fn a_spoofed_leftmost_forwarded_hop_does_not_escape_the_cap() {
     let app = spawn_app_configured(behind_proxy);
     let mut honest = honest_behind_proxy(&app).await;
-    let url = app.ws_url();
-    let _one = try_connect(&url, &[("X-Forwarded-For", "6.6.6.6, 203.0.113.9")])
+    let _one = forwarded_for(&app, "6.6.6.6, 203.0.113.9")
         .await
         .expect("admitted as 203.0.113.9");
-    match try_connect(&url, &[("X-Forwarded-For", "7.7.7.7, 203.0.113.9")]).await {
-        Err((status, _)) => assert_eq!(status, 503),
-        Ok(_) => panic!("the client-chosen leftmost hop was believed"),
-    }
-    let _other = try_connect(&url, &[("X-Forwarded-For", "203.0.113.9, 203.0.113.10")])
+    let what = "a socket whose client-chosen leftmost hop was believed";
+    assert_forwarded_refused(&app, "7.7.7.7, 203.0.113.9", what).await;
+    let _other = forwarded_for(&app, "203.0.113.9, 203.0.113.10")
         .await
         .expect("admitted as 203.0.113.10");
     honest.assert_unaffected().await;
@@ -1385,6 +1205,16 @@ async fn a_spoofed_leftmost_forwarded_hop_does_not_escape_the_cap() {
 // ---------------------------------------------------------------------------------------
 // Slow readers, half-open and slow connections
 // ---------------------------------------------------------------------------------------
+
+/// A ping from a client that does not read: given up after 50 ms, as the write may block
+/// once the server stops reading too.
+async fn ping_briefly(raw: &mut RawWs) {
+    let _ = tokio::time::timeout(
+        Duration::from_millis(50),
+        raw.send_frame(true, opcode::PING, b""),
+    )
+    .await;
+}
 
 /// A client that announces into a busy swarm and then never reads: the server's memory
 /// stays bounded, the peer leaves its swarm after `swarm.max_dropped_deliveries` relays
@@ -1403,12 +1233,9 @@ async fn a_slow_reader_is_bounded_removed_and_cut() {
     let mut honest = HonestPair::join(&app).await;
     let swarm = info_hash(1);
     let mut sender = app.peer().await;
-    assert_eq!(
-        sender
-            .announce_counts(swarm, peer_id(2), Some("started"))
-            .await,
-        (0, 1)
-    );
+    sender
+        .assert_counts(swarm, peer_id(2), Some("started"), (0, 1))
+        .await;
 
     // The slow reader: a small receive buffer, a hand-made handshake, one announce.
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
@@ -1449,11 +1276,7 @@ async fn a_slow_reader_is_bounded_removed_and_cut() {
         assert_eq!(reply.incomplete, 2);
         if last_keepalive.elapsed() > Duration::from_millis(300) {
             last_keepalive = Instant::now();
-            let _ = tokio::time::timeout(
-                Duration::from_millis(50),
-                slow.send_frame(true, opcode::PING, b""),
-            )
-            .await;
+            ping_briefly(&mut slow).await;
             honest.keepalive().await;
         }
         assert!(
@@ -1497,11 +1320,7 @@ async fn a_slow_reader_is_bounded_removed_and_cut() {
     loop {
         honest.keepalive().await;
         // Still alive (it keeps pinging), just never reading.
-        let _ = tokio::time::timeout(
-            Duration::from_millis(50),
-            slow.send_frame(true, opcode::PING, b""),
-        )
-        .await;
+        ping_briefly(&mut slow).await;
         if websockets(&app.stats().await) == 3 {
             break;
         }
@@ -1615,6 +1434,19 @@ async fn read_until_closed(stream: &mut tokio::net::TcpStream, within: Duration)
     raw
 }
 
+/// The server ends `stream` within 5 s, answering at most a 408; returns how long after
+/// `opened` it ended.
+async fn assert_cut_since(stream: &mut tokio::net::TcpStream, opened: Instant) -> Duration {
+    let raw = read_until_closed(stream, Duration::from_secs(5)).await;
+    let elapsed = opened.elapsed();
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        raw.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "unexpected response: {text}"
+    );
+    elapsed
+}
+
 #[tokio::test]
 async fn slowloris_request_head_is_cut_after_the_client_request_timeout() {
     let app = spawn_app_configured(|settings| settings.server.client_request_timeout_secs = 1);
@@ -1629,13 +1461,7 @@ async fn slowloris_request_head_is_cut_after_the_client_request_timeout() {
         .expect("write");
     // Meanwhile honest traffic flows.
     honest.assert_unaffected().await;
-    let raw = read_until_closed(&mut stream, Duration::from_secs(5)).await;
-    let elapsed = opened.elapsed();
-    let text = String::from_utf8_lossy(&raw);
-    assert!(
-        raw.is_empty() || text.starts_with("HTTP/1.1 408"),
-        "unexpected response: {text}"
-    );
+    let elapsed = assert_cut_since(&mut stream, opened).await;
     assert!(elapsed >= Duration::from_millis(800), "{elapsed:?}");
     assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
     assert_eq!(websockets(&app.stats().await), 2);
@@ -1650,13 +1476,7 @@ async fn a_connection_that_never_sends_a_request_is_cut() {
         .await
         .expect("connect");
     let opened = Instant::now();
-    let raw = read_until_closed(&mut stream, Duration::from_secs(5)).await;
-    let elapsed = opened.elapsed();
-    let text = String::from_utf8_lossy(&raw);
-    assert!(
-        raw.is_empty() || text.starts_with("HTTP/1.1 408"),
-        "unexpected response: {text}"
-    );
+    let elapsed = assert_cut_since(&mut stream, opened).await;
     assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
     honest.assert_unaffected().await;
 }
@@ -1665,19 +1485,21 @@ async fn a_connection_that_never_sends_a_request_is_cut() {
 // Bad upgrades release their slot
 // ---------------------------------------------------------------------------------------
 
-/// Sends `request`; the upgrade must be refused with `status`. The server admits at most
-/// 3 sockets (the honest pair plus one), so a leaked slot would refuse the final check.
-async fn refused_upgrade_releases_its_slot(
-    request: impl Fn(std::net::SocketAddr) -> String,
-    status: u16,
-) {
+/// Sends an upgrade request for /announce with the header lines `headers` (each ending in
+/// "\r\n"); it must be refused with `status`. The server admits at most 3 sockets (the
+/// honest pair plus one), so a leaked slot would refuse the final check.
+async fn refused_upgrade_releases_its_slot(headers: &str, status: u16) {
     let app = spawn_app_configured(|settings| settings.server.max_connections = 3);
     let mut honest = HonestPair::join(&app).await;
+    let request = format!(
+        "GET /announce HTTP/1.1\r\nHost: {}\r\n{headers}\r\n",
+        app.addr
+    );
     for _ in 0..5 {
         let stream = tokio::net::TcpStream::connect(app.addr)
             .await
             .expect("connect");
-        match RawWs::upgrade(stream, &request(app.addr)).await {
+        match RawWs::upgrade(stream, &request).await {
             Err((got, head)) => assert_eq!(got, status, "{head}"),
             Ok(_) => panic!("a bad upgrade was accepted"),
         }
@@ -1694,12 +1516,7 @@ async fn refused_upgrade_releases_its_slot(
 #[tokio::test]
 async fn upgrade_without_sec_websocket_key_is_400_and_releases_its_slot() {
     refused_upgrade_releases_its_slot(
-        |addr| {
-            format!(
-                "GET /announce HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
-                 Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            )
-        },
+        "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n",
         400,
     )
     .await;
@@ -1709,13 +1526,8 @@ async fn upgrade_without_sec_websocket_key_is_400_and_releases_its_slot() {
 #[tokio::test]
 async fn upgrade_with_an_unsupported_version_is_426_and_releases_its_slot() {
     refused_upgrade_releases_its_slot(
-        |addr| {
-            format!(
-                "GET /announce HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
-                 Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-                 Sec-WebSocket-Version: 12\r\n\r\n"
-            )
-        },
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 12\r\n",
         426,
     )
     .await;
@@ -1724,12 +1536,8 @@ async fn upgrade_with_an_unsupported_version_is_426_and_releases_its_slot() {
 #[tokio::test]
 async fn upgrade_without_connection_upgrade_is_400_and_releases_its_slot() {
     refused_upgrade_releases_its_slot(
-        |addr| {
-            format!(
-                "GET /announce HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
-                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-            )
-        },
+        "Upgrade: websocket\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n",
         400,
     )
     .await;
@@ -1739,13 +1547,8 @@ async fn upgrade_without_connection_upgrade_is_400_and_releases_its_slot() {
 #[tokio::test]
 async fn upgrade_with_a_malformed_sec_websocket_key_is_400_and_releases_its_slot() {
     refused_upgrade_releases_its_slot(
-        |addr| {
-            format!(
-                "GET /announce HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
-                 Connection: Upgrade\r\nSec-WebSocket-Key: not base64 at all!\r\n\
-                 Sec-WebSocket-Version: 13\r\n\r\n"
-            )
-        },
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: not base64 at all!\r\nSec-WebSocket-Version: 13\r\n",
         400,
     )
     .await;
@@ -1755,10 +1558,20 @@ async fn upgrade_with_a_malformed_sec_websocket_key_is_400_and_releases_its_slot
 // Huge but legal JSON
 // ---------------------------------------------------------------------------------------
 
-/// The announce fields followed by `extra` (a JSON object body fragment, no braces).
-fn announce_with_extra(swarm: InfoHash, peer: PeerId, extra: &str) -> String {
-    let base = announce_text(swarm, peer, None, None, &[]);
+/// Peer 1's announce in swarm 1, led by `extra` (a JSON object body fragment, no braces).
+fn announce_with_extra(extra: &str) -> String {
+    let base = announce_text(info_hash(1), peer_id(1), None, None, &[]);
     format!("{{{extra},{}", &base[1..])
+}
+
+/// The abuser's announce `text`, padded with fields the tracker does not know, is answered
+/// as if they were absent; the honest pair does not notice.
+async fn unknown_fields_are_ignored(app: TestApp, text: String) {
+    let mut honest = HonestPair::join(&app).await;
+    let mut abuser = app.peer().await;
+    abuser.send_text(text).await;
+    assert_eq!(abuser.recv_announce_reply().await.incomplete, 1);
+    honest.assert_unaffected().await;
 }
 
 #[tokio::test]
@@ -1767,39 +1580,21 @@ async fn ten_thousand_distinct_unknown_keys_are_ignored() {
         settings.ws.max_frame_bytes = 256 * 1024;
         settings.ws.max_message_bytes = 256 * 1024;
     });
-    let mut honest = HonestPair::join(&app).await;
-    let mut abuser = app.peer().await;
     let extra: Vec<String> = (0..10_000).map(|n| format!("\"k{n}\":0")).collect();
-    let text = announce_with_extra(info_hash(1), peer_id(1), &extra.join(","));
-    abuser.send_text(text).await;
-    assert_eq!(abuser.recv_announce_reply().await.incomplete, 1);
-    honest.assert_unaffected().await;
+    unknown_fields_are_ignored(app, announce_with_extra(&extra.join(","))).await;
 }
 
 #[tokio::test]
 async fn ten_thousand_repeats_of_an_unknown_key_are_ignored() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
-    let mut abuser = app.peer().await;
-    let extra = vec!["\"x\":0"; 10_000].join(",");
-    let text = announce_with_extra(info_hash(1), peer_id(1), &extra);
+    let text = announce_with_extra(&vec!["\"x\":0"; 10_000].join(","));
     assert!(text.len() < 65_536, "{}", text.len());
-    abuser.send_text(text).await;
-    assert_eq!(abuser.recv_announce_reply().await.incomplete, 1);
-    honest.assert_unaffected().await;
+    unknown_fields_are_ignored(spawn_app(), text).await;
 }
 
 #[tokio::test]
 async fn a_60_kib_string_in_an_unknown_field_is_ignored() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
-    let mut abuser = app.peer().await;
     let extra = format!("\"trackerid\":\"{}\"", "z".repeat(60 * 1024));
-    abuser
-        .send_text(announce_with_extra(info_hash(1), peer_id(1), &extra))
-        .await;
-    assert_eq!(abuser.recv_announce_reply().await.incomplete, 1);
-    honest.assert_unaffected().await;
+    unknown_fields_are_ignored(spawn_app(), announce_with_extra(&extra)).await;
 }
 
 #[tokio::test]
@@ -1810,8 +1605,7 @@ async fn a_60_kib_event_is_refused_without_echoing_it() {
     let swarm = info_hash(1);
     let text = announce_text(swarm, peer_id(1), Some(&"e".repeat(60 * 1024)), None, &[]);
     abuser.send_text(text).await;
-    let failure = abuser.recv_failure().await;
-    assert_failure(&failure, Some(swarm), "unknown event");
+    let failure = assert_refused(&mut abuser, Some(swarm), "unknown event").await;
     let reason = failure["failure reason"].as_str().expect("reason");
     assert!(
         reason.len() < 200,
@@ -1819,9 +1613,6 @@ async fn a_60_kib_event_is_refused_without_echoing_it() {
         reason.len()
     );
     // The socket stays open.
-    assert_eq!(
-        abuser.announce_counts(swarm, peer_id(1), None).await,
-        (0, 1)
-    );
+    abuser.assert_counts(swarm, peer_id(1), None, (0, 1)).await;
     honest.assert_unaffected().await;
 }

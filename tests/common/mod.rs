@@ -960,3 +960,71 @@ impl Drop for BinaryServer {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Shorthands shared by the suites, for the sequences they all repeat: joining a swarm,
+// an announce whose counts are checked, a failure in a given swarm, a refused upgrade.
+// ---------------------------------------------------------------------------------------
+
+impl TestPeer {
+    /// Joins `info_hash` as `peer_id` (event `started`, no `left`, no offers); returns the
+    /// announce response.
+    pub async fn join_swarm(&mut self, info_hash: InfoHash, peer_id: PeerId) -> AnnounceReply {
+        self.announce(info_hash, peer_id, Some("started"), &[])
+            .await;
+        self.recv_announce_reply().await
+    }
+
+    /// Announces (`event`, no `left`, no offers) and asserts that the response carries
+    /// `expected` (complete, incomplete). The message names the announce, so a failing
+    /// step of a scripted test says which one it was.
+    pub async fn assert_counts(
+        &mut self,
+        info_hash: InfoHash,
+        peer_id: PeerId,
+        event: Option<&str>,
+        expected: (u64, u64),
+    ) {
+        let counts = self.announce_counts(info_hash, peer_id, event).await;
+        assert_eq!(
+            counts,
+            expected,
+            "(complete, incomplete) after {event:?} from peer {:?} in swarm {:?}",
+            peer_id.to_wire(),
+            info_hash.to_wire()
+        );
+    }
+
+    /// The next frame, which must be a failure of an announce or answer in `info_hash`
+    /// (`action` "announce" and that `info_hash`); returned for further checks.
+    pub async fn recv_failure_in(&mut self, info_hash: InfoHash) -> serde_json::Value {
+        let failure = self.recv_failure().await;
+        assert_eq!(failure["action"], "announce", "{failure}");
+        assert_eq!(failure["info_hash"], info_hash.to_wire(), "{failure}");
+        failure
+    }
+}
+
+impl TestApp {
+    /// `N` WebSocket clients, connected one after the other.
+    pub async fn peers<const N: usize>(&self) -> [TestPeer; N] {
+        let mut peers = Vec::with_capacity(N);
+        for _ in 0..N {
+            peers.push(self.peer().await);
+        }
+        match peers.try_into() {
+            Ok(peers) => peers,
+            Err(_) => unreachable!("exactly N peers were connected"),
+        }
+    }
+}
+
+/// An upgrade at `url` (with extra request `headers`) that must be refused; returns the
+/// (status, body) of the refusal. `what` names the attempt in the panic when it is
+/// admitted instead.
+pub async fn refused_upgrade(url: &str, headers: &[(&str, &str)], what: &str) -> (u16, String) {
+    match try_connect(url, headers).await {
+        Err(refusal) => refusal,
+        Ok(_) => panic!("{what} was admitted"),
+    }
+}
