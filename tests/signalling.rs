@@ -48,9 +48,7 @@ async fn join_peers(app: &TestApp, swarm: InfoHash, first: u32, count: u32) -> V
     let mut peers = Vec::new();
     for i in 0..count {
         let mut peer = app.peer().await;
-        peer.announce(swarm, peer_id(first + i), Some("started"), &[])
-            .await;
-        peer.recv_announce_reply().await;
+        peer.join_swarm(swarm, peer_id(first + i)).await;
         peers.push(peer);
     }
     peers
@@ -105,118 +103,102 @@ fn assert_distinct(received: &[Vec<OfferId>]) -> usize {
     seen.len()
 }
 
+/// What a fan-out did: the sender's socket and announce response, and the offer ids each
+/// other peer received (the other peers' sockets stay open until it is dropped).
+struct FanOut {
+    sender: TestPeer,
+    reply: AnnounceReply,
+    received: Vec<Vec<OfferId>>,
+    _others: Vec<TestPeer>,
+}
+
+/// `others` peers (10 and up) wait in `swarm`; then peer 1, on its own socket, announces
+/// `offers` offers with `numwant` (`None`: absent).
+async fn fan_out(
+    app: &TestApp,
+    swarm: InfoHash,
+    others: u32,
+    offers: u32,
+    numwant: Option<Value>,
+) -> FanOut {
+    let mut others = join_peers(app, swarm, 10, others).await;
+    let mut sender = app.peer().await;
+    sender
+        .send_json(announce_with_offers(swarm, peer_id(1), offers, 1, numwant))
+        .await;
+    let reply = sender.recv_announce_reply().await;
+    let received = collect_offers(&mut others, swarm, peer_id(1)).await;
+    FanOut {
+        sender,
+        reply,
+        received,
+        _others: others,
+    }
+}
+
 #[tokio::test]
 async fn fan_out_is_capped_by_numwant() {
     let app = spawn_app();
-    let swarm = info_hash(1);
-    let mut others = join_peers(&app, swarm, 10, 6).await;
-    let mut sender = app.peer().await;
-    sender
-        .send_json(announce_with_offers(
-            swarm,
-            peer_id(1),
-            5,
-            1,
-            Some(json!(2)),
-        ))
-        .await;
-    assert_eq!(sender.recv_announce_reply().await.incomplete, 7);
-    let received = collect_offers(&mut others, swarm, peer_id(1)).await;
-    assert_eq!(assert_distinct(&received), 2);
-    sender.expect_silence().await;
+    let mut fan_out = fan_out(&app, info_hash(1), 6, 5, Some(json!(2))).await;
+    assert_eq!(fan_out.reply.incomplete, 7);
+    assert_eq!(assert_distinct(&fan_out.received), 2);
+    fan_out.sender.expect_silence().await;
 }
 
 #[tokio::test]
 async fn fan_out_with_numwant_zero_relays_nothing() {
     let app = spawn_app();
-    let swarm = info_hash(2);
-    let mut others = join_peers(&app, swarm, 10, 3).await;
-    let mut sender = app.peer().await;
-    sender
-        .send_json(announce_with_offers(
-            swarm,
-            peer_id(1),
-            3,
-            1,
-            Some(json!(0)),
-        ))
-        .await;
-    assert_eq!(sender.recv_announce_reply().await.incomplete, 4);
-    let received = collect_offers(&mut others, swarm, peer_id(1)).await;
-    assert_eq!(assert_distinct(&received), 0);
+    let fan_out = fan_out(&app, info_hash(2), 3, 3, Some(json!(0))).await;
+    assert_eq!(fan_out.reply.incomplete, 4);
+    assert_eq!(assert_distinct(&fan_out.received), 0);
 }
 
 #[tokio::test]
 async fn fan_out_without_numwant_is_capped_by_the_offers_sent() {
     let app = spawn_app();
-    let swarm = info_hash(3);
-    let mut others = join_peers(&app, swarm, 10, 6).await;
-    let mut sender = app.peer().await;
-    sender
-        .send_json(announce_with_offers(swarm, peer_id(1), 4, 1, None))
-        .await;
-    sender.recv_announce_reply().await;
-    let received = collect_offers(&mut others, swarm, peer_id(1)).await;
-    assert_eq!(assert_distinct(&received), 4);
+    let fan_out = fan_out(&app, info_hash(3), 6, 4, None).await;
+    assert_eq!(assert_distinct(&fan_out.received), 4);
 }
 
 #[tokio::test]
 async fn fan_out_is_capped_by_max_offers() {
     let app = spawn_app_configured(|settings| settings.tracker.max_offers = 3);
-    let swarm = info_hash(4);
-    let mut others = join_peers(&app, swarm, 10, 6).await;
-    let mut sender = app.peer().await;
-    sender
-        .send_json(announce_with_offers(
-            swarm,
-            peer_id(1),
-            6,
-            1,
-            Some(json!(6)),
-        ))
-        .await;
-    sender.recv_announce_reply().await;
-    let received = collect_offers(&mut others, swarm, peer_id(1)).await;
-    assert_eq!(assert_distinct(&received), 3);
+    let fan_out = fan_out(&app, info_hash(4), 6, 6, Some(json!(6))).await;
+    assert_eq!(assert_distinct(&fan_out.received), 3);
 }
 
 #[tokio::test]
 async fn fan_out_is_capped_by_swarm_size_and_reaches_every_other_peer_once() {
     let app = spawn_app();
-    let swarm = info_hash(5);
-    let mut others = join_peers(&app, swarm, 10, 3).await;
-    let mut sender = app.peer().await;
-    sender
-        .send_json(announce_with_offers(
-            swarm,
-            peer_id(1),
-            8,
-            1,
-            Some(json!(8)),
-        ))
-        .await;
-    assert_eq!(sender.recv_announce_reply().await.incomplete, 4);
-    let received = collect_offers(&mut others, swarm, peer_id(1)).await;
-    assert_eq!(assert_distinct(&received), 3);
+    let mut fan_out = fan_out(&app, info_hash(5), 3, 8, Some(json!(8))).await;
+    assert_eq!(fan_out.reply.incomplete, 4);
+    let received = &fan_out.received;
+    assert_eq!(assert_distinct(received), 3);
     assert!(received.iter().all(|ids| ids.len() == 1), "{received:?}");
-    sender.expect_silence().await;
+    fan_out.sender.expect_silence().await;
 }
 
 #[tokio::test]
 async fn a_lone_peer_s_offers_go_nowhere() {
     let app = spawn_app();
-    let mut sender = app.peer().await;
+    let mut fan_out = fan_out(&app, info_hash(6), 0, 5, Some(json!(5))).await;
+    assert_eq!(fan_out.reply.incomplete, 1);
+    fan_out.sender.expect_silence().await;
+}
+
+/// Peer 1 announces `n` offers (ids from `base`) with `numwant` in `swarm` from `sender`;
+/// returns the announce response.
+async fn offer_as_peer_1(
+    sender: &mut TestPeer,
+    swarm: InfoHash,
+    n: u32,
+    base: u32,
+    numwant: Option<Value>,
+) -> AnnounceReply {
     sender
-        .send_json(announce_with_offers(
-            info_hash(6),
-            peer_id(1),
-            5,
-            1,
-            Some(json!(5)),
-        ))
+        .send_json(announce_with_offers(swarm, peer_id(1), n, base, numwant))
         .await;
-    assert_eq!(sender.recv_announce_reply().await.incomplete, 1);
-    sender.expect_silence().await;
+    sender.recv_announce_reply().await
 }
 
 #[tokio::test]
@@ -226,23 +208,12 @@ async fn offers_never_go_back_to_the_sender_nor_to_another_peer_id_of_its_connec
     let mut sender = app.peer().await;
     // The sender's socket holds three peer_ids in the swarm.
     for n in 1..=3 {
-        sender
-            .announce(swarm, peer_id(n), Some("started"), &[])
-            .await;
-        sender.recv_announce_reply().await;
+        sender.join_swarm(swarm, peer_id(n)).await;
     }
     let mut others = join_peers(&app, swarm, 10, 2).await;
     for round in 0..10 {
-        sender
-            .send_json(announce_with_offers(
-                swarm,
-                peer_id(1),
-                5,
-                round * 10 + 1,
-                Some(json!(5)),
-            ))
-            .await;
-        assert_eq!(sender.recv_announce_reply().await.incomplete, 5);
+        let reply = offer_as_peer_1(&mut sender, swarm, 5, round * 10 + 1, Some(json!(5))).await;
+        assert_eq!(reply.incomplete, 5);
         let received = collect_offers(&mut others, swarm, peer_id(1)).await;
         assert_eq!(assert_distinct(&received), 2, "round {round}");
         sender.expect_silence().await;
@@ -258,16 +229,7 @@ async fn offers_are_spread_over_random_peers_not_a_fixed_window() {
     let mut reached: HashMap<usize, usize> = HashMap::new();
     const ROUNDS: u32 = 30;
     for round in 0..ROUNDS {
-        sender
-            .send_json(announce_with_offers(
-                swarm,
-                peer_id(1),
-                1,
-                round + 1,
-                Some(json!(1)),
-            ))
-            .await;
-        sender.recv_announce_reply().await;
+        offer_as_peer_1(&mut sender, swarm, 1, round + 1, Some(json!(1))).await;
         // Whoever gets the offer first; a second offer anywhere is caught below.
         let (offer, index, _) = futures_util::future::select_all(
             others.iter_mut().map(|peer| Box::pin(peer.recv_json())),
@@ -292,21 +254,9 @@ async fn an_answer_is_routed_to_the_offerer_with_the_answerer_s_peer_id_and_the_
     let app = spawn_app();
     let swarm = info_hash(9);
     let mut offerer = app.peer().await;
-    offerer
-        .announce(swarm, peer_id(1), Some("started"), &[])
-        .await;
-    offerer.recv_announce_reply().await;
+    offerer.join_swarm(swarm, peer_id(1)).await;
     let mut others = join_peers(&app, swarm, 10, 3).await;
-    offerer
-        .send_json(announce_with_offers(
-            swarm,
-            peer_id(1),
-            3,
-            1,
-            Some(json!(3)),
-        ))
-        .await;
-    offerer.recv_announce_reply().await;
+    offer_as_peer_1(&mut offerer, swarm, 3, 1, Some(json!(3))).await;
     let received = collect_offers(&mut others, swarm, peer_id(1)).await;
     assert_eq!(assert_distinct(&received), 3);
     for (index, other) in others.iter_mut().enumerate() {
@@ -330,56 +280,39 @@ async fn an_answer_is_routed_to_the_offerer_with_the_answerer_s_peer_id_and_the_
     }
 }
 
-/// A swarm with an offerer (peer 1) and an answerer (peer 2) that received `offer_id(1)`.
-struct Pair {
-    offerer: TestPeer,
-    answerer: TestPeer,
-    swarm: InfoHash,
-}
+// ---------------------------------------------------------------------------------------
+// Refused answers: each starts from an offerer (peer 1) whose offer 1 reached an answerer
+// (peer 2), and checks that a bad answer neither reaches the offerer nor breaks a socket.
+// ---------------------------------------------------------------------------------------
 
-async fn pair_with_pending_offer(app: &TestApp, swarm: InfoHash) -> Pair {
+/// In `swarm`: the offerer (peer 1) and the answerer (peer 2) on their own sockets; the
+/// answerer has received the offerer's `offer_id(1)`. Returns (offerer, answerer).
+async fn pending_offer(app: &TestApp, swarm: InfoHash) -> (TestPeer, TestPeer) {
     let mut offerer = app.peer().await;
-    offerer
-        .announce(swarm, peer_id(1), Some("started"), &[])
-        .await;
-    offerer.recv_announce_reply().await;
+    offerer.join_swarm(swarm, peer_id(1)).await;
     let mut answerer = app.peer().await;
-    answerer
-        .announce(swarm, peer_id(2), Some("started"), &[])
-        .await;
-    answerer.recv_announce_reply().await;
-    offerer
-        .send_json(announce_with_offers(
-            swarm,
-            peer_id(1),
-            1,
-            1,
-            Some(json!(1)),
-        ))
-        .await;
-    offerer.recv_announce_reply().await;
+    answerer.join_swarm(swarm, peer_id(2)).await;
+    offer_as_peer_1(&mut offerer, swarm, 1, 1, Some(json!(1))).await;
     let offer = answerer.recv_json().await;
     assert_eq!(
         offer["offer_id"].as_str(),
         Some(offer_id(1).to_wire().as_str())
     );
-    Pair {
-        offerer,
-        answerer,
-        swarm,
-    }
+    (offerer, answerer)
+}
+
+/// An answer in peer 2's name to peer 1's `offer_id(1)` in `swarm`, sent from `socket`
+/// (the answerer itself, or another socket posing as it).
+async fn answer_as_peer_2(socket: &mut TestPeer, swarm: InfoHash, sdp: &str) {
+    socket
+        .answer(swarm, peer_id(2), peer_id(1), offer_id(1), sdp)
+        .await;
 }
 
 /// The failure for a refused answer: action "announce", the swarm's info_hash; then the
 /// socket still works (a valid announce gets its response).
 async fn expect_refused(peer: &mut TestPeer, swarm: InfoHash, peer_id: PeerId) {
-    let failure = peer.recv_failure().await;
-    assert_eq!(failure["action"], "announce", "{failure}");
-    assert_eq!(
-        failure["info_hash"].as_str(),
-        Some(swarm.to_wire().as_str()),
-        "{failure}"
-    );
+    peer.recv_failure_in(swarm).await;
     peer.announce(swarm, peer_id, None, &[]).await;
     let reply = peer.recv_announce_reply().await;
     assert_eq!(reply.info_hash, swarm.to_wire());
@@ -388,37 +321,26 @@ async fn expect_refused(peer: &mut TestPeer, swarm: InfoHash, peer_id: PeerId) {
 #[tokio::test]
 async fn an_answer_with_an_unknown_offer_id_is_refused_and_the_socket_stays_usable() {
     let app = spawn_app();
-    let Pair {
-        mut offerer,
-        mut answerer,
-        swarm,
-    } = pair_with_pending_offer(&app, info_hash(20)).await;
+    let swarm = info_hash(20);
+    let (mut offerer, mut answerer) = pending_offer(&app, swarm).await;
     answerer
         .answer(swarm, peer_id(2), peer_id(1), offer_id(999), "forged")
         .await;
     expect_refused(&mut answerer, swarm, peer_id(2)).await;
     offerer.expect_silence().await;
     // The real answer still goes through.
-    answerer
-        .answer(swarm, peer_id(2), peer_id(1), offer_id(1), "real")
-        .await;
+    answer_as_peer_2(&mut answerer, swarm, "real").await;
     assert_eq!(offerer.recv_json().await["answer"]["sdp"], "real");
 }
 
 #[tokio::test]
 async fn an_answer_to_the_wrong_to_peer_id_is_refused() {
     let app = spawn_app();
-    let Pair {
-        mut offerer,
-        mut answerer,
-        swarm,
-    } = pair_with_pending_offer(&app, info_hash(21)).await;
+    let swarm = info_hash(21);
+    let (mut offerer, mut answerer) = pending_offer(&app, swarm).await;
     // A third peer that exists in the swarm, but did not make the offer.
     let mut third = app.peer().await;
-    third
-        .announce(swarm, peer_id(3), Some("started"), &[])
-        .await;
-    third.recv_announce_reply().await;
+    third.join_swarm(swarm, peer_id(3)).await;
     answerer
         .answer(swarm, peer_id(2), peer_id(3), offer_id(1), "misrouted")
         .await;
@@ -436,21 +358,13 @@ async fn an_answer_to_the_wrong_to_peer_id_is_refused() {
 #[tokio::test]
 async fn an_answer_from_another_connection_than_the_one_the_offer_was_relayed_to_is_refused() {
     let app = spawn_app();
-    let Pair {
-        mut offerer,
-        mut answerer,
-        swarm,
-    } = pair_with_pending_offer(&app, info_hash(22)).await;
+    let swarm = info_hash(22);
+    let (mut offerer, mut answerer) = pending_offer(&app, swarm).await;
     // A forger in the same swarm answers in the name of peer 2 (whose id it saw nowhere,
     // but ids are guessable).
     let mut forger = app.peer().await;
-    forger
-        .announce(swarm, peer_id(3), Some("started"), &[])
-        .await;
-    forger.recv_announce_reply().await;
-    forger
-        .answer(swarm, peer_id(2), peer_id(1), offer_id(1), "forged")
-        .await;
+    forger.join_swarm(swarm, peer_id(3)).await;
+    answer_as_peer_2(&mut forger, swarm, "forged").await;
     expect_refused(&mut forger, swarm, peer_id(3)).await;
     // Also when it answers with its own peer_id.
     forger
@@ -459,9 +373,7 @@ async fn an_answer_from_another_connection_than_the_one_the_offer_was_relayed_to
     expect_refused(&mut forger, swarm, peer_id(3)).await;
     offerer.expect_silence().await;
     // The forgery did not use up the offer: the real answerer still gets through.
-    answerer
-        .answer(swarm, peer_id(2), peer_id(1), offer_id(1), "real")
-        .await;
+    answer_as_peer_2(&mut answerer, swarm, "real").await;
     let answer = offerer.recv_json().await;
     assert_eq!(answer["answer"]["sdp"], "real");
     assert_eq!(
@@ -473,44 +385,24 @@ async fn an_answer_from_another_connection_than_the_one_the_offer_was_relayed_to
 #[tokio::test]
 async fn an_answer_in_a_swarm_the_socket_never_joined_is_refused() {
     let app = spawn_app();
-    let Pair {
-        mut offerer,
-        answerer: _answerer,
-        swarm,
-    } = pair_with_pending_offer(&app, info_hash(23)).await;
+    let swarm = info_hash(23);
+    let (mut offerer, _answerer) = pending_offer(&app, swarm).await;
     let mut outsider = app.peer().await;
-    outsider
-        .answer(swarm, peer_id(2), peer_id(1), offer_id(1), "forged")
-        .await;
-    let failure = outsider.recv_failure().await;
-    assert_eq!(failure["action"], "announce");
-    assert_eq!(
-        failure["info_hash"].as_str(),
-        Some(swarm.to_wire().as_str())
-    );
+    answer_as_peer_2(&mut outsider, swarm, "forged").await;
+    outsider.recv_failure_in(swarm).await;
     offerer.expect_silence().await;
     // The outsider's socket still works, in that swarm too.
-    outsider
-        .announce(swarm, peer_id(5), Some("started"), &[])
-        .await;
-    assert_eq!(outsider.recv_announce_reply().await.incomplete, 3);
+    assert_eq!(outsider.join_swarm(swarm, peer_id(5)).await.incomplete, 3);
 }
 
 #[tokio::test]
 async fn a_second_answer_to_the_same_offer_is_refused() {
     let app = spawn_app();
-    let Pair {
-        mut offerer,
-        mut answerer,
-        swarm,
-    } = pair_with_pending_offer(&app, info_hash(24)).await;
-    answerer
-        .answer(swarm, peer_id(2), peer_id(1), offer_id(1), "first")
-        .await;
+    let swarm = info_hash(24);
+    let (mut offerer, mut answerer) = pending_offer(&app, swarm).await;
+    answer_as_peer_2(&mut answerer, swarm, "first").await;
     assert_eq!(offerer.recv_json().await["answer"]["sdp"], "first");
-    answerer
-        .answer(swarm, peer_id(2), peer_id(1), offer_id(1), "second")
-        .await;
+    answer_as_peer_2(&mut answerer, swarm, "second").await;
     expect_refused(&mut answerer, swarm, peer_id(2)).await;
     offerer.expect_silence().await;
 }
@@ -518,18 +410,13 @@ async fn a_second_answer_to_the_same_offer_is_refused() {
 #[tokio::test]
 async fn an_answer_to_an_offer_whose_offerer_stopped_is_refused() {
     let app = spawn_app();
-    let Pair {
-        mut offerer,
-        mut answerer,
-        swarm,
-    } = pair_with_pending_offer(&app, info_hash(25)).await;
+    let swarm = info_hash(25);
+    let (mut offerer, mut answerer) = pending_offer(&app, swarm).await;
     offerer
         .announce(swarm, peer_id(1), Some("stopped"), &[])
         .await;
     assert_eq!(offerer.recv_announce_reply().await.incomplete, 1);
-    answerer
-        .answer(swarm, peer_id(2), peer_id(1), offer_id(1), "late")
-        .await;
+    answer_as_peer_2(&mut answerer, swarm, "late").await;
     expect_refused(&mut answerer, swarm, peer_id(2)).await;
     offerer.expect_silence().await;
 }
@@ -537,16 +424,11 @@ async fn an_answer_to_an_offer_whose_offerer_stopped_is_refused() {
 #[tokio::test]
 async fn an_answer_to_an_offer_whose_offerer_disconnected_is_refused() {
     let app = spawn_app();
-    let Pair {
-        offerer,
-        mut answerer,
-        swarm,
-    } = pair_with_pending_offer(&app, info_hash(26)).await;
+    let swarm = info_hash(26);
+    let (offerer, mut answerer) = pending_offer(&app, swarm).await;
     offerer.close().await;
     wait_for_stats(&app, |stats| peers_and_torrents(stats) == (1, 1)).await;
-    answerer
-        .answer(swarm, peer_id(2), peer_id(1), offer_id(1), "late")
-        .await;
+    answer_as_peer_2(&mut answerer, swarm, "late").await;
     expect_refused(&mut answerer, swarm, peer_id(2)).await;
 }
 
@@ -556,10 +438,7 @@ async fn offers_sent_with_stopped_or_completed_are_not_relayed() {
     let swarm = info_hash(27);
     let mut others = join_peers(&app, swarm, 10, 2).await;
     let mut sender = app.peer().await;
-    sender
-        .announce(swarm, peer_id(1), Some("started"), &[])
-        .await;
-    sender.recv_announce_reply().await;
+    sender.join_swarm(swarm, peer_id(1)).await;
     for event in ["completed", "stopped"] {
         let mut body = announce_with_offers(swarm, peer_id(1), 2, 1, Some(json!(2)));
         body["event"] = json!(event);
