@@ -11,70 +11,51 @@ use p2p_mediastream::protocol::{
 };
 use serde_json::json;
 
+/// Announces (no offers) with `event` and an explicit `left`; returns the response.
+async fn announce_with_left(
+    peer: &mut TestPeer,
+    swarm: InfoHash,
+    peer_id: PeerId,
+    event: Option<&str>,
+    left: u64,
+) -> AnnounceReply {
+    peer.send_text(announce_text(swarm, peer_id, event, Some(left), &[]))
+        .await;
+    peer.recv_announce_reply().await
+}
+
 #[tokio::test]
 async fn counts_follow_started_update_completed_and_stopped() {
     let app = spawn_app();
     let swarm = info_hash(1);
-    let mut a = app.peer().await;
-    let mut b = app.peer().await;
-    let mut c = app.peer().await;
+    let mut sockets: [TestPeer; 3] = app.peers().await;
+    let (a, b) = (0, 1);
 
-    // A joins as a leecher (left > 0): it counts itself.
-    a.send_text(announce_text(
-        swarm,
-        peer_id(1),
-        Some("started"),
-        Some(1000),
-        &[],
-    ))
-    .await;
-    let reply = a.recv_announce_reply().await;
-    assert_eq!((reply.complete, reply.incomplete), (0, 1));
-
-    // B joins with left:0: a seeder.
-    b.send_text(announce_text(
-        swarm,
-        peer_id(2),
-        Some("started"),
-        Some(0),
-        &[],
-    ))
-    .await;
-    let reply = b.recv_announce_reply().await;
-    assert_eq!((reply.complete, reply.incomplete), (1, 1));
-
-    // A periodic update (no event) changes nothing.
-    a.send_text(announce_text(swarm, peer_id(1), None, Some(500), &[]))
-        .await;
-    let reply = a.recv_announce_reply().await;
-    assert_eq!((reply.complete, reply.incomplete), (1, 1));
-
-    // `update` spelled out is the same.
-    a.send_text(announce_text(
-        swarm,
-        peer_id(1),
-        Some("update"),
-        Some(400),
-        &[],
-    ))
-    .await;
-    let reply = a.recv_announce_reply().await;
-    assert_eq!((reply.complete, reply.incomplete), (1, 1));
-
-    // A completes: two seeders.
-    a.send_text(announce_text(
-        swarm,
-        peer_id(1),
-        Some("completed"),
-        Some(0),
-        &[],
-    ))
-    .await;
-    let reply = a.recv_announce_reply().await;
-    assert_eq!((reply.complete, reply.incomplete), (2, 0));
+    // Announces with `left`, in order: (socket, peer_id, event, left, expected counts).
+    let steps = [
+        // A joins as a leecher (left > 0): it counts itself.
+        (a, 1, Some("started"), 1000, (0, 1)),
+        // B joins with left:0: a seeder.
+        (b, 2, Some("started"), 0, (1, 1)),
+        // A periodic update (no event) changes nothing.
+        (a, 1, None, 500, (1, 1)),
+        // `update` spelled out is the same.
+        (a, 1, Some("update"), 400, (1, 1)),
+        // A completes: two seeders.
+        (a, 1, Some("completed"), 0, (2, 0)),
+    ];
+    for (step, (socket, n, event, left, expected)) in steps.into_iter().enumerate() {
+        let reply = announce_with_left(&mut sockets[socket], swarm, peer_id(n), event, left).await;
+        assert_eq!(
+            (reply.complete, reply.incomplete),
+            expected,
+            "step {step}: peer {n}, event {event:?}, left {left}"
+        );
+    }
+    let [a, b, c] = &mut sockets;
 
     // C announces as P2P Media Loader does: no `left` at all -> a leecher.
-    assert_eq!(c.announce_counts(swarm, peer_id(3), None).await, (2, 1));
+    c.assert_counts(swarm, peer_id(3), None, (2, 1)).await;
     // `left: null` (JavaScript NaN) from another peer_id of C: also a leecher.
     c.send_json(json!({
         "action": "announce", "info_hash": swarm.to_wire(), "peer_id": peer_id(4).to_wire(),
@@ -85,20 +66,12 @@ async fn counts_follow_started_update_completed_and_stopped() {
     assert_eq!((reply.complete, reply.incomplete), (2, 2));
 
     // A stops: the response comes, and already excludes A.
-    a.send_text(announce_text(
-        swarm,
-        peer_id(1),
-        Some("stopped"),
-        Some(0),
-        &[],
-    ))
-    .await;
-    let reply = a.recv_announce_reply().await;
+    let reply = announce_with_left(a, swarm, peer_id(1), Some("stopped"), 0).await;
     assert_eq!(reply.info_hash, swarm.to_wire());
     assert_eq!((reply.complete, reply.incomplete), (1, 2));
 
     // Others see it too.
-    assert_eq!(b.announce_counts(swarm, peer_id(2), None).await, (1, 2));
+    b.assert_counts(swarm, peer_id(2), None, (1, 2)).await;
 }
 
 #[tokio::test]
@@ -106,23 +79,10 @@ async fn a_seeder_announcing_without_left_stays_a_seeder_and_left_above_zero_mak
     let app = spawn_app();
     let swarm = info_hash(2);
     let mut a = app.peer().await;
-    a.send_text(announce_text(
-        swarm,
-        peer_id(1),
-        Some("started"),
-        Some(0),
-        &[],
-    ))
-    .await;
-    assert_eq!(
-        (a.recv_announce_reply().await.complete),
-        1,
-        "left:0 is a seeder"
-    );
-    assert_eq!(a.announce_counts(swarm, peer_id(1), None).await, (1, 0));
-    a.send_text(announce_text(swarm, peer_id(1), None, Some(7), &[]))
-        .await;
-    let reply = a.recv_announce_reply().await;
+    let reply = announce_with_left(&mut a, swarm, peer_id(1), Some("started"), 0).await;
+    assert_eq!(reply.complete, 1, "left:0 is a seeder");
+    a.assert_counts(swarm, peer_id(1), None, (1, 0)).await;
+    let reply = announce_with_left(&mut a, swarm, peer_id(1), None, 7).await;
     assert_eq!((reply.complete, reply.incomplete), (0, 1));
 }
 
@@ -133,36 +93,26 @@ async fn interval_in_the_response_equals_the_configured_announce_interval() {
         settings.tracker.peer_ttl_secs = 200;
     });
     let mut a = app.peer().await;
-    a.announce(info_hash(1), peer_id(1), Some("started"), &[])
-        .await;
-    assert_eq!(a.recv_announce_reply().await.interval, 77);
-    // Also on updates and on stopped.
-    a.announce(info_hash(1), peer_id(1), None, &[]).await;
-    assert_eq!(a.recv_announce_reply().await.interval, 77);
-    a.announce(info_hash(1), peer_id(1), Some("stopped"), &[])
-        .await;
-    assert_eq!(a.recv_announce_reply().await.interval, 77);
+    // On started, on updates and on stopped.
+    for event in [Some("started"), None, Some("stopped")] {
+        a.announce(info_hash(1), peer_id(1), event, &[]).await;
+        let interval = a.recv_announce_reply().await.interval;
+        assert_eq!(interval, 77, "event {event:?}");
+    }
 }
 
 #[tokio::test]
 async fn stopped_gets_a_response_and_removes_the_peer() {
     let app = spawn_app();
     let swarm = info_hash(3);
-    let mut a = app.peer().await;
-    let mut b = app.peer().await;
-    assert_eq!(
-        a.announce_counts(swarm, peer_id(1), Some("started")).await,
-        (0, 1)
-    );
-    assert_eq!(
-        b.announce_counts(swarm, peer_id(2), Some("started")).await,
-        (0, 2)
-    );
-    assert_eq!(
-        a.announce_counts(swarm, peer_id(1), Some("stopped")).await,
-        (0, 1)
-    );
-    assert_eq!(b.announce_counts(swarm, peer_id(2), None).await, (0, 1));
+    let [mut a, mut b] = app.peers().await;
+    a.assert_counts(swarm, peer_id(1), Some("started"), (0, 1))
+        .await;
+    b.assert_counts(swarm, peer_id(2), Some("started"), (0, 2))
+        .await;
+    a.assert_counts(swarm, peer_id(1), Some("stopped"), (0, 1))
+        .await;
+    b.assert_counts(swarm, peer_id(2), None, (0, 1)).await;
     let stats = wait_for_stats(&app, |stats| peers_and_torrents(stats) == (1, 1)).await;
     assert_eq!(peers_and_torrents(&stats), (1, 1));
 
@@ -175,15 +125,11 @@ async fn stopped_gets_a_response_and_removes_the_peer() {
 
     // The last peer stopping empties and deletes the swarm; a stopped for an unknown peer
     // still gets a response (zeros) and creates nothing.
-    assert_eq!(
-        b.announce_counts(swarm, peer_id(2), Some("stopped")).await,
-        (0, 0)
-    );
+    b.assert_counts(swarm, peer_id(2), Some("stopped"), (0, 0))
+        .await;
     wait_for_stats(&app, |stats| peers_and_torrents(stats) == (0, 0)).await;
-    assert_eq!(
-        a.announce_counts(swarm, peer_id(9), Some("stopped")).await,
-        (0, 0)
-    );
+    a.assert_counts(swarm, peer_id(9), Some("stopped"), (0, 0))
+        .await;
     let stats = app.stats().await;
     assert_eq!(peers_and_torrents(&stats), (0, 0));
 }
@@ -192,46 +138,22 @@ async fn stopped_gets_a_response_and_removes_the_peer() {
 async fn a_closed_socket_removes_all_its_peers_from_every_swarm_it_joined() {
     let app = spawn_app();
     let (one, two, three) = (info_hash(10), info_hash(11), info_hash(12));
-    let mut leaver = app.peer().await;
-    let mut stayer = app.peer().await;
+    let [mut leaver, mut stayer] = app.peers().await;
     // The leaver: two peer_ids in swarm one, one in swarm two, one in swarm three.
-    assert_eq!(
-        leaver
-            .announce_counts(one, peer_id(1), Some("started"))
-            .await,
-        (0, 1)
-    );
-    assert_eq!(
-        leaver
-            .announce_counts(one, peer_id(2), Some("started"))
-            .await,
-        (0, 2)
-    );
-    assert_eq!(
-        leaver
-            .announce_counts(two, peer_id(1), Some("started"))
-            .await,
-        (0, 1)
-    );
-    assert_eq!(
-        leaver
-            .announce_counts(three, peer_id(3), Some("started"))
-            .await,
-        (0, 1)
-    );
+    let started = Some("started");
+    leaver.assert_counts(one, peer_id(1), started, (0, 1)).await;
+    leaver.assert_counts(one, peer_id(2), started, (0, 2)).await;
+    leaver.assert_counts(two, peer_id(1), started, (0, 1)).await;
+    leaver
+        .assert_counts(three, peer_id(3), started, (0, 1))
+        .await;
     // The stayer is in swarms one and two.
-    assert_eq!(
-        stayer
-            .announce_counts(one, peer_id(50), Some("started"))
-            .await,
-        (0, 3)
-    );
-    assert_eq!(
-        stayer
-            .announce_counts(two, peer_id(50), Some("started"))
-            .await,
-        (0, 2)
-    );
+    stayer
+        .assert_counts(one, peer_id(50), started, (0, 3))
+        .await;
+    stayer
+        .assert_counts(two, peer_id(50), started, (0, 2))
+        .await;
     let stats = app.stats().await;
     assert_eq!(peers_and_torrents(&stats), (6, 3));
 
@@ -239,23 +161,19 @@ async fn a_closed_socket_removes_all_its_peers_from_every_swarm_it_joined() {
     let stats = wait_for_stats(&app, |stats| peers_and_torrents(stats) == (2, 2)).await;
     assert_eq!(stats["servers"][0]["webSocketsCount"], 1);
 
-    assert_eq!(stayer.announce_counts(one, peer_id(50), None).await, (0, 1));
-    assert_eq!(stayer.announce_counts(two, peer_id(50), None).await, (0, 1));
+    stayer.assert_counts(one, peer_id(50), None, (0, 1)).await;
+    stayer.assert_counts(two, peer_id(50), None, (0, 1)).await;
     // Nobody is left in swarm three: it was deleted, and a stopped there sees zeros.
-    assert_eq!(
-        stayer
-            .announce_counts(three, peer_id(50), Some("stopped"))
-            .await,
-        (0, 0)
-    );
+    stayer
+        .assert_counts(three, peer_id(50), Some("stopped"), (0, 0))
+        .await;
 }
 
 #[tokio::test]
 async fn a_socket_dropped_without_a_close_frame_also_removes_its_peers() {
     let app = spawn_app();
     let swarm = info_hash(13);
-    let mut leaver = app.peer().await;
-    let mut stayer = app.peer().await;
+    let [mut leaver, mut stayer] = app.peers().await;
     leaver
         .announce_counts(swarm, peer_id(1), Some("started"))
         .await;
@@ -264,31 +182,21 @@ async fn a_socket_dropped_without_a_close_frame_also_removes_its_peers() {
         .await;
     drop(leaver);
     wait_for_stats(&app, |stats| peers_and_torrents(stats) == (1, 1)).await;
-    assert_eq!(
-        stayer.announce_counts(swarm, peer_id(2), None).await,
-        (0, 1)
-    );
+    stayer.assert_counts(swarm, peer_id(2), None, (0, 1)).await;
 }
 
 #[tokio::test]
 async fn one_socket_takes_part_in_several_swarms_independently() {
     let app = spawn_app();
-    let mut multi = app.peer().await;
-    let mut other = app.peer().await;
+    let [mut multi, mut other] = app.peers().await;
     for n in 0..5 {
-        assert_eq!(
-            multi
-                .announce_counts(info_hash(20 + n), peer_id(1), Some("started"))
-                .await,
-            (0, 1)
-        );
+        multi
+            .assert_counts(info_hash(20 + n), peer_id(1), Some("started"), (0, 1))
+            .await;
     }
-    assert_eq!(
-        other
-            .announce_counts(info_hash(22), peer_id(2), Some("started"))
-            .await,
-        (0, 2)
-    );
+    other
+        .assert_counts(info_hash(22), peer_id(2), Some("started"), (0, 2))
+        .await;
     let stats = app.stats().await;
     assert_eq!(peers_and_torrents(&stats), (6, 5));
 
@@ -317,20 +225,15 @@ async fn one_socket_takes_part_in_several_swarms_independently() {
         other => panic!("expected an offer, got {other:?}"),
     }
     // Stopping in one swarm leaves the others alone.
-    assert_eq!(
-        multi
-            .announce_counts(info_hash(20), peer_id(1), Some("stopped"))
-            .await,
-        (0, 0)
-    );
-    assert_eq!(
-        multi.announce_counts(info_hash(21), peer_id(1), None).await,
-        (0, 1)
-    );
-    assert_eq!(
-        multi.announce_counts(info_hash(22), peer_id(1), None).await,
-        (0, 2)
-    );
+    multi
+        .assert_counts(info_hash(20), peer_id(1), Some("stopped"), (0, 0))
+        .await;
+    multi
+        .assert_counts(info_hash(21), peer_id(1), None, (0, 1))
+        .await;
+    multi
+        .assert_counts(info_hash(22), peer_id(1), None, (0, 2))
+        .await;
     let stats = wait_for_stats(&app, |stats| peers_and_torrents(stats) == (5, 4)).await;
     assert_eq!(peers_and_torrents(&stats), (5, 4));
 }
@@ -340,52 +243,43 @@ async fn one_socket_with_two_peer_ids_in_one_swarm_counts_twice() {
     let app = spawn_app();
     let swarm = info_hash(30);
     let mut a = app.peer().await;
-    assert_eq!(
-        a.announce_counts(swarm, peer_id(1), Some("started")).await,
-        (0, 1)
-    );
-    assert_eq!(
-        a.announce_counts(swarm, peer_id(2), Some("started")).await,
-        (0, 2)
-    );
+    a.assert_counts(swarm, peer_id(1), Some("started"), (0, 1))
+        .await;
+    a.assert_counts(swarm, peer_id(2), Some("started"), (0, 2))
+        .await;
     // Re-announcing either does not add a third.
-    assert_eq!(a.announce_counts(swarm, peer_id(1), None).await, (0, 2));
+    a.assert_counts(swarm, peer_id(1), None, (0, 2)).await;
     // Stopping one leaves the other.
-    assert_eq!(
-        a.announce_counts(swarm, peer_id(1), Some("stopped")).await,
-        (0, 1)
-    );
-    assert_eq!(a.announce_counts(swarm, peer_id(2), None).await, (0, 1));
+    a.assert_counts(swarm, peer_id(1), Some("stopped"), (0, 1))
+        .await;
+    a.assert_counts(swarm, peer_id(2), None, (0, 1)).await;
+}
+
+/// `offerer`, as peer 2, announces `offer` (with `sdp`) in `swarm` and gets its response.
+async fn offer_as_peer_2(offerer: &mut TestPeer, swarm: InfoHash, offer: OfferId, sdp: &str) {
+    offerer
+        .announce(swarm, peer_id(2), None, &[(offer, sdp)])
+        .await;
+    offerer.recv_announce_reply().await;
 }
 
 #[tokio::test]
 async fn a_second_socket_announcing_an_existing_peer_id_takes_it_over() {
     let app = spawn_app();
     let swarm = info_hash(40);
-    let mut old = app.peer().await;
-    let mut new = app.peer().await;
-    let mut offerer = app.peer().await;
+    let [mut old, mut new, mut offerer] = app.peers().await;
 
-    assert_eq!(
-        old.announce_counts(swarm, peer_id(1), Some("started"))
-            .await,
-        (0, 1)
-    );
+    old.assert_counts(swarm, peer_id(1), Some("started"), (0, 1))
+        .await;
     // Same (info_hash, peer_id) from another socket: still one peer.
-    assert_eq!(new.announce_counts(swarm, peer_id(1), None).await, (0, 1));
-    assert_eq!(
-        offerer
-            .announce_counts(swarm, peer_id(2), Some("started"))
-            .await,
-        (0, 2)
-    );
+    new.assert_counts(swarm, peer_id(1), None, (0, 1)).await;
+    offerer
+        .assert_counts(swarm, peer_id(2), Some("started"), (0, 2))
+        .await;
 
     // Offers for peer 1 now reach the new socket only.
     let sdp = fake_sdp(150);
-    offerer
-        .announce(swarm, peer_id(2), None, &[(offer_id(1), sdp.as_str())])
-        .await;
-    offerer.recv_announce_reply().await;
+    offer_as_peer_2(&mut offerer, swarm, offer_id(1), &sdp).await;
     match new.recv().await {
         TrackerMessage::Offer {
             peer_id: from,
@@ -400,57 +294,37 @@ async fn a_second_socket_announcing_an_existing_peer_id_takes_it_over() {
     old.expect_silence().await;
 
     // The old socket's `stopped` for peer 1 is answered but ignored.
-    assert_eq!(
-        old.announce_counts(swarm, peer_id(1), Some("stopped"))
-            .await,
-        (0, 2)
-    );
-    assert_eq!(
-        offerer.announce_counts(swarm, peer_id(2), None).await,
-        (0, 2)
-    );
+    old.assert_counts(swarm, peer_id(1), Some("stopped"), (0, 2))
+        .await;
+    offerer.assert_counts(swarm, peer_id(2), None, (0, 2)).await;
 
     // The old socket closing does not remove it either.
     old.close().await;
     wait_for_stats(&app, |stats| stats["servers"][0]["webSocketsCount"] == 2).await;
-    assert_eq!(
-        offerer.announce_counts(swarm, peer_id(2), None).await,
-        (0, 2)
-    );
+    offerer.assert_counts(swarm, peer_id(2), None, (0, 2)).await;
     let stats = app.stats().await;
     assert_eq!(peers_and_torrents(&stats), (2, 1));
 
     // And the new socket still gets offers and may stop it.
-    offerer
-        .announce(swarm, peer_id(2), None, &[(offer_id(2), sdp.as_str())])
-        .await;
-    offerer.recv_announce_reply().await;
+    offer_as_peer_2(&mut offerer, swarm, offer_id(2), &sdp).await;
     assert!(
         matches!(new.recv().await, TrackerMessage::Offer { offer_id: id, .. } if id == offer_id(2))
     );
-    assert_eq!(
-        new.announce_counts(swarm, peer_id(1), Some("stopped"))
-            .await,
-        (0, 1)
-    );
+    new.assert_counts(swarm, peer_id(1), Some("stopped"), (0, 1))
+        .await;
 }
 
 #[tokio::test]
 async fn an_answer_from_the_socket_an_offer_was_relayed_to_is_relayed_even_after_a_takeover() {
     let app = spawn_app();
     let swarm = info_hash(41);
-    let mut old = app.peer().await;
-    let mut offerer = app.peer().await;
+    let [mut old, mut offerer] = app.peers().await;
     old.announce_counts(swarm, peer_id(1), Some("started"))
         .await;
     offerer
         .announce_counts(swarm, peer_id(2), Some("started"))
         .await;
-    let sdp = fake_sdp(150);
-    offerer
-        .announce(swarm, peer_id(2), None, &[(offer_id(1), sdp.as_str())])
-        .await;
-    offerer.recv_announce_reply().await;
+    offer_as_peer_2(&mut offerer, swarm, offer_id(1), &fake_sdp(150)).await;
     assert!(matches!(old.recv().await, TrackerMessage::Offer { .. }));
 
     // Peer 1 moves to a new socket; the old socket then answers the offer it received.
@@ -475,35 +349,29 @@ async fn an_answer_from_the_socket_an_offer_was_relayed_to_is_relayed_even_after
     // The new socket cannot answer an offer that was never relayed to it.
     new.answer(swarm, peer_id(1), peer_id(2), offer_id(1), "answer")
         .await;
-    let failure = new.recv_failure().await;
-    assert_eq!(failure["action"], "announce");
-    assert_eq!(failure["info_hash"], swarm.to_wire());
+    new.recv_failure_in(swarm).await;
     offerer.expect_silence().await;
+}
+
+/// Settings in which a peer that stops announcing is swept after 2 s.
+fn short_ttl(settings: &mut p2p_mediastream::Settings) {
+    settings.tracker.peer_ttl_secs = 2;
+    settings.tracker.announce_interval_secs = 1;
+    settings.tracker.sweep_interval_secs = 1;
 }
 
 #[tokio::test]
 async fn peers_that_stop_announcing_are_swept_after_the_peer_ttl() {
-    let app = spawn_app_configured(|settings| {
-        settings.tracker.peer_ttl_secs = 2;
-        settings.tracker.announce_interval_secs = 1;
-        settings.tracker.sweep_interval_secs = 1;
-    });
+    let app = spawn_app_configured(short_ttl);
     let swarm = info_hash(50);
-    let mut silent = app.peer().await;
-    let mut active = app.peer().await;
-    assert_eq!(
-        silent
-            .announce_counts(swarm, peer_id(1), Some("started"))
-            .await,
-        (0, 1)
-    );
+    let [mut silent, mut active] = app.peers().await;
+    silent
+        .assert_counts(swarm, peer_id(1), Some("started"), (0, 1))
+        .await;
     let joined = Instant::now();
-    assert_eq!(
-        active
-            .announce_counts(swarm, peer_id(2), Some("started"))
-            .await,
-        (0, 2)
-    );
+    active
+        .assert_counts(swarm, peer_id(2), Some("started"), (0, 2))
+        .await;
 
     // `active` keeps announcing every 500 ms; `silent` never again (its socket stays open).
     let deadline = joined + Duration::from_secs(8);
@@ -524,19 +392,12 @@ async fn peers_that_stop_announcing_are_swept_after_the_peer_ttl() {
     assert_eq!(peers_and_torrents(&stats), (1, 1));
     // The silent socket itself is still open and may come back (a new joiner).
     assert_eq!(stats["servers"][0]["webSocketsCount"], 2);
-    assert_eq!(
-        silent.announce_counts(swarm, peer_id(1), None).await,
-        (0, 2)
-    );
+    silent.assert_counts(swarm, peer_id(1), None, (0, 2)).await;
 }
 
 #[tokio::test]
 async fn a_swarm_whose_peers_all_went_silent_is_deleted() {
-    let app = spawn_app_configured(|settings| {
-        settings.tracker.peer_ttl_secs = 2;
-        settings.tracker.announce_interval_secs = 1;
-        settings.tracker.sweep_interval_secs = 1;
-    });
+    let app = spawn_app_configured(short_ttl);
     let mut silent = app.peer().await;
     silent
         .announce_counts(info_hash(51), peer_id(1), Some("started"))
@@ -551,12 +412,9 @@ async fn a_swarm_whose_peers_all_went_silent_is_deleted() {
     .await;
     assert_eq!(stats["servers"][0]["webSocketsCount"], 1);
     // Re-joining after the sweep works (the session's cached swarm is gone).
-    assert_eq!(
-        silent
-            .announce_counts(info_hash(51), peer_id(1), None)
-            .await,
-        (0, 1)
-    );
+    silent
+        .assert_counts(info_hash(51), peer_id(1), None, (0, 1))
+        .await;
 }
 
 /// An announce written by hand, so the JSON escapes are exactly ours.

@@ -34,6 +34,12 @@ fn padded_announce(len: usize) -> String {
     text
 }
 
+/// Frames up to 4 KiB, messages (reassembled fragments) up to 8 KiB.
+fn small_frames_and_messages(settings: &mut p2p_mediastream::Settings) {
+    settings.ws.max_frame_bytes = 4096;
+    settings.ws.max_message_bytes = 8192;
+}
+
 #[tokio::test]
 async fn a_frame_of_exactly_max_frame_bytes_is_processed() {
     let app = spawn_app();
@@ -54,10 +60,7 @@ async fn a_frame_above_max_frame_bytes_closes_with_1009() {
 
 #[tokio::test]
 async fn a_frame_above_a_configured_max_frame_bytes_closes_with_1009() {
-    let app = spawn_app_configured(|settings| {
-        settings.ws.max_frame_bytes = 4096;
-        settings.ws.max_message_bytes = 8192;
-    });
+    let app = spawn_app_configured(small_frames_and_messages);
     let mut peer = app.peer().await;
     peer.send_text(padded_announce(4096)).await;
     assert_eq!(peer.recv_announce_reply().await.incomplete, 1);
@@ -67,10 +70,7 @@ async fn a_frame_above_a_configured_max_frame_bytes_closes_with_1009() {
 
 #[tokio::test]
 async fn a_fragmented_message_above_max_message_bytes_closes_with_1009() {
-    let app = spawn_app_configured(|settings| {
-        settings.ws.max_frame_bytes = 4096;
-        settings.ws.max_message_bytes = 8192;
-    });
+    let app = spawn_app_configured(small_frames_and_messages);
     let mut peer = app.peer().await;
     // Three fragments, each within the frame limit, 9000 bytes together.
     let chunk = " ".repeat(3000);
@@ -87,10 +87,7 @@ async fn a_fragmented_message_above_max_message_bytes_closes_with_1009() {
 
 #[tokio::test]
 async fn a_fragmented_message_within_the_limits_is_processed_normally() {
-    let app = spawn_app_configured(|settings| {
-        settings.ws.max_frame_bytes = 4096;
-        settings.ws.max_message_bytes = 8192;
-    });
+    let app = spawn_app_configured(small_frames_and_messages);
     let mut peer = app.peer().await;
     // 7000 bytes in three frames, with a ping between fragments (allowed by RFC 6455).
     let text = padded_announce(7000);
@@ -145,18 +142,12 @@ async fn max_connections_refuses_further_upgrades_with_503() {
     });
     let first = app.peer().await;
     let mut second = app.peer().await;
-    match try_connect(&app.ws_url(), &[]).await {
-        Err((status, body)) => {
-            assert_eq!(status, 503);
-            assert!(body.contains("max_connections"), "{body}");
-        }
-        Ok(_) => panic!("a third connection was accepted"),
-    }
+    let (status, body) = refused_upgrade(&app.ws_url(), &[], "a third connection").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("max_connections"), "{body}");
     // The two admitted ones work.
-    second
-        .announce(info_hash(1), peer_id(2), Some("started"), &[])
-        .await;
-    assert_eq!(second.recv_announce_reply().await.incomplete, 1);
+    let reply = second.join_swarm(info_hash(1), peer_id(2)).await;
+    assert_eq!(reply.incomplete, 1);
     // Closing one frees its slot.
     first.close().await;
     let mut admitted = None;
@@ -168,27 +159,20 @@ async fn max_connections_refuses_further_upgrades_with_503() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut third = admitted.expect("a slot was freed");
-    third
-        .announce(info_hash(1), peer_id(3), Some("started"), &[])
-        .await;
-    assert_eq!(third.recv_announce_reply().await.incomplete, 2);
+    let reply = third.join_swarm(info_hash(1), peer_id(3)).await;
+    assert_eq!(reply.incomplete, 2);
 }
 
 #[tokio::test]
 async fn max_connections_per_ip_refuses_a_second_upgrade_from_the_same_ip_with_503() {
     let app = spawn_app_configured(|settings| settings.server.max_connections_per_ip = 1);
     let mut first = app.peer().await;
-    match try_connect(&app.ws_url(), &[]).await {
-        Err((status, body)) => {
-            assert_eq!(status, 503);
-            assert!(body.contains("max_connections_per_ip"), "{body}");
-        }
-        Ok(_) => panic!("a second connection from one IP was accepted"),
-    }
-    first
-        .announce(info_hash(1), peer_id(1), Some("started"), &[])
-        .await;
-    assert_eq!(first.recv_announce_reply().await.incomplete, 1);
+    let what = "a second connection from one IP";
+    let (status, body) = refused_upgrade(&app.ws_url(), &[], what).await;
+    assert_eq!(status, 503);
+    assert!(body.contains("max_connections_per_ip"), "{body}");
+    let reply = first.join_swarm(info_hash(1), peer_id(1)).await;
+    assert_eq!(reply.incomplete, 1);
     assert_eq!(app.stats().await["servers"][0]["webSocketsCount"], 1);
 }
 
@@ -201,11 +185,7 @@ struct RawClient {
 impl RawClient {
     async fn connect(app: &TestApp) -> Self {
         let mut stream = TcpStream::connect(app.addr).await.expect("connect");
-        let request = format!(
-            "GET /announce HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-            app.addr
-        );
+        let request = upgrade_request(app.addr, "/announce", "");
         stream.write_all(request.as_bytes()).await.expect("write");
         let mut head = Vec::new();
         while !head.ends_with(b"\r\n\r\n") {
@@ -225,20 +205,7 @@ impl RawClient {
 
     /// Sends one masked frame.
     async fn send(&mut self, opcode: u8, fin: bool, payload: &[u8]) {
-        let mut frame = vec![if fin { 0x80 } else { 0 } | opcode];
-        let len = payload.len();
-        if len < 126 {
-            frame.push(0x80 | len as u8);
-        } else if len <= 0xFFFF {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(len as u16).to_be_bytes());
-        } else {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-        let mask = [0x12, 0x34, 0x56, 0x78];
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        let frame = client_frame(fin, opcode, payload);
         self.stream.write_all(&frame).await.expect("write frame");
     }
 
@@ -322,9 +289,7 @@ async fn a_client_that_answers_pings_stays_open_beyond_the_idle_timeout() {
         settings.ws.idle_timeout_secs = 2;
     });
     let mut peer = app.peer().await;
-    peer.announce(info_hash(1), peer_id(1), Some("started"), &[])
-        .await;
-    peer.recv_announce_reply().await;
+    peer.join_swarm(info_hash(1), peer_id(1)).await;
     // Reading answers pings automatically; nothing else is sent for 4.5 s (> 2 x idle).
     match peer.next_event(Duration::from_millis(4500)).await {
         Received::Timeout => {}
@@ -340,21 +305,13 @@ async fn an_sdp_above_max_sdp_bytes_gets_a_failure_and_is_not_relayed() {
     let app = spawn_app_configured(|settings| settings.tracker.max_sdp_bytes = 1024);
     let swarm = info_hash(1);
     let mut receiver = app.peer().await;
-    receiver
-        .announce(swarm, peer_id(2), Some("started"), &[])
-        .await;
-    receiver.recv_announce_reply().await;
+    receiver.join_swarm(swarm, peer_id(2)).await;
     let mut sender = app.peer().await;
     let big = fake_sdp(1025);
     sender
         .announce(swarm, peer_id(1), None, &[(offer_id(1), big.as_str())])
         .await;
-    let failure = sender.recv_failure().await;
-    assert_eq!(failure["action"], "announce");
-    assert_eq!(
-        failure["info_hash"].as_str(),
-        Some(swarm.to_wire().as_str())
-    );
+    sender.recv_failure_in(swarm).await;
     receiver.expect_silence().await;
     // An answer above the limit is refused the same way.
     receiver
@@ -382,9 +339,7 @@ async fn more_offers_than_max_offers_relays_only_max_offers() {
     let mut receivers = Vec::new();
     for n in 0..5 {
         let mut peer = app.peer().await;
-        peer.announce(swarm, peer_id(10 + n), Some("started"), &[])
-            .await;
-        peer.recv_announce_reply().await;
+        peer.join_swarm(swarm, peer_id(10 + n)).await;
         receivers.push(peer);
     }
     let mut sender = app.peer().await;
@@ -403,50 +358,27 @@ async fn more_offers_than_max_offers_relays_only_max_offers() {
 async fn a_connection_joining_more_than_max_swarms_per_connection_is_refused() {
     let app = spawn_app_configured(|settings| settings.ws.max_swarms_per_connection = 2);
     let mut peer = app.peer().await;
-    assert_eq!(
-        peer.announce_counts(info_hash(1), peer_id(1), Some("started"))
-            .await,
-        (0, 1)
-    );
-    assert_eq!(
-        peer.announce_counts(info_hash(2), peer_id(1), Some("started"))
-            .await,
-        (0, 1)
-    );
-    peer.announce(info_hash(3), peer_id(1), Some("started"), &[])
+    let started = Some("started");
+    peer.assert_counts(info_hash(1), peer_id(1), started, (0, 1))
         .await;
-    let failure = peer.recv_failure().await;
-    assert_eq!(failure["action"], "announce");
-    assert_eq!(
-        failure["info_hash"].as_str(),
-        Some(info_hash(3).to_wire().as_str())
-    );
+    peer.assert_counts(info_hash(2), peer_id(1), started, (0, 1))
+        .await;
+    peer.announce(info_hash(3), peer_id(1), started, &[]).await;
+    peer.recv_failure_in(info_hash(3)).await;
     assert_eq!(peers_and_torrents(&app.stats().await), (2, 2));
     // The joined swarms still work, also with a second peer_id.
-    assert_eq!(
-        peer.announce_counts(info_hash(1), peer_id(2), Some("started"))
-            .await,
-        (0, 2)
-    );
+    peer.assert_counts(info_hash(1), peer_id(2), started, (0, 2))
+        .await;
     // Leaving one makes room.
-    assert_eq!(
-        peer.announce_counts(info_hash(2), peer_id(1), Some("stopped"))
-            .await,
-        (0, 0)
-    );
-    assert_eq!(
-        peer.announce_counts(info_hash(3), peer_id(1), Some("started"))
-            .await,
-        (0, 1)
-    );
+    peer.assert_counts(info_hash(2), peer_id(1), Some("stopped"), (0, 0))
+        .await;
+    peer.assert_counts(info_hash(3), peer_id(1), started, (0, 1))
+        .await;
     // Another connection is not affected by this one's count.
     let mut other = app.peer().await;
-    assert_eq!(
-        other
-            .announce_counts(info_hash(4), peer_id(9), Some("started"))
-            .await,
-        (0, 1)
-    );
+    other
+        .assert_counts(info_hash(4), peer_id(9), started, (0, 1))
+        .await;
 }
 
 #[tokio::test]
@@ -454,56 +386,31 @@ async fn a_connection_registering_more_than_max_peer_ids_per_swarm_is_refused() 
     let app = spawn_app_configured(|settings| settings.ws.max_peer_ids_per_swarm = 2);
     let mut peer = app.peer().await;
     let swarm = info_hash(1);
-    assert_eq!(
-        peer.announce_counts(swarm, peer_id(1), Some("started"))
-            .await,
-        (0, 1)
-    );
-    assert_eq!(
-        peer.announce_counts(swarm, peer_id(2), Some("started"))
-            .await,
-        (0, 2)
-    );
+    peer.assert_counts(swarm, peer_id(1), Some("started"), (0, 1))
+        .await;
+    peer.assert_counts(swarm, peer_id(2), Some("started"), (0, 2))
+        .await;
     peer.announce(swarm, peer_id(3), Some("started"), &[]).await;
-    let failure = peer.recv_failure().await;
-    assert_eq!(failure["action"], "announce");
-    assert_eq!(
-        failure["info_hash"].as_str(),
-        Some(swarm.to_wire().as_str())
-    );
+    peer.recv_failure_in(swarm).await;
     // Re-announcing a registered one is fine.
-    assert_eq!(peer.announce_counts(swarm, peer_id(2), None).await, (0, 2));
+    peer.assert_counts(swarm, peer_id(2), None, (0, 2)).await;
 }
 
 #[tokio::test]
 async fn a_full_swarm_refuses_new_peers_but_keeps_its_members() {
     let app = spawn_app_configured(|settings| settings.tracker.max_peers_per_swarm = 2);
     let swarm = info_hash(1);
-    let mut a = app.peer().await;
-    let mut b = app.peer().await;
-    let mut c = app.peer().await;
-    assert_eq!(
-        a.announce_counts(swarm, peer_id(1), Some("started")).await,
-        (0, 1)
-    );
-    assert_eq!(
-        b.announce_counts(swarm, peer_id(2), Some("started")).await,
-        (0, 2)
-    );
+    let [mut a, mut b, mut c] = app.peers().await;
+    a.assert_counts(swarm, peer_id(1), Some("started"), (0, 1))
+        .await;
+    b.assert_counts(swarm, peer_id(2), Some("started"), (0, 2))
+        .await;
     c.announce(swarm, peer_id(3), Some("started"), &[]).await;
-    let failure = c.recv_failure().await;
-    assert_eq!(failure["action"], "announce");
-    assert_eq!(
-        failure["info_hash"].as_str(),
-        Some(swarm.to_wire().as_str())
-    );
-    assert_eq!(a.announce_counts(swarm, peer_id(1), None).await, (0, 2));
+    c.recv_failure_in(swarm).await;
+    a.assert_counts(swarm, peer_id(1), None, (0, 2)).await;
     // c's socket still works elsewhere.
-    assert_eq!(
-        c.announce_counts(info_hash(2), peer_id(3), Some("started"))
-            .await,
-        (0, 1)
-    );
+    c.assert_counts(info_hash(2), peer_id(3), Some("started"), (0, 1))
+        .await;
 }
 
 #[tokio::test]
@@ -517,17 +424,15 @@ async fn the_origin_allow_list_refuses_wrong_and_missing_origins_with_403() {
         vec![("Origin", "http://player.example")],
         vec![],
     ] {
-        match try_connect(&app.ws_url(), &headers).await {
-            Err((status, _)) => assert_eq!(status, 403, "{headers:?}"),
-            Ok(_) => panic!("upgrade with {headers:?} was accepted"),
-        }
+        let what = format!("upgrade with {headers:?}");
+        let (status, _) = refused_upgrade(&app.ws_url(), &headers, &what).await;
+        assert_eq!(status, 403, "{headers:?}");
     }
     let mut peer = try_connect(&app.ws_url(), &[("Origin", "https://player.example")])
         .await
         .unwrap_or_else(|(status, body)| panic!("allowed origin refused: {status} {body}"));
-    peer.announce(info_hash(1), peer_id(1), Some("started"), &[])
-        .await;
-    assert_eq!(peer.recv_announce_reply().await.incomplete, 1);
+    let reply = peer.join_swarm(info_hash(1), peer_id(1)).await;
+    assert_eq!(reply.incomplete, 1);
     // Refused upgrades took no connection slot.
     assert_eq!(app.stats().await["servers"][0]["webSocketsCount"], 1);
 }
@@ -550,9 +455,8 @@ async fn without_an_allow_list_any_origin_is_accepted() {
 async fn the_tracker_also_accepts_upgrades_at_the_root_path() {
     let app = spawn_app();
     let mut peer = TestPeer::connect(&format!("ws://{}/", app.addr)).await;
-    peer.announce(info_hash(1), peer_id(1), Some("started"), &[])
-        .await;
-    assert_eq!(peer.recv_announce_reply().await.incomplete, 1);
+    let reply = peer.join_swarm(info_hash(1), peer_id(1)).await;
+    assert_eq!(reply.incomplete, 1);
 }
 
 #[tokio::test]
