@@ -90,9 +90,9 @@ async fn wait_until_allowed(peer: &mut TestPeer, swarm: InfoHash, n: u32, allowe
     }
 }
 
-/// For `period`, `swarm` keeps its current status (refused or not).
-async fn stays(peer: &mut TestPeer, swarm: InfoHash, n: u32, allowed: bool, period: Duration) {
-    let until = Instant::now() + period;
+/// For `period_ms`, `swarm` keeps its current status (refused or not).
+async fn stays(peer: &mut TestPeer, swarm: InfoHash, n: u32, allowed: bool, period_ms: u64) {
+    let until = Instant::now() + Duration::from_millis(period_ms);
     while Instant::now() < until {
         let reply = announce_reply(peer, swarm, n).await;
         let refused = reply["failure reason"] == NOT_ALLOWED;
@@ -112,26 +112,52 @@ async fn scrape_counts(peer: &mut TestPeer, swarm: InfoHash) -> (u64, u64) {
     )
 }
 
+/// A server whose access list file holds `contents` (applied in `mode`), an honest pair
+/// signalling in its own swarm, and one more socket for the test. Fields drop in order:
+/// the sockets, the server, then the list file.
+struct Listed {
+    peer: TestPeer,
+    honest: HonestPair,
+    app: TestApp,
+    list: ListFile,
+}
+
+impl Listed {
+    async fn start(mode: AccessMode, contents: &str) -> Self {
+        let list = ListFile::new(contents);
+        let app = spawn_app_with(with_list(mode, &list));
+        let honest = HonestPair::join(&app).await;
+        let peer = app.peer().await;
+        Self {
+            peer,
+            honest,
+            app,
+            list,
+        }
+    }
+
+    /// The end of every case: the honest pair still signals normally.
+    async fn assert_honest_pair_unaffected(mut self) {
+        self.honest.assert_unaffected().await;
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // allow / deny
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test]
 async fn allow_mode_refuses_an_unlisted_info_hash() {
-    let list = ListFile::new(&lines(&[honest_swarm(), info_hash(1)]));
-    let app = spawn_app_with(with_list(AccessMode::Allow, &list));
-    let mut honest = HonestPair::join(&app).await;
-    let mut peer = app.peer().await;
-    let reply = announce_reply(&mut peer, info_hash(2), 1).await;
+    let mut t = Listed::start(AccessMode::Allow, &lines(&[honest_swarm(), info_hash(1)])).await;
+    let reply = announce_reply(&mut t.peer, info_hash(2), 1).await;
     assert_not_allowed(&reply, info_hash(2));
     // Nothing was created for it, and the socket stays usable.
-    assert_eq!(scrape_counts(&mut peer, info_hash(2)).await, (0, 0));
-    assert_eq!(peer_torrents(&app).await, 1);
-    assert_eq!(
-        peer.announce_counts(info_hash(1), peer_id(1), None).await,
-        (0, 1)
-    );
-    honest.assert_unaffected().await;
+    assert_eq!(scrape_counts(&mut t.peer, info_hash(2)).await, (0, 0));
+    assert_eq!(peer_torrents(&t.app).await, 1);
+    t.peer
+        .assert_counts(info_hash(1), peer_id(1), None, (0, 1))
+        .await;
+    t.assert_honest_pair_unaffected().await;
 }
 
 async fn peer_torrents(app: &TestApp) -> u64 {
@@ -145,15 +171,11 @@ async fn allow_mode_admits_a_listed_info_hash_with_comments_around_it() {
         honest_swarm().to_wire(),
         info_hash(1).to_wire()
     );
-    let list = ListFile::new(&text);
-    let app = spawn_app_with(with_list(AccessMode::Allow, &list));
-    let mut honest = HonestPair::join(&app).await;
-    let mut peer = app.peer().await;
-    assert_eq!(
-        peer.announce_counts(info_hash(1), peer_id(1), None).await,
-        (0, 1)
-    );
-    honest.assert_unaffected().await;
+    let mut t = Listed::start(AccessMode::Allow, &text).await;
+    t.peer
+        .assert_counts(info_hash(1), peer_id(1), None, (0, 1))
+        .await;
+    t.assert_honest_pair_unaffected().await;
 }
 
 #[tokio::test]
@@ -161,78 +183,59 @@ async fn allow_mode_accepts_hex_entries() {
     let binary = InfoHash(std::array::from_fn(|index| {
         (index as u8).wrapping_mul(13).wrapping_add(0x80)
     }));
-    let list = ListFile::new(&format!(
+    let text = format!(
         "{}\n{}\n",
         honest_swarm().to_hex(),
         binary.to_hex().to_uppercase()
-    ));
-    let app = spawn_app_with(with_list(AccessMode::Allow, &list));
-    let mut honest = HonestPair::join(&app).await;
-    let mut peer = app.peer().await;
-    assert_eq!(peer.announce_counts(binary, peer_id(1), None).await, (0, 1));
-    honest.assert_unaffected().await;
+    );
+    let mut t = Listed::start(AccessMode::Allow, &text).await;
+    t.peer.assert_counts(binary, peer_id(1), None, (0, 1)).await;
+    t.assert_honest_pair_unaffected().await;
 }
 
 #[tokio::test]
 async fn deny_mode_refuses_a_listed_info_hash() {
-    let list = ListFile::new(&lines(&[info_hash(1)]));
-    let app = spawn_app_with(with_list(AccessMode::Deny, &list));
-    let mut honest = HonestPair::join(&app).await;
-    let mut peer = app.peer().await;
-    let reply = announce_reply(&mut peer, info_hash(1), 1).await;
+    let mut t = Listed::start(AccessMode::Deny, &lines(&[info_hash(1)])).await;
+    let reply = announce_reply(&mut t.peer, info_hash(1), 1).await;
     assert_not_allowed(&reply, info_hash(1));
-    assert_eq!(scrape_counts(&mut peer, info_hash(1)).await, (0, 0));
-    honest.assert_unaffected().await;
+    assert_eq!(scrape_counts(&mut t.peer, info_hash(1)).await, (0, 0));
+    t.assert_honest_pair_unaffected().await;
 }
 
 #[tokio::test]
 async fn deny_mode_admits_an_unlisted_info_hash() {
-    let list = ListFile::new(&lines(&[info_hash(1)]));
-    let app = spawn_app_with(with_list(AccessMode::Deny, &list));
-    let mut honest = HonestPair::join(&app).await;
-    let mut peer = app.peer().await;
-    assert_eq!(
-        peer.announce_counts(info_hash(2), peer_id(1), None).await,
-        (0, 1)
-    );
-    honest.assert_unaffected().await;
+    let mut t = Listed::start(AccessMode::Deny, &lines(&[info_hash(1)])).await;
+    t.peer
+        .assert_counts(info_hash(2), peer_id(1), None, (0, 1))
+        .await;
+    t.assert_honest_pair_unaffected().await;
 }
 
 /// `stopped` is never refused: a peer must always be able to leave.
 #[tokio::test]
 async fn stopped_for_a_refused_info_hash_gets_counts_not_a_failure() {
-    let list = ListFile::new(&lines(&[honest_swarm()]));
-    let app = spawn_app_with(with_list(AccessMode::Allow, &list));
-    let mut honest = HonestPair::join(&app).await;
-    let mut peer = app.peer().await;
-    assert_eq!(
-        peer.announce_counts(info_hash(1), peer_id(1), Some("stopped"))
-            .await,
-        (0, 0)
-    );
-    honest.assert_unaffected().await;
+    let mut t = Listed::start(AccessMode::Allow, &lines(&[honest_swarm()])).await;
+    t.peer
+        .assert_counts(info_hash(1), peer_id(1), Some("stopped"), (0, 0))
+        .await;
+    t.assert_honest_pair_unaffected().await;
 }
 
 /// Scrapes are not access-checked: an unlisted hash simply has no peers.
 #[tokio::test]
 async fn scrape_of_a_refused_info_hash_answers_zeros() {
-    let list = ListFile::new(&lines(&[honest_swarm()]));
-    let app = spawn_app_with(with_list(AccessMode::Allow, &list));
-    let mut honest = HonestPair::join(&app).await;
-    let mut peer = app.peer().await;
-    assert_eq!(scrape_counts(&mut peer, info_hash(1)).await, (0, 0));
-    assert_eq!(scrape_counts(&mut peer, honest_swarm()).await, (0, 2));
-    honest.assert_unaffected().await;
+    let mut t = Listed::start(AccessMode::Allow, &lines(&[honest_swarm()])).await;
+    assert_eq!(scrape_counts(&mut t.peer, info_hash(1)).await, (0, 0));
+    assert_eq!(scrape_counts(&mut t.peer, honest_swarm()).await, (0, 2));
+    t.assert_honest_pair_unaffected().await;
 }
 
 #[tokio::test]
 async fn an_answer_in_a_refused_swarm_is_refused() {
-    let list = ListFile::new(&lines(&[honest_swarm(), info_hash(1)]));
-    let app = spawn_app_with(with_list(AccessMode::Allow, &list));
-    let mut honest = HonestPair::join(&app).await;
+    let mut t = Listed::start(AccessMode::Allow, &lines(&[honest_swarm(), info_hash(1)])).await;
     let swarm = info_hash(1);
-    let mut offerer = app.peer().await;
-    let mut answerer = app.peer().await;
+    let offerer = &mut t.peer;
+    let mut answerer = t.app.peer().await;
     offerer.announce_counts(swarm, peer_id(1), None).await;
     answerer.announce_counts(swarm, peer_id(2), None).await;
     let offer = offer_id(1);
@@ -243,21 +246,18 @@ async fn an_answer_in_a_refused_swarm_is_refused() {
     answerer.recv_json().await;
 
     // The swarm is delisted while the offer waits for its answer.
-    list.write(&lines(&[honest_swarm()]));
-    wait_until_allowed(&mut offerer, swarm, 1, false).await;
+    t.list.write(&lines(&[honest_swarm()]));
+    wait_until_allowed(offerer, swarm, 1, false).await;
     answerer
         .answer(swarm, peer_id(2), peer_id(1), offer, "v=0 answer")
         .await;
     assert_not_allowed(&answerer.recv_json().await, swarm);
     offerer.expect_silence().await;
     // Members can still leave.
-    assert_eq!(
-        answerer
-            .announce_counts(swarm, peer_id(2), Some("stopped"))
-            .await,
-        (0, 1)
-    );
-    honest.assert_unaffected().await;
+    answerer
+        .assert_counts(swarm, peer_id(2), Some("stopped"), (0, 1))
+        .await;
+    t.assert_honest_pair_unaffected().await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -266,98 +266,57 @@ async fn an_answer_in_a_refused_swarm_is_refused() {
 
 #[tokio::test]
 async fn adding_an_info_hash_to_the_allow_list_takes_effect_without_restart() {
-    let list = ListFile::new(&lines(&[honest_swarm()]));
-    let app = spawn_app_with(with_list(AccessMode::Allow, &list));
-    let mut honest = HonestPair::join(&app).await;
-    let mut peer = app.peer().await;
-    assert_not_allowed(
-        &announce_reply(&mut peer, info_hash(1), 1).await,
-        info_hash(1),
-    );
-    list.write(&lines(&[honest_swarm(), info_hash(1)]));
-    wait_until_allowed(&mut peer, info_hash(1), 1, true).await;
-    honest.assert_unaffected().await;
+    let mut t = Listed::start(AccessMode::Allow, &lines(&[honest_swarm()])).await;
+    let reply = announce_reply(&mut t.peer, info_hash(1), 1).await;
+    assert_not_allowed(&reply, info_hash(1));
+    t.list.write(&lines(&[honest_swarm(), info_hash(1)]));
+    wait_until_allowed(&mut t.peer, info_hash(1), 1, true).await;
+    t.assert_honest_pair_unaffected().await;
 }
 
 #[tokio::test]
 async fn adding_an_info_hash_to_the_deny_list_takes_effect_without_restart() {
-    let list = ListFile::new("# nothing denied yet\n");
-    let app = spawn_app_with(with_list(AccessMode::Deny, &list));
-    let mut honest = HonestPair::join(&app).await;
-    let mut peer = app.peer().await;
-    assert_eq!(
-        peer.announce_counts(info_hash(1), peer_id(1), None).await,
-        (0, 1)
-    );
-    list.write(&lines(&[info_hash(1)]));
-    wait_until_allowed(&mut peer, info_hash(1), 1, false).await;
-    honest.assert_unaffected().await;
+    let mut t = Listed::start(AccessMode::Deny, "# nothing denied yet\n").await;
+    t.peer
+        .assert_counts(info_hash(1), peer_id(1), None, (0, 1))
+        .await;
+    t.list.write(&lines(&[info_hash(1)]));
+    wait_until_allowed(&mut t.peer, info_hash(1), 1, false).await;
+    t.assert_honest_pair_unaffected().await;
+}
+
+/// Over several reload intervals nothing changes: info_hash 1 stays allowed and 2 stays
+/// refused, as in the list that applied before the file went bad.
+async fn assert_previous_list_kept(peer: &mut TestPeer) {
+    stays(peer, info_hash(1), 1, true, 2500).await;
+    stays(peer, info_hash(2), 2, false, 500).await;
 }
 
 #[tokio::test]
 async fn a_broken_list_file_keeps_the_previous_list() {
-    let list = ListFile::new(&lines(&[honest_swarm(), info_hash(1)]));
-    let app = spawn_app_with(with_list(AccessMode::Allow, &list));
-    let mut honest = HonestPair::join(&app).await;
-    let mut peer = app.peer().await;
+    let mut t = Listed::start(AccessMode::Allow, &lines(&[honest_swarm(), info_hash(1)])).await;
     // The broken file would allow info_hash 2 and drop 1, were it applied.
-    list.write(&format!(
+    t.list.write(&format!(
         "{}{}this line is not an info_hash\n",
         lines(&[honest_swarm()]),
         info_hash(2).to_wire()
     ));
-    // Over several reload intervals: nothing changes.
-    stays(
-        &mut peer,
-        info_hash(1),
-        1,
-        true,
-        Duration::from_millis(2500),
-    )
-    .await;
-    stays(
-        &mut peer,
-        info_hash(2),
-        2,
-        false,
-        Duration::from_millis(500),
-    )
-    .await;
+    assert_previous_list_kept(&mut t.peer).await;
     // A fixed file applies.
-    list.write(&lines(&[honest_swarm(), info_hash(2)]));
-    wait_until_allowed(&mut peer, info_hash(2), 2, true).await;
-    wait_until_allowed(&mut peer, info_hash(3), 3, false).await;
-    assert_not_allowed(
-        &announce_reply(&mut peer, info_hash(1), 4).await,
-        info_hash(1),
-    );
-    honest.assert_unaffected().await;
+    t.list.write(&lines(&[honest_swarm(), info_hash(2)]));
+    wait_until_allowed(&mut t.peer, info_hash(2), 2, true).await;
+    wait_until_allowed(&mut t.peer, info_hash(3), 3, false).await;
+    let reply = announce_reply(&mut t.peer, info_hash(1), 4).await;
+    assert_not_allowed(&reply, info_hash(1));
+    t.assert_honest_pair_unaffected().await;
 }
 
 #[tokio::test]
 async fn a_deleted_list_file_keeps_the_previous_list() {
-    let list = ListFile::new(&lines(&[honest_swarm(), info_hash(1)]));
-    let app = spawn_app_with(with_list(AccessMode::Allow, &list));
-    let mut honest = HonestPair::join(&app).await;
-    let mut peer = app.peer().await;
-    std::fs::remove_file(&list.path).expect("remove list");
-    stays(
-        &mut peer,
-        info_hash(1),
-        1,
-        true,
-        Duration::from_millis(2500),
-    )
-    .await;
-    stays(
-        &mut peer,
-        info_hash(2),
-        2,
-        false,
-        Duration::from_millis(500),
-    )
-    .await;
-    honest.assert_unaffected().await;
+    let mut t = Listed::start(AccessMode::Allow, &lines(&[honest_swarm(), info_hash(1)])).await;
+    std::fs::remove_file(&t.list.path).expect("remove list");
+    assert_previous_list_kept(&mut t.peer).await;
+    t.assert_honest_pair_unaffected().await;
 }
 
 // ---------------------------------------------------------------------------------------
