@@ -13,7 +13,10 @@ use std::{
 };
 
 use common::*;
-use p2p_mediastream::protocol::InfoHash;
+use p2p_mediastream::{
+    protocol::{client::announce_text, InfoHash},
+    Settings,
+};
 
 fn panicking_swarm(n: u8) -> InfoHash {
     let mut bytes = *b"PANIC000000000000000";
@@ -25,29 +28,46 @@ async fn swarm_panics(app: &TestApp) -> f64 {
     metric_value(&app.metrics_text().await, "tracker_swarm_panics_total")
 }
 
+const UNAVAILABLE: &str = "swarm temporarily unavailable; retry";
+
 // ---------------------------------------------------------------------------------------
 // A panicking swarm
 // ---------------------------------------------------------------------------------------
 
+/// A server with one shard (so a panicking swarm shares its thread with every other
+/// swarm), further changed by `change`, and an honest pair signalling on it.
+async fn one_shard(change: impl FnOnce(&mut Settings)) -> (TestApp, HonestPair) {
+    let app = spawn_app_configured(|settings| {
+        settings.swarm.shards = 1;
+        change(settings);
+    });
+    let honest = HonestPair::join(&app).await;
+    (app, honest)
+}
+
+/// `victim`, as peer 1, announces (`event`) in the panicking swarm `n`; returns the
+/// failure it gets instead of a response.
+async fn announce_into_panic(
+    victim: &mut TestPeer,
+    n: u8,
+    event: Option<&str>,
+) -> serde_json::Value {
+    victim
+        .announce(panicking_swarm(n), peer_id(1), event, &[])
+        .await;
+    victim.recv_failure().await
+}
+
 #[tokio::test]
 async fn a_panicking_swarm_answers_with_a_failure_and_the_process_keeps_working() {
-    // One shard: the panicking swarm shares its thread with the honest pair's swarm.
-    let app = spawn_app_configured(|settings| settings.swarm.shards = 1);
-    let mut honest = HonestPair::join(&app).await;
+    let (app, mut honest) = one_shard(|_| {}).await;
     assert_eq!(swarm_panics(&app).await, 0.0);
 
     let mut victim = app.peer().await;
-    let swarm = panicking_swarm(1);
-    victim
-        .announce(swarm, peer_id(1), Some("started"), &[])
-        .await;
-    let failure = victim.recv_failure().await;
-    assert_eq!(
-        failure["failure reason"], "swarm temporarily unavailable; retry",
-        "{failure}"
-    );
+    let failure = announce_into_panic(&mut victim, 1, Some("started")).await;
+    assert_eq!(failure["failure reason"], UNAVAILABLE, "{failure}");
     assert_eq!(failure["action"], "announce");
-    assert_eq!(failure["info_hash"], swarm.to_wire());
+    assert_eq!(failure["info_hash"], panicking_swarm(1).to_wire());
 
     // Each of the session's bounded attempts met a fresh incarnation that panicked.
     let panics = swarm_panics(&app).await;
@@ -60,28 +80,20 @@ async fn a_panicking_swarm_answers_with_a_failure_and_the_process_keeps_working(
     assert_eq!(peers_and_torrents(&stats).0, 2);
     assert_eq!(stats["seedersCount"], 0);
     // The same socket keeps working, in another swarm on the same shard.
-    assert_eq!(
-        victim.announce_counts(info_hash(1), peer_id(1), None).await,
-        (0, 1)
-    );
+    victim
+        .assert_counts(info_hash(1), peer_id(1), None, (0, 1))
+        .await;
     honest.assert_unaffected().await;
 }
 
 #[tokio::test]
 async fn repeated_panics_are_contained_and_counted() {
-    let app = spawn_app_configured(|settings| settings.swarm.shards = 1);
-    let mut honest = HonestPair::join(&app).await;
+    let (app, mut honest) = one_shard(|_| {}).await;
     let mut victim = app.peer().await;
     let mut last = 0.0;
     for round in 0..5u8 {
-        victim
-            .announce(panicking_swarm(round % 2), peer_id(1), None, &[])
-            .await;
-        let failure = victim.recv_failure().await;
-        assert_eq!(
-            failure["failure reason"], "swarm temporarily unavailable; retry",
-            "{failure}"
-        );
+        let failure = announce_into_panic(&mut victim, round % 2, None).await;
+        assert_eq!(failure["failure reason"], UNAVAILABLE, "{failure}");
         let panics = swarm_panics(&app).await;
         assert!(panics > last, "round {round}: the panic was not counted");
         last = panics;
@@ -99,13 +111,9 @@ async fn repeated_panics_are_contained_and_counted() {
 /// torrentsCount and answered by scrapes) until the next sweep.
 #[tokio::test]
 async fn a_panicking_swarm_leaves_no_empty_swarm_behind() {
-    let app = spawn_app_configured(|settings| settings.swarm.shards = 1);
-    let mut honest = HonestPair::join(&app).await;
+    let (app, mut honest) = one_shard(|_| {}).await;
     let mut victim = app.peer().await;
-    victim
-        .announce(panicking_swarm(1), peer_id(1), None, &[])
-        .await;
-    victim.recv_failure().await;
+    announce_into_panic(&mut victim, 1, None).await;
     wait_for_stats(&app, |stats| peers_and_torrents(stats) == (2, 1)).await;
     honest.assert_unaffected().await;
 }
@@ -113,34 +121,28 @@ async fn a_panicking_swarm_leaves_no_empty_swarm_behind() {
 /// The leftover above is bounded: the sweep closes the empty swarm.
 #[tokio::test]
 async fn the_sweep_closes_what_a_panicking_swarm_left_behind() {
-    let app = spawn_app_configured(|settings| {
-        settings.swarm.shards = 1;
-        settings.tracker.sweep_interval_secs = 1;
-    });
-    let mut honest = HonestPair::join(&app).await;
+    let (app, mut honest) = one_shard(|settings| settings.tracker.sweep_interval_secs = 1).await;
     let mut victim = app.peer().await;
-    victim
-        .announce(panicking_swarm(1), peer_id(1), None, &[])
-        .await;
-    victim.recv_failure().await;
+    announce_into_panic(&mut victim, 1, None).await;
     wait_for_stats(&app, |stats| peers_and_torrents(stats) == (2, 1)).await;
     honest.assert_unaffected().await;
 }
 
 #[tokio::test]
 async fn a_panicking_swarm_does_not_disturb_a_busy_swarm_on_the_same_shard() {
-    let app = spawn_app_configured(|settings| settings.swarm.shards = 1);
-    let mut honest = HonestPair::join(&app).await;
+    let (app, mut honest) = one_shard(|_| {}).await;
     // A third swarm with three peers, mid-signalling.
     let busy = info_hash(1);
     let mut peers = Vec::new();
     for n in 0..3u32 {
         let mut peer = app.peer().await;
-        assert_eq!(
-            peer.announce_counts(busy, peer_id(10 + n), Some("started"))
-                .await,
-            (0, u64::from(n) + 1)
-        );
+        peer.assert_counts(
+            busy,
+            peer_id(10 + n),
+            Some("started"),
+            (0, u64::from(n) + 1),
+        )
+        .await;
         peers.push(peer);
     }
     let offer = offer_id(1);
@@ -150,10 +152,7 @@ async fn a_panicking_swarm_does_not_disturb_a_busy_swarm_on_the_same_shard() {
     peers[0].recv_announce_reply().await;
 
     let mut victim = app.peer().await;
-    victim
-        .announce(panicking_swarm(1), peer_id(1), None, &[])
-        .await;
-    victim.recv_failure().await;
+    announce_into_panic(&mut victim, 1, None).await;
 
     // The pending offer survived: whoever got it can still answer.
     let mut answered = false;
@@ -161,14 +160,9 @@ async fn a_panicking_swarm_does_not_disturb_a_busy_swarm_on_the_same_shard() {
         let frames = peers[index].drain_json().await;
         if let Some(frame) = frames.iter().find(|frame| frame.get("offer").is_some()) {
             assert_eq!(frame["offer_id"], offer.to_wire());
+            let me = peer_id(10 + index as u32);
             peers[index]
-                .answer(
-                    busy,
-                    peer_id(10 + index as u32),
-                    peer_id(10),
-                    offer,
-                    "v=0 a",
-                )
+                .answer(busy, me, peer_id(10), offer, "v=0 a")
                 .await;
             let answer = peers[0].recv_json().await;
             assert_eq!(answer["offer_id"], offer.to_wire(), "{answer}");
@@ -176,16 +170,41 @@ async fn a_panicking_swarm_does_not_disturb_a_busy_swarm_on_the_same_shard() {
         }
     }
     assert!(answered, "the offer reached one of the other peers");
-    assert_eq!(
-        peers[2].announce_counts(busy, peer_id(12), None).await,
-        (0, 3)
-    );
+    peers[2]
+        .assert_counts(busy, peer_id(12), None, (0, 3))
+        .await;
     honest.assert_unaffected().await;
 }
 
 // ---------------------------------------------------------------------------------------
 // Abrupt disconnects
 // ---------------------------------------------------------------------------------------
+
+/// A raw socket on which peer `n` joined `swarm` (`started`) for each `(swarm, n)` of
+/// `joins`, one answered announce at a time.
+async fn raw_socket_joined(app: &TestApp, joins: &[(InfoHash, u32)]) -> RawWs {
+    let mut raw = RawWs::connect(app.addr).await;
+    for &(swarm, n) in joins {
+        raw.send_text(&announce_text(
+            swarm,
+            peer_id(n),
+            Some("started"),
+            None,
+            &[],
+        ))
+        .await;
+        raw.recv_json().await;
+    }
+    raw
+}
+
+/// Closes `raw` with a TCP reset (SO_LINGER 0), not a FIN.
+fn reset(raw: RawWs) {
+    socket2::SockRef::from(&raw.stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger");
+    drop(raw);
+}
 
 #[tokio::test]
 async fn a_dropped_tcp_stream_without_a_close_frame_removes_its_peers_at_once() {
@@ -197,30 +216,13 @@ async fn a_dropped_tcp_stream_without_a_close_frame_removes_its_peers_at_once() 
         .announce_counts(swarm, peer_id(1), Some("started"))
         .await;
     // One socket with two peer_ids in this swarm and one in another.
-    let mut raw = RawWs::connect(app.addr).await;
-    for (hash, n) in [(swarm, 2), (swarm, 3), (info_hash(2), 2)] {
-        raw.send_text(&p2p_mediastream::protocol::client::announce_text(
-            hash,
-            peer_id(n),
-            Some("started"),
-            None,
-            &[],
-        ))
-        .await;
-        raw.recv_json().await;
-    }
-    assert_eq!(
-        staying.announce_counts(swarm, peer_id(1), None).await,
-        (0, 3)
-    );
+    let raw = raw_socket_joined(&app, &[(swarm, 2), (swarm, 3), (info_hash(2), 2)]).await;
+    staying.assert_counts(swarm, peer_id(1), None, (0, 3)).await;
     wait_for_stats(&app, |stats| peers_and_torrents(stats) == (6, 3)).await;
 
     drop(raw); // FIN, no close frame.
     wait_for_stats(&app, |stats| peers_and_torrents(stats) == (3, 2)).await;
-    assert_eq!(
-        staying.announce_counts(swarm, peer_id(1), None).await,
-        (0, 1)
-    );
+    staying.assert_counts(swarm, peer_id(1), None, (0, 1)).await;
     honest.assert_unaffected().await;
 }
 
@@ -233,31 +235,15 @@ async fn a_reset_tcp_connection_removes_its_peers_at_once() {
     staying
         .announce_counts(swarm, peer_id(1), Some("started"))
         .await;
-    let mut raw = RawWs::connect(app.addr).await;
-    raw.send_text(&p2p_mediastream::protocol::client::announce_text(
-        swarm,
-        peer_id(2),
-        Some("started"),
-        None,
-        &[],
-    ))
-    .await;
-    raw.recv_json().await;
+    let raw = raw_socket_joined(&app, &[(swarm, 2)]).await;
     wait_for_stats(&app, |stats| peers_and_torrents(stats) == (4, 2)).await;
 
-    // SO_LINGER 0: closing sends a RST.
-    socket2::SockRef::from(&raw.stream)
-        .set_linger(Some(Duration::ZERO))
-        .expect("linger");
-    drop(raw);
+    reset(raw);
     wait_for_stats(&app, |stats| {
         peers_and_torrents(stats) == (3, 2) && websockets(stats) == 3
     })
     .await;
-    assert_eq!(
-        staying.announce_counts(swarm, peer_id(1), None).await,
-        (0, 1)
-    );
+    staying.assert_counts(swarm, peer_id(1), None, (0, 1)).await;
     honest.assert_unaffected().await;
 }
 
@@ -265,24 +251,11 @@ async fn a_reset_tcp_connection_removes_its_peers_at_once() {
 async fn a_reset_in_the_middle_of_a_fragmented_message_removes_its_peers() {
     let app = spawn_app();
     let mut honest = HonestPair::join(&app).await;
-    let swarm = info_hash(1);
-    let mut raw = RawWs::connect(app.addr).await;
-    raw.send_text(&p2p_mediastream::protocol::client::announce_text(
-        swarm,
-        peer_id(2),
-        Some("started"),
-        None,
-        &[],
-    ))
-    .await;
-    raw.recv_json().await;
+    let mut raw = raw_socket_joined(&app, &[(info_hash(1), 2)]).await;
     raw.send_frame(false, opcode::TEXT, b"{\"action\":")
         .await
         .expect("send");
-    socket2::SockRef::from(&raw.stream)
-        .set_linger(Some(Duration::ZERO))
-        .expect("linger");
-    drop(raw);
+    reset(raw);
     wait_for_stats(&app, |stats| {
         peers_and_torrents(stats) == (2, 1) && websockets(stats) == 2
     })
