@@ -542,6 +542,17 @@ mod tests {
         }
     }
 
+    /// An answer from `from` to the offer `offer` of `to`, carrying `sdp`.
+    fn answer_request(from: PeerId, to: PeerId, offer: OfferId, sdp: &str) -> AnswerRequest {
+        AnswerRequest {
+            info_hash: hash(),
+            peer_id: from,
+            to_peer_id: to,
+            offer_id: offer,
+            sdp: Arc::from(sdp),
+        }
+    }
+
     struct Fixture {
         state: SwarmState<u64>,
         rng: SmallRng,
@@ -557,9 +568,26 @@ mod tests {
             }
         }
 
+        /// A swarm in which peers `1..=count` joined, each on its own connection (the
+        /// connection id equals the peer's number).
+        fn with_peers(limits: SwarmLimits, count: u8) -> Self {
+            let mut swarm = Self::new(limits);
+            for n in 1..=count {
+                swarm.join(u64::from(n), peer(n));
+            }
+            swarm
+        }
+
         fn join(&mut self, conn: ConnId, peer_id: PeerId) -> AnnounceOutcome {
             self.announce(conn, announce(peer_id, AnnounceEvent::Started, 0))
                 .expect("join")
+        }
+
+        /// `peer_id` (on `conn`) announces an update with `offers` offers; it must be
+        /// accepted.
+        fn offer(&mut self, conn: ConnId, peer_id: PeerId, offers: usize) -> AnnounceOutcome {
+            self.announce(conn, announce(peer_id, AnnounceEvent::Update, offers))
+                .expect("announce")
         }
 
         fn announce(
@@ -570,6 +598,13 @@ mod tests {
             self.state
                 .announce(conn, conn, &request, self.now, &mut self.rng)
         }
+    }
+
+    /// Limits that differ from the defaults only where `change` says.
+    fn limits(change: impl FnOnce(&mut SwarmLimits)) -> SwarmLimits {
+        let mut limits = SwarmLimits::default();
+        change(&mut limits);
+        limits
     }
 
     #[test]
@@ -614,38 +649,33 @@ mod tests {
 
     #[test]
     fn stopped_removes_only_for_the_owning_connection() {
-        let mut swarm = Fixture::new(SwarmLimits::default());
-        swarm.join(1, peer(1));
-        swarm.join(2, peer(2));
-        let spoofed = swarm
-            .announce(3, announce(peer(1), AnnounceEvent::Stopped, 0))
-            .expect("stopped");
+        let mut swarm = Fixture::with_peers(SwarmLimits::default(), 2);
+        let stopped = || announce(peer(1), AnnounceEvent::Stopped, 0);
+        let spoofed = swarm.announce(3, stopped()).expect("stopped");
         assert_eq!(spoofed.counts.incomplete, 2);
         assert!(!spoofed.registered);
-        let real = swarm
-            .announce(1, announce(peer(1), AnnounceEvent::Stopped, 0))
-            .expect("stopped");
+        let real = swarm.announce(1, stopped()).expect("stopped");
         assert_eq!(real.counts.incomplete, 1);
         assert_eq!(swarm.state.owner(&peer(1)), None);
     }
 
+    /// The peers `outcome` relays offers to, in order.
+    fn receivers(outcome: &AnnounceOutcome) -> Vec<PeerId> {
+        outcome
+            .deliveries
+            .iter()
+            .map(|delivery| delivery.to)
+            .collect()
+    }
+
     #[test]
     fn offers_go_to_distinct_random_peers_never_the_sender() {
-        let mut swarm = Fixture::new(SwarmLimits::default());
-        for n in 1..=20 {
-            swarm.join(u64::from(n), peer(n));
-        }
+        let mut swarm = Fixture::with_peers(SwarmLimits::default(), 20);
         let mut seen_receivers = HashSet::new();
         for _ in 0..50 {
-            let outcome = swarm
-                .announce(1, announce(peer(1), AnnounceEvent::Update, 5))
-                .expect("announce");
+            let outcome = swarm.offer(1, peer(1), 5);
             assert_eq!(outcome.deliveries.len(), 5);
-            let receivers: HashSet<PeerId> = outcome
-                .deliveries
-                .iter()
-                .map(|delivery| delivery.to)
-                .collect();
+            let receivers: HashSet<PeerId> = receivers(&outcome).into_iter().collect();
             assert_eq!(receivers.len(), 5, "receivers must be distinct");
             assert!(!receivers.contains(&peer(1)), "never the sender");
             seen_receivers.extend(receivers);
@@ -663,17 +693,8 @@ mod tests {
 
     #[test]
     fn fan_out_is_capped_by_numwant_max_offers_and_swarm_size() {
-        let limits = SwarmLimits {
-            max_offers: 3,
-            ..SwarmLimits::default()
-        };
-        let mut swarm = Fixture::new(limits);
-        for n in 1..=10 {
-            swarm.join(u64::from(n), peer(n));
-        }
-        let outcome = swarm
-            .announce(1, announce(peer(1), AnnounceEvent::Update, 8))
-            .expect("announce");
+        let mut swarm = Fixture::with_peers(limits(|limits| limits.max_offers = 3), 10);
+        let outcome = swarm.offer(1, peer(1), 8);
         assert_eq!(outcome.deliveries.len(), 3, "max_offers caps");
 
         let mut request = announce(peer(1), AnnounceEvent::Update, 8);
@@ -681,12 +702,8 @@ mod tests {
         let outcome = swarm.announce(1, request).expect("announce");
         assert_eq!(outcome.deliveries.len(), 2, "numwant caps");
 
-        let mut small = Fixture::new(SwarmLimits::default());
-        small.join(1, peer(1));
-        small.join(2, peer(2));
-        let outcome = small
-            .announce(1, announce(peer(1), AnnounceEvent::Update, 5))
-            .expect("announce");
+        let mut small = Fixture::with_peers(SwarmLimits::default(), 2);
+        let outcome = small.offer(1, peer(1), 5);
         assert_eq!(outcome.deliveries.len(), 1, "only one other peer");
     }
 
@@ -697,62 +714,39 @@ mod tests {
         swarm.join(1, peer(2));
         swarm.join(2, peer(3));
         for _ in 0..20 {
-            let outcome = swarm
-                .announce(1, announce(peer(1), AnnounceEvent::Update, 5))
-                .expect("announce");
-            let receivers: Vec<PeerId> = outcome
-                .deliveries
-                .iter()
-                .map(|delivery| delivery.to)
-                .collect();
-            assert_eq!(receivers, vec![peer(3)]);
+            let outcome = swarm.offer(1, peer(1), 5);
+            assert_eq!(receivers(&outcome), vec![peer(3)]);
         }
     }
 
     #[test]
     fn answer_is_routed_only_for_a_relayed_offer() {
-        let mut swarm = Fixture::new(SwarmLimits::default());
-        swarm.join(1, peer(1));
-        swarm.join(2, peer(2));
-        let outcome = swarm
-            .announce(1, announce(peer(1), AnnounceEvent::Update, 1))
-            .expect("announce");
+        let mut swarm = Fixture::with_peers(SwarmLimits::default(), 2);
+        let outcome = swarm.offer(1, peer(1), 1);
         assert_eq!(outcome.deliveries[0].to, peer(2));
         let offered = offer_id(100);
 
-        let answer = |from: PeerId, to: PeerId, offer: OfferId| AnswerRequest {
-            info_hash: hash(),
-            peer_id: from,
-            to_peer_id: to,
-            offer_id: offer,
-            sdp: Arc::from("answer sdp"),
+        let now = swarm.now;
+        let answer = |from: PeerId, to: PeerId, offer: OfferId| {
+            answer_request(from, to, offer, "answer sdp")
         };
 
         // A made-up offer_id, a forged to_peer_id, or the wrong connection: refused.
+        let made_up = answer(peer(2), peer(1), offer_id(9));
         assert_eq!(
-            swarm
-                .state
-                .answer(2, &answer(peer(2), peer(1), offer_id(9)), swarm.now),
+            swarm.state.answer(2, &made_up, now),
             Err(Reject::UnknownOffer)
         );
         swarm.join(3, peer(3));
+        let forged = answer(peer(2), peer(3), offered);
         assert_eq!(
-            swarm
-                .state
-                .answer(2, &answer(peer(2), peer(3), offered), swarm.now),
+            swarm.state.answer(2, &forged, now),
             Err(Reject::UnknownOffer)
         );
-        assert_eq!(
-            swarm
-                .state
-                .answer(3, &answer(peer(2), peer(1), offered), swarm.now),
-            Err(Reject::NotYourOffer)
-        );
+        let real = answer(peer(2), peer(1), offered);
+        assert_eq!(swarm.state.answer(3, &real, now), Err(Reject::NotYourOffer));
 
-        let delivery = swarm
-            .state
-            .answer(2, &answer(peer(2), peer(1), offered), swarm.now)
-            .expect("relayed");
+        let delivery = swarm.state.answer(2, &real, now).expect("relayed");
         assert_eq!(delivery.to, peer(1));
         assert_eq!(
             delivery.message,
@@ -764,35 +758,23 @@ mod tests {
             }
         );
         // Only one answer per offer.
-        assert_eq!(
-            swarm
-                .state
-                .answer(2, &answer(peer(2), peer(1), offered), swarm.now),
-            Err(Reject::UnknownOffer)
-        );
+        assert_eq!(swarm.state.answer(2, &real, now), Err(Reject::UnknownOffer));
+    }
+
+    /// Peers 1 and 2, offers pending for 60 s, and peer 1's offer 100 pending for peer 2.
+    fn one_pending_offer() -> Fixture {
+        let ttl = limits(|limits| limits.offer_ttl = Duration::from_secs(60));
+        let mut swarm = Fixture::with_peers(ttl, 2);
+        swarm.offer(1, peer(1), 1);
+        swarm
     }
 
     #[test]
     fn pending_offers_expire() {
-        let limits = SwarmLimits {
-            offer_ttl: Duration::from_secs(60),
-            ..SwarmLimits::default()
-        };
-        let mut swarm = Fixture::new(limits);
-        swarm.join(1, peer(1));
-        swarm.join(2, peer(2));
-        swarm
-            .announce(1, announce(peer(1), AnnounceEvent::Update, 1))
-            .expect("announce");
+        let mut swarm = one_pending_offer();
         assert_eq!(swarm.state.pending_offer_count(), 1);
         let later = swarm.now + Duration::from_secs(61);
-        let request = AnswerRequest {
-            info_hash: hash(),
-            peer_id: peer(2),
-            to_peer_id: peer(1),
-            offer_id: offer_id(100),
-            sdp: Arc::from("late"),
-        };
+        let request = answer_request(peer(2), peer(1), offer_id(100), "late");
         assert_eq!(
             swarm.state.answer(2, &request, later),
             Err(Reject::UnknownOffer)
@@ -803,21 +785,10 @@ mod tests {
 
     #[test]
     fn a_reused_offer_id_still_expires() {
-        let limits = SwarmLimits {
-            offer_ttl: Duration::from_secs(60),
-            ..SwarmLimits::default()
-        };
-        let mut swarm = Fixture::new(limits);
-        swarm.join(1, peer(1));
-        swarm.join(2, peer(2));
-        swarm
-            .announce(1, announce(peer(1), AnnounceEvent::Update, 1))
-            .expect("announce");
+        let mut swarm = one_pending_offer();
         swarm.now += Duration::from_secs(30);
         // Same offer_id again, to the only other peer.
-        swarm
-            .announce(1, announce(peer(1), AnnounceEvent::Update, 1))
-            .expect("announce");
+        swarm.offer(1, peer(1), 1);
         assert_eq!(swarm.state.pending_offer_count(), 1);
         // The first record's expiry passes: the renewed offer survives it...
         swarm.state.sweep(swarm.now + Duration::from_secs(31));
@@ -829,29 +800,17 @@ mod tests {
 
     #[test]
     fn pending_offers_are_bounded() {
-        let limits = SwarmLimits {
-            max_pending_offers: 4,
-            ..SwarmLimits::default()
-        };
-        let mut swarm = Fixture::new(limits);
-        for n in 1..=10 {
-            swarm.join(u64::from(n), peer(n));
-        }
+        let mut swarm = Fixture::with_peers(limits(|limits| limits.max_pending_offers = 4), 10);
         for _ in 0..10 {
-            swarm
-                .announce(1, announce(peer(1), AnnounceEvent::Update, 5))
-                .expect("announce");
+            swarm.offer(1, peer(1), 5);
         }
         assert!(swarm.state.pending_offer_count() <= 4);
     }
 
     #[test]
     fn silent_peers_are_swept_after_the_ttl() {
-        let limits = SwarmLimits {
-            peer_ttl: Duration::from_secs(240),
-            ..SwarmLimits::default()
-        };
-        let mut swarm = Fixture::new(limits);
+        let ttl = limits(|limits| limits.peer_ttl = Duration::from_secs(240));
+        let mut swarm = Fixture::new(ttl);
         swarm.join(1, peer(1));
         swarm.now += Duration::from_secs(200);
         swarm.join(2, peer(2));
@@ -886,13 +845,7 @@ mod tests {
 
     #[test]
     fn a_full_swarm_refuses_new_peers_but_not_known_ones() {
-        let limits = SwarmLimits {
-            max_peers: 2,
-            ..SwarmLimits::default()
-        };
-        let mut swarm = Fixture::new(limits);
-        swarm.join(1, peer(1));
-        swarm.join(2, peer(2));
+        let mut swarm = Fixture::with_peers(limits(|limits| limits.max_peers = 2), 2);
         assert_eq!(
             swarm
                 .announce(3, announce(peer(3), AnnounceEvent::Started, 0))
@@ -919,10 +872,7 @@ mod tests {
 
     #[test]
     fn counts_stay_consistent_under_random_operations() {
-        let mut swarm = Fixture::new(SwarmLimits {
-            max_peers: 50,
-            ..SwarmLimits::default()
-        });
+        let mut swarm = Fixture::new(limits(|limits| limits.max_peers = 50));
         let mut rng = SmallRng::seed_from_u64(42);
         for step in 0..5_000u32 {
             let n: u8 = rng.random_range(1..40);
