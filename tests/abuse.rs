@@ -125,6 +125,18 @@ async fn assert_refused(
     failure
 }
 
+/// `peer` announces `peer_id` in `swarm` (no event, no offers); it must be refused with a
+/// failure containing `reason`.
+async fn assert_announce_refused(
+    peer: &mut TestPeer,
+    swarm: InfoHash,
+    peer_id: PeerId,
+    reason: &str,
+) {
+    peer.announce(swarm, peer_id, None, &[]).await;
+    assert_refused(peer, Some(swarm), reason).await;
+}
+
 /// Waits until /stats.json counts `open` WebSocket connections.
 async fn wait_connections(app: &TestApp, open: u64) {
     wait_for_stats(app, |stats| websockets(stats) == open).await;
@@ -166,8 +178,7 @@ async fn assert_closed_with(app: &TestApp, raw: &mut RawWs, code: u16) {
 /// Most frame-level abuses: a raw socket beside an honest pair sends `writes`; the server
 /// must close it with `code`, and the pair must not notice.
 async fn writes_close_with(writes: &[Vec<u8>], code: u16) {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
+    let (app, mut honest) = HonestPair::join_app(spawn_app()).await;
     let mut raw = raw_socket_sending(&app, writes).await;
     assert_closed_with(&app, &mut raw, code).await;
     honest.assert_unaffected().await;
@@ -177,8 +188,7 @@ async fn writes_close_with(writes: &[Vec<u8>], code: u16) {
 /// raw socket beside an honest pair sends `writes`, and the reply counts the announcer;
 /// the pair must not notice. Returns the reply.
 async fn reassembled_reply(writes: &[Vec<u8>]) -> serde_json::Value {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
+    let (app, mut honest) = HonestPair::join_app(spawn_app()).await;
     let mut raw = raw_socket_sending(&app, writes).await;
     let reply = raw.recv_json().await;
     assert_eq!(reply["incomplete"], 1, "{reply}");
@@ -243,8 +253,7 @@ async fn unfinished_continuation_without_a_first_frame_closes_with_1002() {
 
 #[tokio::test]
 async fn final_text_frame_inside_a_fragmented_message_closes_with_1002() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
+    let (app, mut honest) = HonestPair::join_app(spawn_app()).await;
     // A whole announce in a new text frame while another message is unfinished...
     let announce = announce_text(info_hash(1), peer_id(1), None, None, &[]);
     let writes = [
@@ -328,8 +337,7 @@ async fn invalid_utf8_in_a_fragmented_message_closes_with_1007() {
 
 #[tokio::test]
 async fn pings_between_fragments_are_answered_and_the_message_completes() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
+    let (app, mut honest) = HonestPair::join_app(spawn_app()).await;
     let text = announce_text(info_hash(1), peer_id(1), None, None, &[]);
     let (first, rest) = text.as_bytes().split_at(10);
     let writes = [
@@ -374,8 +382,7 @@ async fn pings_between_fragments_are_answered_and_the_message_completes() {
 
 #[tokio::test]
 async fn info_hash_with_a_character_above_u00ff_is_refused() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
+    let (app, mut honest) = HonestPair::join_app(spawn_app()).await;
     let mut abuser = app.peer().await;
     let mut value = announce_value(info_hash(1), peer_id(1), &[], None);
     value["info_hash"] = json!(format!("{}\u{0100}", &info_hash(1).to_wire()[..19]));
@@ -391,8 +398,7 @@ async fn info_hash_with_a_character_above_u00ff_is_refused() {
 
 #[tokio::test]
 async fn peer_id_with_an_astral_character_escape_is_refused() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
+    let (app, mut honest) = HonestPair::join_app(spawn_app()).await;
     let mut abuser = app.peer().await;
     let swarm = info_hash(1);
     // 19 ASCII characters and one emoji written as a JSON surrogate pair.
@@ -409,8 +415,7 @@ async fn peer_id_with_an_astral_character_escape_is_refused() {
 
 #[tokio::test]
 async fn lone_surrogate_escape_in_an_id_is_refused() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
+    let (app, mut honest) = HonestPair::join_app(spawn_app()).await;
     let mut abuser = app.peer().await;
     abuser
         .send_text(r#"{"action":"announce","info_hash":"0123456789012345678\ud800","peer_id":"-XX0001-0123456789ab"}"#)
@@ -429,8 +434,7 @@ async fn offer_id_above_u00ff_is_refused_and_nothing_is_relayed() {
 
 #[tokio::test]
 async fn to_peer_id_above_u00ff_is_refused() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
+    let (app, mut honest) = HonestPair::join_app(spawn_app()).await;
     let (mut offerer, mut answerer, swarm, offer) = relayed_offer(&app).await;
     let answer = answer_text(swarm, peer_id(2), peer_id(1), offer, "v=0 answer");
     let mut value: serde_json::Value = serde_json::from_str(&answer).expect("json");
@@ -566,8 +570,7 @@ async fn answer_sdp_above_the_limit_is_refused_and_not_relayed() {
 /// numwant 1e300 saturates: the offers sent are the only cap.
 #[tokio::test]
 async fn numwant_1e300_is_capped_by_the_offers_sent() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
+    let (app, mut honest) = HonestPair::join_app(spawn_app()).await;
     let text = announce_value(info_hash(1), peer_id(1), &offers(1, 2, 50), Some(json!(0)))
         .to_string()
         .replace("\"numwant\":0", "\"numwant\":1e300");
@@ -587,8 +590,7 @@ async fn negative_numwant_is_refused_and_nothing_is_relayed() {
 /// numwant 0.5 rounds down to 0: the peer is registered, no offer is relayed.
 #[tokio::test]
 async fn fractional_numwant_rounds_down() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
+    let (app, mut honest) = HonestPair::join_app(spawn_app()).await;
     let value = announce_value(
         info_hash(1),
         peer_id(1),
@@ -677,8 +679,7 @@ const NOT_RELAYED_TO_YOU: &str = "that offer was relayed to another connection";
 
 #[tokio::test]
 async fn answer_to_an_unknown_offer_is_refused() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
+    let (app, mut honest) = HonestPair::join_app(spawn_app()).await;
     let (mut offerer, mut answerer, swarm, _) = relayed_offer(&app).await;
     answerer
         .answer(swarm, peer_id(2), peer_id(1), offer_id(999), "v=0 answer")
@@ -689,8 +690,7 @@ async fn answer_to_an_unknown_offer_is_refused() {
 
 #[tokio::test]
 async fn answer_in_a_swarm_the_socket_never_joined_is_refused() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
+    let (app, mut honest) = HonestPair::join_app(spawn_app()).await;
     let (mut offerer, mut answerer, _, offer) = relayed_offer(&app).await;
     let elsewhere = info_hash(2);
     answerer
@@ -707,8 +707,7 @@ async fn answer_in_a_swarm_the_socket_never_joined_is_refused() {
 
 #[tokio::test]
 async fn answer_routed_through_another_joined_swarm_is_refused() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
+    let (app, mut honest) = HonestPair::join_app(spawn_app()).await;
     let (mut offerer, mut answerer, swarm, offer) = relayed_offer(&app).await;
     // Both are also in swarm 2, but the offer was made in swarm 1.
     let other = info_hash(2);
@@ -725,8 +724,7 @@ async fn answer_routed_through_another_joined_swarm_is_refused() {
 
 #[tokio::test]
 async fn answer_with_a_forged_to_peer_id_is_refused() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
+    let (app, mut honest) = HonestPair::join_app(spawn_app()).await;
     let (mut offerer, mut answerer, swarm, offer) = relayed_offer(&app).await;
     let mut victim = app.peer().await;
     victim.announce_counts(swarm, peer_id(3), None).await;
@@ -741,8 +739,7 @@ async fn answer_with_a_forged_to_peer_id_is_refused() {
 
 #[tokio::test]
 async fn answer_from_a_connection_the_offer_was_not_relayed_to_is_refused() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
+    let (app, mut honest) = HonestPair::join_app(spawn_app()).await;
     let (mut offerer, _answerer, swarm, offer) = relayed_offer(&app).await;
     let mut intruder = app.peer().await;
     intruder.announce_counts(swarm, peer_id(3), None).await;
@@ -756,8 +753,7 @@ async fn answer_from_a_connection_the_offer_was_not_relayed_to_is_refused() {
 
 #[tokio::test]
 async fn a_replayed_answer_is_refused() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
+    let (app, mut honest) = HonestPair::join_app(spawn_app()).await;
     let (mut offerer, mut answerer, swarm, offer) = relayed_offer(&app).await;
     assert_answer_relayed(&mut answerer, &mut offerer, swarm, offer).await;
     answerer
@@ -772,27 +768,34 @@ async fn a_replayed_answer_is_refused() {
 // from the owner.
 // ---------------------------------------------------------------------------------------
 
+/// Peer 1 in swarm 1, claimed by two sockets in turn (`first`, then `second`), and peer 2
+/// (`offerer`), whose offer 1 then reached the claimed peer_id's new owner. Returns the
+/// sockets [first, second, offerer] and the (complete, incomplete) each join saw.
+async fn claimed_twice(app: &TestApp) -> ([TestPeer; 3], [(u64, u64); 3]) {
+    let (swarm, claimed) = (info_hash(1), peer_id(1));
+    let [mut first, mut second, mut offerer] = app.peers().await;
+    let joined = [
+        first.announce_counts(swarm, claimed, Some("started")).await,
+        second
+            .announce_counts(swarm, claimed, Some("started"))
+            .await,
+        offerer
+            .announce_counts(swarm, peer_id(2), Some("started"))
+            .await,
+    ];
+    make_offer(&mut offerer, swarm, peer_id(2), offer_id(1)).await;
+    assert!(matches!(second.recv().await, TrackerMessage::Offer { .. }));
+    ([first, second, offerer], joined)
+}
+
 #[tokio::test]
 async fn peer_id_claimed_by_two_sockets_last_writer_wins() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
-    let swarm = info_hash(1);
-    let claimed = peer_id(1);
-    let [mut first, mut second, mut offerer] = app.peers().await;
-    first
-        .assert_counts(swarm, claimed, Some("started"), (0, 1))
-        .await;
-    second
-        .assert_counts(swarm, claimed, Some("started"), (0, 1))
-        .await;
-    offerer
-        .assert_counts(swarm, peer_id(2), Some("started"), (0, 2))
-        .await;
-
-    // The offer goes to the claimed peer_id's new owner.
-    let offer = offer_id(1);
-    make_offer(&mut offerer, swarm, peer_id(2), offer).await;
-    assert!(matches!(second.recv().await, TrackerMessage::Offer { .. }));
+    let (app, mut honest) = HonestPair::join_app(spawn_app()).await;
+    let (swarm, claimed, offer) = (info_hash(1), peer_id(1), offer_id(1));
+    let ([mut first, mut second, mut offerer], joined) = claimed_twice(&app).await;
+    // The second claim replaced the first: still one peer until peer 2 joined.
+    assert_eq!(joined, [(0, 1), (0, 1), (0, 2)], "counts seen by the joins");
+    // The offer went to the claimed peer_id's new owner only.
     first.expect_silence().await;
 
     // The old owner cannot stop it...
@@ -820,21 +823,9 @@ async fn peer_id_claimed_by_two_sockets_last_writer_wins() {
 
 #[tokio::test]
 async fn answer_from_the_previous_owner_of_a_peer_id_is_refused() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
-    let swarm = info_hash(1);
-    let claimed = peer_id(1);
-    let [mut first, mut second, mut offerer] = app.peers().await;
-    first.announce_counts(swarm, claimed, Some("started")).await;
-    second
-        .announce_counts(swarm, claimed, Some("started"))
-        .await;
-    offerer
-        .announce_counts(swarm, peer_id(2), Some("started"))
-        .await;
-    let offer = offer_id(1);
-    make_offer(&mut offerer, swarm, peer_id(2), offer).await;
-    assert!(matches!(second.recv().await, TrackerMessage::Offer { .. }));
+    let (app, mut honest) = HonestPair::join_app(spawn_app()).await;
+    let (swarm, claimed, offer) = (info_hash(1), peer_id(1), offer_id(1));
+    let ([mut first, _second, mut offerer], _) = claimed_twice(&app).await;
     first
         .answer(swarm, claimed, peer_id(2), offer, "v=0 spoofed")
         .await;
@@ -861,6 +852,24 @@ fn is_rate_failure(value: &serde_json::Value) -> bool {
         && value["action"] == "announce"
 }
 
+/// A rate-limited server with an honest pair, and the abuser's socket.
+async fn rate_limited_abuser() -> (TestApp, HonestPair, TestPeer) {
+    let app = spawn_app_with(rate_limited_settings());
+    let honest = HonestPair::join(&app).await;
+    let abuser = app.peer().await;
+    (app, honest, abuser)
+}
+
+/// Sends one ping per payload byte of `payloads`, in order.
+async fn send_pings(abuser: &mut TestPeer, payloads: std::ops::Range<u8>) {
+    for n in payloads {
+        abuser
+            .send_raw(Message::Ping(vec![n].into()))
+            .await
+            .expect("send ping");
+    }
+}
+
 /// Waits for the bucket to refill: retries `announce` (which sends an announce and
 /// returns the reply) 250 ms apart, about one token each, at most 12 times; every refusal
 /// must be a rate-limit failure. Returns the first reply that is not a failure, `None`
@@ -881,9 +890,7 @@ async fn first_reply_after_refill(
 
 #[tokio::test]
 async fn announce_flood_is_refused_beyond_the_burst_then_closed_with_1008() {
-    let app = spawn_app_with(rate_limited_settings());
-    let mut honest = HonestPair::join(&app).await;
-    let mut abuser = app.peer().await;
+    let (app, mut honest, mut abuser) = rate_limited_abuser().await;
     let swarm = info_hash(1);
     let text = announce_text(swarm, peer_id(1), None, None, &[]);
     for _ in 0..30 {
@@ -928,15 +935,8 @@ async fn announce_flood_is_refused_beyond_the_burst_then_closed_with_1008() {
 
 #[tokio::test]
 async fn ping_flood_gets_no_pong_beyond_the_burst_then_closed_with_1008() {
-    let app = spawn_app_with(rate_limited_settings());
-    let mut honest = HonestPair::join(&app).await;
-    let mut abuser = app.peer().await;
-    for n in 0u8..30 {
-        abuser
-            .send_raw(Message::Ping(vec![n].into()))
-            .await
-            .expect("send ping");
-    }
+    let (app, mut honest, mut abuser) = rate_limited_abuser().await;
+    send_pings(&mut abuser, 0..30).await;
     let mut pongs: Vec<u8> = Vec::new();
     let mut extra_batches = 0;
     let code = loop {
@@ -969,15 +969,8 @@ async fn ping_flood_gets_no_pong_beyond_the_burst_then_closed_with_1008() {
 
 #[tokio::test]
 async fn pings_and_text_messages_share_one_bucket() {
-    let app = spawn_app_with(rate_limited_settings());
-    let mut honest = HonestPair::join(&app).await;
-    let mut abuser = app.peer().await;
-    for n in 0u8..10 {
-        abuser
-            .send_raw(Message::Ping(vec![n].into()))
-            .await
-            .expect("send ping");
-    }
+    let (app, mut honest, mut abuser) = rate_limited_abuser().await;
+    send_pings(&mut abuser, 0..10).await;
     abuser
         .announce(info_hash(1), peer_id(1), Some("started"), &[])
         .await;
@@ -990,9 +983,7 @@ async fn pings_and_text_messages_share_one_bucket() {
 
 #[tokio::test]
 async fn a_rate_limited_socket_recovers_as_the_bucket_refills() {
-    let app = spawn_app_with(rate_limited_settings());
-    let mut honest = HonestPair::join(&app).await;
-    let mut abuser = app.peer().await;
+    let (_app, mut honest, mut abuser) = rate_limited_abuser().await;
     let swarm = info_hash(1);
     let scrape = json!({"action": "scrape", "info_hash": []}).to_string();
     for _ in 0..11 {
@@ -1063,9 +1054,8 @@ async fn too_many_swarms_on_one_socket_are_refused() {
             .assert_counts(info_hash(n), peer_id(1), None, (0, 1))
             .await;
     }
-    abuser.announce(info_hash(4), peer_id(1), None, &[]).await;
     let reason = "too many swarms on one connection (limit 3)";
-    assert_refused(&mut abuser, Some(info_hash(4)), reason).await;
+    assert_announce_refused(&mut abuser, info_hash(4), peer_id(1), reason).await;
     assert_eq!(scrape_counts(&app, info_hash(4)).await, (0, 0));
     // Re-announcing in a joined swarm is still fine; leaving one frees a place.
     abuser
@@ -1088,9 +1078,8 @@ async fn too_many_peer_ids_in_one_swarm_on_one_socket_are_refused() {
     let swarm = info_hash(1);
     abuser.assert_counts(swarm, peer_id(1), None, (0, 1)).await;
     abuser.assert_counts(swarm, peer_id(2), None, (0, 2)).await;
-    abuser.announce(swarm, peer_id(3), None, &[]).await;
     let reason = "too many peer_ids in one swarm on one connection (limit 2)";
-    assert_refused(&mut abuser, Some(swarm), reason).await;
+    assert_announce_refused(&mut abuser, swarm, peer_id(3), reason).await;
     assert_eq!(scrape_counts(&app, swarm).await, (0, 2));
     // Another swarm is a separate budget.
     abuser
@@ -1106,8 +1095,7 @@ async fn a_full_swarm_refuses_new_peers_but_keeps_its_members() {
     let swarm = info_hash(1);
     let mut members = joined_peers(&app, swarm, 100, 3).await;
     let mut abuser = app.peer().await;
-    abuser.announce(swarm, peer_id(1), None, &[]).await;
-    assert_refused(&mut abuser, Some(swarm), "swarm is full (3 peers)").await;
+    assert_announce_refused(&mut abuser, swarm, peer_id(1), "swarm is full (3 peers)").await;
     members[0]
         .assert_counts(swarm, peer_id(100), None, (0, 3))
         .await;
@@ -1222,8 +1210,7 @@ async fn ping_briefly(raw: &mut RawWs) {
 #[tokio::test]
 async fn a_slow_reader_is_bounded_removed_and_cut() {
     let app = spawn_app_configured(|settings| {
-        settings.ws.idle_timeout_secs = 2;
-        settings.ws.ping_interval_secs = 1;
+        short_idle_timeout(settings);
         settings.ws.session_mailbox = 4;
         settings.swarm.max_dropped_deliveries = 3;
         settings.tracker.max_sdp_bytes = 60_000;
@@ -1376,10 +1363,7 @@ async fn a_slow_reader_is_bounded_removed_and_cut() {
 
 #[tokio::test]
 async fn a_handshaken_socket_that_sends_nothing_is_closed_after_the_idle_timeout() {
-    let app = spawn_app_configured(|settings| {
-        settings.ws.idle_timeout_secs = 2;
-        settings.ws.ping_interval_secs = 1;
-    });
+    let app = spawn_app_configured(short_idle_timeout);
     let mut honest = HonestPair::join(&app).await;
     let mut silent = RawWs::connect(app.addr).await;
     let opened = Instant::now();
@@ -1599,8 +1583,7 @@ async fn a_60_kib_string_in_an_unknown_field_is_ignored() {
 
 #[tokio::test]
 async fn a_60_kib_event_is_refused_without_echoing_it() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
+    let (app, mut honest) = HonestPair::join_app(spawn_app()).await;
     let mut abuser = app.peer().await;
     let swarm = info_hash(1);
     let text = announce_text(swarm, peer_id(1), Some(&"e".repeat(60 * 1024)), None, &[]);

@@ -239,10 +239,7 @@ impl RawClient {
 
 #[tokio::test]
 async fn a_client_that_never_answers_pings_is_closed_after_the_idle_timeout_and_its_peers_leave() {
-    let app = spawn_app_configured(|settings| {
-        settings.ws.ping_interval_secs = 1;
-        settings.ws.idle_timeout_secs = 2;
-    });
+    let app = spawn_app_configured(short_idle_timeout);
     let mut silent = RawClient::connect(&app).await;
     let announce = announce_text(info_hash(1), peer_id(1), Some("started"), None, &[]);
     silent.send(0x1, true, announce.as_bytes()).await;
@@ -284,10 +281,7 @@ async fn a_client_that_never_answers_pings_is_closed_after_the_idle_timeout_and_
 
 #[tokio::test]
 async fn a_client_that_answers_pings_stays_open_beyond_the_idle_timeout() {
-    let app = spawn_app_configured(|settings| {
-        settings.ws.ping_interval_secs = 1;
-        settings.ws.idle_timeout_secs = 2;
-    });
+    let app = spawn_app_configured(short_idle_timeout);
     let mut peer = app.peer().await;
     peer.join_swarm(info_hash(1), peer_id(1)).await;
     // Reading answers pings automatically; nothing else is sent for 4.5 s (> 2 x idle).

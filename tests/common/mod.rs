@@ -506,6 +506,13 @@ impl HonestPair {
         Self::join_with(app, &[], &[]).await
     }
 
+    /// `join` on `app`, keeping the server with the pair: the opening of a test in which
+    /// something else happens beside the pair, `let (app, mut honest) = ...`.
+    pub async fn join_app(app: TestApp) -> (TestApp, Self) {
+        let pair = Self::join(&app).await;
+        (app, pair)
+    }
+
     /// As `join`, with extra upgrade request headers for A's and B's sockets.
     pub async fn join_with(
         app: &TestApp,
@@ -1003,6 +1010,13 @@ impl TestPeer {
         assert_eq!(failure["info_hash"], info_hash.to_wire(), "{failure}");
         failure
     }
+}
+
+/// A settings change for idle-timeout tests: the server pings every second and closes a
+/// socket it has heard nothing from for 2 s.
+pub fn short_idle_timeout(settings: &mut Settings) {
+    settings.ws.ping_interval_secs = 1;
+    settings.ws.idle_timeout_secs = 2;
 }
 
 impl TestApp {
