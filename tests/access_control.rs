@@ -353,42 +353,29 @@ async fn origin_case(origin: Option<&str>, admitted: bool) {
     honest.assert_unaffected().await;
 }
 
-#[tokio::test]
-async fn origin_match_is_case_sensitive() {
-    origin_case(Some("https://EXAMPLE.com"), false).await;
+/// One test per Origin header: `name: origin (None: no header) => outcome;`. Each case is
+/// its own test, so a failure names it.
+macro_rules! origin_tests {
+    ($($name:ident: $origin:expr => $admitted:expr;)*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                origin_case($origin, $admitted).await;
+            }
+        )*
+    };
 }
 
-#[tokio::test]
-async fn origin_scheme_must_match() {
-    origin_case(Some("http://example.com"), false).await;
-}
+const ADMITTED: bool = true;
+const REFUSED: bool = false;
 
-#[tokio::test]
-async fn missing_origin_is_refused_when_a_list_is_set() {
-    origin_case(None, false).await;
-}
-
-#[tokio::test]
-async fn origin_with_a_trailing_slash_is_refused() {
-    origin_case(Some("https://example.com/"), false).await;
-}
-
-#[tokio::test]
-async fn origin_with_an_explicit_default_port_is_refused() {
-    origin_case(Some("https://example.com:443"), false).await;
-}
-
-#[tokio::test]
-async fn null_origin_is_refused() {
-    origin_case(Some("null"), false).await;
-}
-
-#[tokio::test]
-async fn a_subdomain_of_an_allowed_origin_is_refused() {
-    origin_case(Some("https://evil.example.com"), false).await;
-}
-
-#[tokio::test]
-async fn every_listed_origin_is_admitted() {
-    origin_case(Some("https://player.example.org"), true).await;
+origin_tests! {
+    origin_match_is_case_sensitive: Some("https://EXAMPLE.com") => REFUSED;
+    origin_scheme_must_match: Some("http://example.com") => REFUSED;
+    missing_origin_is_refused_when_a_list_is_set: None => REFUSED;
+    origin_with_a_trailing_slash_is_refused: Some("https://example.com/") => REFUSED;
+    origin_with_an_explicit_default_port_is_refused: Some("https://example.com:443") => REFUSED;
+    null_origin_is_refused: Some("null") => REFUSED;
+    a_subdomain_of_an_allowed_origin_is_refused: Some("https://evil.example.com") => REFUSED;
+    every_listed_origin_is_admitted: Some("https://player.example.org") => ADMITTED;
 }

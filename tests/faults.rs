@@ -41,8 +41,7 @@ async fn one_shard(change: impl FnOnce(&mut Settings)) -> (TestApp, HonestPair) 
         settings.swarm.shards = 1;
         change(settings);
     });
-    let honest = HonestPair::join(&app).await;
-    (app, honest)
+    HonestPair::join_app(app).await
 }
 
 /// `victim`, as peer 1, announces (`event`) in the panicking swarm `n`; returns the
@@ -111,17 +110,23 @@ async fn repeated_panics_are_contained_and_counted() {
 /// torrentsCount and answered by scrapes) until the next sweep.
 #[tokio::test]
 async fn a_panicking_swarm_leaves_no_empty_swarm_behind() {
-    let (app, mut honest) = one_shard(|_| {}).await;
-    let mut victim = app.peer().await;
-    announce_into_panic(&mut victim, 1, None).await;
-    wait_for_stats(&app, |stats| peers_and_torrents(stats) == (2, 1)).await;
-    honest.assert_unaffected().await;
+    only_the_honest_swarm_remains_after_a_panic(|_| {}).await;
 }
 
 /// The leftover above is bounded: the sweep closes the empty swarm.
 #[tokio::test]
 async fn the_sweep_closes_what_a_panicking_swarm_left_behind() {
-    let (app, mut honest) = one_shard(|settings| settings.tracker.sweep_interval_secs = 1).await;
+    only_the_honest_swarm_remains_after_a_panic(|settings| {
+        settings.tracker.sweep_interval_secs = 1;
+    })
+    .await;
+}
+
+/// On one shard (changed by `change`), a victim's announce in a panicking swarm fails;
+/// then the stats count only the honest pair's two peers in its one swarm, and the pair
+/// does not notice.
+async fn only_the_honest_swarm_remains_after_a_panic(change: impl FnOnce(&mut Settings)) {
+    let (app, mut honest) = one_shard(change).await;
     let mut victim = app.peer().await;
     announce_into_panic(&mut victim, 1, None).await;
     wait_for_stats(&app, |stats| peers_and_torrents(stats) == (2, 1)).await;
@@ -206,15 +211,22 @@ fn reset(raw: RawWs) {
     drop(raw);
 }
 
-#[tokio::test]
-async fn a_dropped_tcp_stream_without_a_close_frame_removes_its_peers_at_once() {
+/// A server with an honest pair, and peer 1 joined to swarm 1 on its own socket: it stays
+/// while the peers of another socket go.
+async fn with_a_staying_peer() -> (TestApp, HonestPair, TestPeer) {
     let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
-    let swarm = info_hash(1);
+    let honest = HonestPair::join(&app).await;
     let mut staying = app.peer().await;
     staying
-        .announce_counts(swarm, peer_id(1), Some("started"))
+        .announce_counts(info_hash(1), peer_id(1), Some("started"))
         .await;
+    (app, honest, staying)
+}
+
+#[tokio::test]
+async fn a_dropped_tcp_stream_without_a_close_frame_removes_its_peers_at_once() {
+    let (app, mut honest, mut staying) = with_a_staying_peer().await;
+    let swarm = info_hash(1);
     // One socket with two peer_ids in this swarm and one in another.
     let raw = raw_socket_joined(&app, &[(swarm, 2), (swarm, 3), (info_hash(2), 2)]).await;
     staying.assert_counts(swarm, peer_id(1), None, (0, 3)).await;
@@ -228,13 +240,8 @@ async fn a_dropped_tcp_stream_without_a_close_frame_removes_its_peers_at_once() 
 
 #[tokio::test]
 async fn a_reset_tcp_connection_removes_its_peers_at_once() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
+    let (app, mut honest, mut staying) = with_a_staying_peer().await;
     let swarm = info_hash(1);
-    let mut staying = app.peer().await;
-    staying
-        .announce_counts(swarm, peer_id(1), Some("started"))
-        .await;
     let raw = raw_socket_joined(&app, &[(swarm, 2)]).await;
     wait_for_stats(&app, |stats| peers_and_torrents(stats) == (4, 2)).await;
 
@@ -249,8 +256,7 @@ async fn a_reset_tcp_connection_removes_its_peers_at_once() {
 
 #[tokio::test]
 async fn a_reset_in_the_middle_of_a_fragmented_message_removes_its_peers() {
-    let app = spawn_app();
-    let mut honest = HonestPair::join(&app).await;
+    let (app, mut honest) = HonestPair::join_app(spawn_app()).await;
     let mut raw = raw_socket_joined(&app, &[(info_hash(1), 2)]).await;
     raw.send_frame(false, opcode::TEXT, b"{\"action\":")
         .await
