@@ -13,7 +13,7 @@ use std::{
     time::Instant,
 };
 
-use actix::Recipient;
+use actix::{Recipient, WeakRecipient};
 use log::warn;
 
 use crate::{messages::CloseSession, swarm::state::ConnId};
@@ -56,7 +56,9 @@ impl Progress {
 }
 
 struct SessionEntry {
-    close: Recipient<CloseSession>,
+    /// Weak: a strong address costs two more allocations per connection, and shutdown is
+    /// the only use.
+    close: WeakRecipient<CloseSession>,
     progress: Arc<Progress>,
     socket: Option<ConnSocket>,
 }
@@ -135,7 +137,7 @@ impl ConnectionRegistry {
         self.lock().sessions.insert(
             conn,
             SessionEntry {
-                close,
+                close: close.downgrade(),
                 progress,
                 socket,
             },
@@ -197,7 +199,7 @@ impl ConnectionRegistry {
             inner
                 .sessions
                 .values()
-                .map(|entry| entry.close.clone())
+                .filter_map(|entry| entry.close.upgrade())
                 .collect()
         };
         for session in &sessions {

@@ -60,7 +60,8 @@ pub struct PeerSession {
     shared: Arc<Shared>,
     joined: Memberships,
     last_heard: Instant,
-    fragments: Option<Fragments>,
+    /// Boxed: rare, and the session's size counts at every idle connection.
+    fragments: Option<Box<Fragments>>,
     rate: RateLimit,
     /// The fragmented message being reassembled was refused by the rate limit.
     drop_fragmented: bool,
@@ -500,10 +501,10 @@ impl PeerSession {
                 if self.interrupts_fragmented_message(ctx) {
                     return;
                 }
-                self.fragments = Some(Fragments {
+                self.fragments = Some(Box::new(Fragments {
                     buffer: BytesMut::new(),
                     frames: 0,
-                });
+                }));
                 (chunk, false)
             }
             actix_http::ws::Item::FirstBinary(_) => {
