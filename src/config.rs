@@ -48,7 +48,8 @@ pub struct ServerSettings {
     pub max_connections_per_ip: usize,
     /// Proxies whose `X-Forwarded-For` is believed (CIDRs, e.g. "127.0.0.1/32").
     pub trusted_proxies: Vec<IpNet>,
-    /// Seconds to let connections close on SIGTERM before the process exits.
+    /// Seconds to let WebSocket sessions close on SIGTERM (and then plain HTTP requests
+    /// finish) before the process exits.
     pub shutdown_timeout_secs: u64,
     /// Seconds a client has to send the request head of a plain HTTP request.
     pub client_request_timeout_secs: u64,
