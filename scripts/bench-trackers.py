@@ -924,12 +924,24 @@ def render(summary: dict, doc_dir: Path) -> Path:
         w(extra["command"])
     w("```")
     w("")
-    for extra in summary.get("added", []):
+    ordinals = ["second", "third", "fourth", "fifth", "sixth", "seventh", "eighth"]
+    for index, extra in enumerate(summary.get("added", [])):
         steps_added = sorted({p.split()[0] for p in extra["pairs"]})
-        trk = sorted({SHORT[p.split()[1]] for p in extra["pairs"]})
-        w(f"The second command (finished {extra['finished']} UTC, {extra['repeats']} repeats, machine "
-          f"state: {extra['quiet']}) added step(s) {', '.join(f'`{x}`' for x in steps_added)} for "
-          f"{', '.join(trk)} only: the other trackers were already saturated well below those rates.")
+        trackers_added = {p.split()[1] for p in extra["pairs"]}
+        trk = sorted(SHORT[t] for t in trackers_added)
+        # Steps the other trackers ran too were re-measured (after a change of ours); the
+        # others were added above the rates the others could sustain.
+        shared_steps = {r["step"] for r in summary.get("runs", [])
+                        if r["tracker"] not in trackers_added}
+        nth = ordinals[index] if index < len(ordinals) else f"#{index + 2}"
+        what = (f"re-measured step(s) {', '.join(f'`{x}`' for x in steps_added)} for "
+                f"{', '.join(trk)} only (the other trackers' figures are from the first command)"
+                if set(steps_added) <= shared_steps else
+                f"added step(s) {', '.join(f'`{x}`' for x in steps_added)} for "
+                f"{', '.join(trk)} only: the other trackers were already saturated well below "
+                f"those rates")
+        w(f"The {nth} command (finished {extra['finished']} UTC, {extra['repeats']} repeats, machine "
+          f"state: {extra['quiet']}) {what}.")
         for t, v in extra.get("versions", {}).items():
             if v != summary["tracker_info"].get(t, {}).get("version"):
                 w(f"Version of {SHORT[t]} in that run: {v}.")
