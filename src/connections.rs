@@ -36,7 +36,7 @@ impl AdmitError {
     }
 }
 
-/// The TCP socket under a session, recorded when the connection is accepted.
+/// The TCP socket under a session, recorded at the WebSocket upgrade.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnSocket {
     pub fd: RawFd,
@@ -60,7 +60,7 @@ struct SessionEntry {
     /// the only use.
     close: WeakRecipient<CloseSession>,
     progress: Arc<Progress>,
-    socket: Option<ConnSocket>,
+    socket: ConnSocket,
 }
 
 #[derive(Default)]
@@ -131,7 +131,7 @@ impl ConnectionRegistry {
         conn: ConnId,
         close: Recipient<CloseSession>,
         progress: Arc<Progress>,
-        socket: Option<ConnSocket>,
+        socket: ConnSocket,
     ) {
         progress.touch(self);
         self.lock().sessions.insert(
@@ -157,16 +157,14 @@ impl ConnectionRegistry {
             if now.saturating_sub(last) < limit {
                 continue;
             }
-            if let Some(socket) = entry.socket {
-                // Holding the lock: the session cannot deregister meanwhile, and
-                // shut_down checks that the descriptor still belongs to this peer.
-                if shut_down(socket) {
-                    warn!(
-                        "conn={conn} stopped reading for {} s: connection cut",
-                        (now - last) / 1000
-                    );
-                    cut += 1;
-                }
+            // Holding the lock: the session cannot deregister meanwhile, and shut_down
+            // checks that the descriptor still belongs to this peer.
+            if shut_down(entry.socket) {
+                warn!(
+                    "conn={conn} stopped reading for {} s: connection cut",
+                    (now - last) / 1000
+                );
+                cut += 1;
             }
         }
         cut

@@ -16,8 +16,7 @@
 //!
 //! # Threads
 //! HTTP workers (one per core by default) run the sessions (a task each), and so all JSON
-//! work;
-//! `swarm.shards` Arbiters run the shards and their swarms, chosen by info_hash.
+//! work; `swarm.shards` Arbiters run the shards and their swarms, chosen by info_hash.
 
 pub mod access;
 pub mod app;

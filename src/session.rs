@@ -56,7 +56,7 @@ struct RateLimit {
 pub struct PeerSession {
     conn: ConnId,
     ip: Option<IpAddr>,
-    socket: Option<ConnSocket>,
+    socket: ConnSocket,
     shared: Arc<Shared>,
     joined: Memberships,
     last_heard: Instant,
@@ -69,12 +69,7 @@ pub struct PeerSession {
 }
 
 impl PeerSession {
-    pub fn new(
-        conn: ConnId,
-        ip: Option<IpAddr>,
-        socket: Option<ConnSocket>,
-        shared: Arc<Shared>,
-    ) -> Self {
+    pub fn new(conn: ConnId, ip: Option<IpAddr>, socket: ConnSocket, shared: Arc<Shared>) -> Self {
         let burst = f64::from(shared.settings.ws.message_burst);
         Self {
             conn,

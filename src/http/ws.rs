@@ -38,7 +38,7 @@ pub fn upgrade_service(
 
 async fn upgrade(
     req: Request,
-    framed: Framed<TcpStream, h1::Codec>,
+    mut framed: Framed<TcpStream, h1::Codec>,
     shared: Arc<Shared>,
 ) -> Result<(), Infallible> {
     let settings = &shared.settings;
@@ -54,7 +54,6 @@ async fn upgrade(
         }
     };
 
-    let mut framed = framed;
     let accept = ws_proto::handshake_response(req.head())
         .finish()
         .drop_body();
@@ -73,15 +72,13 @@ async fn upgrade(
 
     // Take the socket out of actix-http; its 8 KiB read and write buffers go with the
     // rest (but whatever the client sent after the request head is kept).
-    // (Destructured in one statement so that the buffers are freed now, not when this
-    // function returns at the end of the session.)
     let FramedParts { io, read_buf, .. } = framed.into_parts();
     let io = Rc::new(io);
     let socket = ConnSocket {
         fd: std::os::fd::AsRawFd::as_raw_fd(&*io),
         peer: io.peer_addr().ok(),
     };
-    let session = PeerSession::new(conn, ip, Some(socket), shared.clone());
+    let session = PeerSession::new(conn, ip, socket, shared.clone());
     let frames = FrameReader::new(
         io.clone(),
         read_buf,
