@@ -10,11 +10,17 @@ use std::{
     fmt,
     net::IpAddr,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use config::{Config, Environment, File, FileFormat};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+
+use crate::{
+    protocol::ParseLimits,
+    swarm::{actor::SwarmConfig, state::SwarmLimits},
+};
 
 /// All settings of one tracker process.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -473,6 +479,64 @@ impl Settings {
     }
 }
 
+// What the settings mean to each layer. The limits structs of the protocol and swarm
+// layers are built here and nowhere else, and their `Default` is the embedded defaults', so
+// that each default is written once (in the `Default` impls of the sections above).
+
+impl From<&TrackerSettings> for ParseLimits {
+    fn from(tracker: &TrackerSettings) -> Self {
+        Self {
+            max_sdp_bytes: tracker.max_sdp_bytes,
+            max_scrape_hashes: tracker.max_scrape_hashes,
+            max_offers: tracker.max_offers,
+        }
+    }
+}
+
+impl Default for ParseLimits {
+    fn default() -> Self {
+        Self::from(&TrackerSettings::default())
+    }
+}
+
+impl From<&TrackerSettings> for SwarmLimits {
+    fn from(tracker: &TrackerSettings) -> Self {
+        Self {
+            max_offers: tracker.max_offers,
+            max_peers: tracker.max_peers_per_swarm,
+            peer_ttl: Duration::from_secs(tracker.peer_ttl_secs),
+            offer_ttl: Duration::from_secs(tracker.offer_ttl_secs),
+            // A full swarm whose every peer announces once per offer TTL leaves
+            // max_peers x max_offers offers pending; twice that gives the peers that
+            // announce faster room before the oldest are forgotten, and the floor keeps
+            // small swarms (a low max_peers in tests) from forgetting offers under a
+            // burst of re-announces.
+            max_pending_offers: tracker
+                .max_peers_per_swarm
+                .saturating_mul(tracker.max_offers)
+                .saturating_mul(2)
+                .max(1024),
+        }
+    }
+}
+
+impl Default for SwarmLimits {
+    fn default() -> Self {
+        Self::from(&TrackerSettings::default())
+    }
+}
+
+impl From<&Settings> for SwarmConfig {
+    fn from(settings: &Settings) -> Self {
+        Self {
+            limits: SwarmLimits::from(&settings.tracker),
+            mailbox: settings.swarm.mailbox,
+            max_dropped_deliveries: settings.swarm.max_dropped_deliveries,
+            sweep_interval: Duration::from_secs(settings.tracker.sweep_interval_secs),
+        }
+    }
+}
+
 fn format_bind(host: &str, port: u16) -> String {
     if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]:{port}")
@@ -697,23 +761,74 @@ mod tests {
 
 #[cfg(test)]
 mod readme_tests {
-    /// The README's configuration table must list every key of config/default.toml.
-    #[test]
-    fn readme_lists_every_config_key() {
-        let readme = include_str!("../README.md");
-        let mut section = String::new();
-        for line in include_str!("../config/default.toml").lines() {
-            if let Some(name) = line
-                .strip_prefix('[')
-                .and_then(|rest| rest.strip_suffix(']'))
-            {
-                section = name.to_owned();
-            } else if !line.starts_with('#') {
-                if let Some((key, _)) = line.split_once(" = ") {
-                    let needle = format!("`{section}.{key}`");
-                    assert!(readme.contains(&needle), "README is missing {needle}");
+    use super::Settings;
+
+    /// The README's configuration table: `(key, default)` for each row whose first cell is a
+    /// key in backticks.
+    fn readme_table() -> Vec<(String, String)> {
+        include_str!("../README.md")
+            .lines()
+            .filter_map(|line| {
+                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+                // "", key, default, meaning, ""
+                if cells.len() < 5 {
+                    return None;
                 }
+                let key = cells[1].strip_prefix('`')?.strip_suffix('`')?;
+                let default = cells[2].strip_prefix('`')?.strip_suffix('`')?;
+                key.contains('.')
+                    .then(|| (key.to_owned(), default.to_owned()))
+            })
+            .collect()
+    }
+
+    /// How the README writes a default: strings bare (`""` when empty), everything else as
+    /// JSON.
+    fn as_written(value: &serde_json::Value) -> String {
+        match value {
+            serde_json::Value::String(text) if !text.is_empty() => text.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// Every key of the embedded defaults, as `section.key`, with its value.
+    fn embedded_defaults() -> Vec<(String, serde_json::Value)> {
+        let settings = serde_json::to_value(Settings::default()).expect("settings serialise");
+        let mut keys = Vec::new();
+        for (section, fields) in settings.as_object().expect("an object") {
+            for (key, value) in fields.as_object().expect("sections are objects") {
+                keys.push((format!("{section}.{key}"), value.clone()));
             }
+        }
+        keys
+    }
+
+    #[test]
+    fn readme_table_lists_every_key_with_its_embedded_default() {
+        let table = readme_table();
+        for (key, value) in embedded_defaults() {
+            let Some((_, written)) = table.iter().find(|(listed, _)| *listed == key) else {
+                panic!("README's configuration table is missing `{key}`");
+            };
+            assert_eq!(
+                *written,
+                as_written(&value),
+                "README gives another default for `{key}`"
+            );
+        }
+    }
+
+    #[test]
+    fn readme_table_lists_no_unknown_key() {
+        let known: Vec<String> = embedded_defaults()
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        for (key, _) in readme_table() {
+            assert!(
+                known.contains(&key),
+                "README lists `{key}`, which is no setting"
+            );
         }
     }
 }

@@ -13,7 +13,7 @@ use std::{
 use actix_web_actors::ws::CloseCode;
 use log::{info, warn};
 
-use crate::{app::Shared, messages::CloseSession};
+use crate::{connection::session::CloseSession, shared::Shared};
 
 /// Resolves when the process is asked to stop, after telling every session.
 pub async fn signal(shared: Arc<Shared>) {

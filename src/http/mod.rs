@@ -1,38 +1,37 @@
 //! Routes of the one HTTP server: the tracker path (426 to a plain GET; upgrades are
-//! taken over in `ws`), service endpoints, `/hls` and the player in `public/` at "/".
-//! Registration order matters: the catch-all file service for "/" comes last.
+//! taken over by `connection::upgrade`), service endpoints, `/hls` and the player in
+//! `public/` at "/". Registration order matters: the catch-all file service for "/" comes
+//! last.
 
+pub mod endpoints;
 pub mod hls;
-pub mod service;
-pub mod ws;
-pub mod ws_io;
 
 use std::sync::Arc;
 
 use actix_web::{middleware, web};
 
-use crate::app::Shared;
+use crate::{connection::upgrade, shared::Shared};
 
 pub fn configure(cfg: &mut web::ServiceConfig, shared: &Arc<Shared>) {
     let settings = &shared.settings;
     cfg.app_data(web::Data::new(shared.clone()));
 
     // WebSocket upgrades never reach these routes: actix-http hands them to
-    // `ws::upgrade_service` (see `crate::start`). A plain GET on the tracker path gets 426;
+    // `connection::upgrade` (see `server`). A plain GET on the tracker path gets 426;
     // a plain GET on "/" is the player page.
     let tracker_path = settings.ws.path.as_str();
     if tracker_path != "/" && tracker_path != "/*" {
-        cfg.route(tracker_path, web::get().to(ws::upgrade_required));
+        cfg.route(tracker_path, web::get().to(upgrade::upgrade_required));
     }
 
-    cfg.route("/healthz", web::get().to(service::healthz))
-        .route("/readyz", web::get().to(service::readyz))
-        .route("/config.json", web::get().to(service::player_config));
+    cfg.route("/healthz", web::get().to(endpoints::healthz))
+        .route("/readyz", web::get().to(endpoints::readyz))
+        .route("/config.json", web::get().to(endpoints::player_config));
     if settings.http.stats {
-        cfg.route("/stats.json", web::get().to(service::stats));
+        cfg.route("/stats.json", web::get().to(endpoints::stats));
     }
     if settings.http.metrics {
-        cfg.route("/metrics", web::get().to(service::prometheus));
+        cfg.route("/metrics", web::get().to(endpoints::prometheus));
     }
 
     let cors_origin = settings.http.hls_cors_origin.clone();

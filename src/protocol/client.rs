@@ -1,6 +1,6 @@
 //! The client's side of the protocol: building requests and reading the tracker's replies.
 //!
-//! Used by the load tester (`src/bin/loadtest.rs`) and by the tests, so they speak exactly
+//! Used by the load tester (`src/bin/loadtest/`) and by the tests, so they speak exactly
 //! the JSON that `bittorrent-tracker`'s client and P2P Media Loader send, through the same
 //! id types the server uses. Parsing replies is lenient about unknown fields, so the load
 //! tester works against any WebTorrent tracker.

@@ -12,7 +12,8 @@ use serde::Deserialize;
 
 use super::ids::{IdError, InfoHash, OfferId, PeerId};
 
-/// Bounds applied while validating; they come from the `[tracker]` config section.
+/// Bounds applied while validating: built from the `[tracker]` settings (`config`), whose
+/// defaults are also this struct's `Default`.
 #[derive(Debug, Clone, Copy)]
 pub struct ParseLimits {
     /// Longest accepted SDP body (offer or answer), in bytes.
@@ -22,16 +23,6 @@ pub struct ParseLimits {
     /// Most offers read from one announce; the rest of the array is ignored (the reference
     /// client sends at most 5 today, P2P Media Loader 0.6 sent 10).
     pub max_offers: usize,
-}
-
-impl Default for ParseLimits {
-    fn default() -> Self {
-        Self {
-            max_sdp_bytes: 16 * 1024,
-            max_scrape_hashes: 255,
-            max_offers: 10,
-        }
-    }
 }
 
 /// The `action` a message (or the failure for it) belongs to.
@@ -467,8 +458,9 @@ fn validate_announce(raw: RawMessage<'_>, limits: &ParseLimits) -> Result<InMess
         None => None,
     };
 
-    // The reference client never sends offers with `stopped` or `completed` (REF #132); if
-    // one does, they are ignored rather than relayed for a peer that is leaving.
+    // The reference client (npm bittorrent-tracker) never sends offers with `stopped` or
+    // `completed`; if one does, they are ignored rather than relayed for a peer that is
+    // leaving.
     let mut offers = Vec::new();
     if matches!(event, AnnounceEvent::Started | AnnounceEvent::Update) {
         if let Some(raw_offers) = raw.offers {

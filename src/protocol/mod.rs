@@ -3,8 +3,9 @@
 //! `incoming` parses and validates what clients send, `outgoing` builds what the tracker
 //! sends, `ids` holds the 20-byte identifiers and their "binary string" JSON form. The
 //! load tester reuses these types, so they also serialise requests and parse responses
-//! (see `client`). `../shared/protocol.md` in the project history and the README describe
-//! the decisions; the field docs here carry the client folklore behind them.
+//! (see `client`). The README's "Protocol decisions" describe what the tracker decided
+//! where clients and servers differ; the field docs here carry the client folklore behind
+//! them.
 
 pub mod client;
 pub mod ids;

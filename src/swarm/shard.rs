@@ -15,12 +15,11 @@ use std::{
 use actix::prelude::*;
 use log::trace;
 
-use super::{unpack_counts, Swarm, SwarmConfig};
-use crate::{
+use super::{
+    actor::{unpack_counts, Swarm, SwarmConfig},
     messages::{GetSwarm, ScrapeShard, SwarmIdle, SwarmRef},
-    metrics::Metrics,
-    protocol::InfoHash,
 };
+use crate::{metrics::Metrics, protocol::InfoHash};
 
 struct SwarmEntry {
     swarm: SwarmRef,

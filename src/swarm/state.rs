@@ -19,15 +19,16 @@ use std::{
 use indexmap::IndexMap;
 use rand::Rng;
 
-use crate::protocol::{
-    AnnounceEvent, AnnounceRequest, AnswerRequest, InfoHash, OfferId, OutMessage, PeerId,
-    SwarmCounts,
+use crate::{
+    connection::ConnId,
+    protocol::{
+        AnnounceEvent, AnnounceRequest, AnswerRequest, InfoHash, OfferId, OutMessage, PeerId,
+        SwarmCounts,
+    },
 };
 
-/// Identifies one WebSocket connection for the lifetime of the process.
-pub type ConnId = u64;
-
-/// Limits one swarm enforces; taken from the `[tracker]` config section.
+/// Limits one swarm enforces: built from the `[tracker]` settings (`config`), whose
+/// defaults are also this struct's `Default`.
 #[derive(Debug, Clone, Copy)]
 pub struct SwarmLimits {
     pub max_offers: usize,
@@ -36,18 +37,6 @@ pub struct SwarmLimits {
     pub offer_ttl: Duration,
     /// Most offers waiting for an answer; the oldest is forgotten beyond it.
     pub max_pending_offers: usize,
-}
-
-impl Default for SwarmLimits {
-    fn default() -> Self {
-        Self {
-            max_offers: 10,
-            max_peers: 20_000,
-            peer_ttl: Duration::from_secs(240),
-            offer_ttl: Duration::from_secs(120),
-            max_pending_offers: 400_000,
-        }
-    }
 }
 
 /// Why a request was not carried out; `Display` is the `failure reason` sent back.

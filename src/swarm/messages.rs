@@ -1,29 +1,30 @@
-//! Every message that passes between actors: the inter-actor protocol in one place.
+//! What the swarm side accepts and sends: the messages between sessions, shards and
+//! swarms, and `SwarmRef`, the handle a session keeps for a swarm it joined.
 //!
 //! | message       | from -> to        | result                        |
 //! |---------------|-------------------|-------------------------------|
 //! | `GetSwarm`    | session -> shard  | `SwarmRef` (created on demand)|
 //! | `ScrapeShard` | session -> shard  | counts per info_hash          |
-//! | `Announce`    | session -> swarm  | `Result<AnnounceReply, Reject>` |
+//! | `Announce`    | session -> swarm  | `Result<AnnounceReply, SwarmError>` |
 //! | `Answer`      | session -> swarm  | `()`; a refusal comes back as `Deliver` |
 //! | `Leave`       | session -> swarm  | `()` (socket closed)          |
 //! | `Deliver`     | swarm -> session  | `()`, sent with `try_send`    |
 //! | `SwarmIdle`   | swarm -> shard    | `()` (the swarm emptied)      |
-//! | `CloseSession`| shutdown -> session | `()`                        |
 //!
-//! Sessions wait for each request (`ctx.wait`), so a connection has at most one request in
-//! flight and swarm mailboxes stay bounded by the number of connections. Swarms never wait
-//! on sessions: a full session mailbox drops the delivery (WebTorrent tolerates lost offers;
-//! the client re-announces).
+//! A session waits for the reply to each announce and scrape (`ctx.wait`), so swarm
+//! mailboxes stay bounded by the number of connections; answers and leaves are sent
+//! without waiting (an answer waits only when the swarm's mailbox is full). Swarms never
+//! wait on sessions: a full session mailbox drops the delivery (WebTorrent tolerates lost
+//! offers; the client re-announces).
 
 use std::sync::Arc;
 
 use actix::prelude::*;
-use actix_web_actors::ws::CloseCode;
 
+use super::{actor::Swarm, state::Reject};
 use crate::{
+    connection::ConnId,
     protocol::{AnnounceRequest, AnswerRequest, InfoHash, OutMessage, PeerId, SwarmCounts},
-    swarm::{state::ConnId, Swarm},
 };
 
 /// A swarm's address and the generation that tells one incarnation from the next.
@@ -56,7 +57,7 @@ pub struct ScrapeShard {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SwarmError {
     /// Refused by the swarm's rules; the text goes back as a failure reason.
-    Rejected(crate::swarm::state::Reject),
+    Rejected(Reject),
     /// This swarm incarnation emptied and closed; ask the shard again.
     Closed,
 }
@@ -109,12 +110,4 @@ pub struct Deliver(pub OutMessage);
 pub struct SwarmIdle {
     pub info_hash: InfoHash,
     pub generation: u64,
-}
-
-/// Close the WebSocket with this code (1001 on shutdown).
-#[derive(Message, Clone)]
-#[rtype(result = "()")]
-pub struct CloseSession {
-    pub code: CloseCode,
-    pub reason: &'static str,
 }

@@ -8,8 +8,7 @@
 //! all: reads go through one scratch buffer per thread and only what was read is copied
 //! out, and writes keep only the bytes the kernel has not taken yet.
 //!
-//! Backpressure is the same as before: while the kernel refuses our bytes the session is
-//! not polled, so it neither reads nor queues more output (relays to it are dropped at its
+//! Backpressure: while the kernel refuses our bytes the session is not polled, so it neither reads nor queues more output (relays to it are dropped at its
 //! bounded mailbox, and the connection watchdog cuts it if that lasts).
 
 use std::{
@@ -29,6 +28,40 @@ use bytestring::ByteString;
 use futures_util::{ready, Stream};
 use log::debug;
 
+/// Why the frames of a connection stopped: matched by the session by variant.
+#[derive(Debug)]
+pub enum ReadError {
+    /// A frame larger than `ws.max_frame_bytes`.
+    Overflow,
+    /// A text frame whose payload is not UTF-8: the client's fault, not a lost link.
+    NotUtf8,
+    /// Any other breach of RFC 6455 framing (unmasked frame, bad opcode, ...).
+    Protocol(ProtocolError),
+    /// The socket failed (reset, timeout): the client vanished without a close frame.
+    Io(io::Error),
+}
+
+impl From<ProtocolError> for ReadError {
+    fn from(err: ProtocolError) -> Self {
+        match err {
+            ProtocolError::Overflow => ReadError::Overflow,
+            ProtocolError::Io(err) => ReadError::Io(err),
+            other => ReadError::Protocol(other),
+        }
+    }
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Overflow => f.write_str("frame too large"),
+            ReadError::NotUtf8 => f.write_str("text frame is not UTF-8"),
+            ReadError::Protocol(err) => write!(f, "WebSocket protocol error: {err}"),
+            ReadError::Io(err) => write!(f, "connection lost: {err}"),
+        }
+    }
+}
+
 /// Size of the per-thread read buffer: one read takes at most this much.
 const SCRATCH_BYTES: usize = 64 * 1024;
 
@@ -45,7 +78,7 @@ thread_local! {
 /// let go (an emptied `BytesMut` would keep the allocation the frames were split from), so
 /// a connection that sent a 10 KB announce does not keep 10 KB while it idles.
 /// actix-web-actors' own reader keeps its buffer, which is why the session's context is
-/// given a stream that never yields and this one is added to it instead (see `ws`).
+/// given a stream that never yields and this one is added to it instead (see `upgrade`).
 pub struct FrameReader {
     io: Rc<TcpStream>,
     codec: Codec,
@@ -67,7 +100,7 @@ impl FrameReader {
         }
     }
 
-    fn decode(&mut self) -> Result<Option<Message>, ProtocolError> {
+    fn decode(&mut self) -> Result<Option<Message>, ReadError> {
         if self.buf.is_empty() {
             return Ok(None);
         }
@@ -80,10 +113,10 @@ impl FrameReader {
 
     /// Reads once from the socket into the buffer (at the end of the stream, marks it
     /// finished).
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProtocolError>> {
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ReadError>> {
         loop {
             if let Err(err) = ready!(self.io.poll_read_ready(cx)) {
-                return Poll::Ready(Err(ProtocolError::Io(err)));
+                return Poll::Ready(Err(ReadError::Io(err)));
             }
             let read = SCRATCH.with(|scratch| {
                 let mut scratch = scratch.borrow_mut();
@@ -104,14 +137,14 @@ impl FrameReader {
                 }
                 // Readiness was stale; poll_read_ready re-arms it.
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(err) => return Poll::Ready(Err(ProtocolError::Io(err))),
+                Err(err) => return Poll::Ready(Err(ReadError::Io(err))),
             }
         }
     }
 }
 
 impl Stream for FrameReader {
-    type Item = Result<Message, ProtocolError>;
+    type Item = Result<Message, ReadError>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
@@ -149,14 +182,12 @@ impl Stream for FrameReader {
     }
 }
 
-/// A frame as the session sees it (the mapping actix-web-actors' reader makes, including
-/// how it reports a text frame that is not UTF-8).
-fn message_of(frame: Frame) -> Result<Message, ProtocolError> {
+/// A frame as the session sees it (the mapping actix-web-actors' reader makes).
+fn message_of(frame: Frame) -> Result<Message, ReadError> {
     Ok(match frame {
-        Frame::Text(data) => Message::Text(
-            ByteString::try_from(data)
-                .map_err(|err| ProtocolError::Io(io::Error::other(err.to_string())))?,
-        ),
+        Frame::Text(data) => {
+            Message::Text(ByteString::try_from(data).map_err(|_| ReadError::NotUtf8)?)
+        }
         Frame::Binary(data) => Message::Binary(data),
         Frame::Ping(payload) => Message::Ping(payload),
         Frame::Pong(payload) => Message::Pong(payload),

@@ -2,7 +2,7 @@
 //! websocket` (and every CONNECT) to this service together with the raw connection, before
 //! the application's routes see it. It checks the path, the Origin, the handshake and the
 //! connection caps, answers 101, and then runs a `PeerSession` straight on the socket (see
-//! `ws_io`). A plain GET on the tracker path never gets here: the routes answer it 426.
+//! `io`). A plain GET on the tracker path never gets here: the routes answer it 426.
 
 use std::{convert::Infallible, rc::Rc, sync::Arc, time::Duration};
 
@@ -20,8 +20,13 @@ use actix_web_actors::ws::WebsocketContext;
 use futures_util::SinkExt;
 use log::debug;
 
-use super::ws_io::{self, FrameReader};
-use crate::{app::Shared, client_ip, connections::ConnSocket, session::PeerSession};
+use super::{
+    io::{self as ws_io, FrameReader},
+    registry::ConnSocket,
+    session::PeerSession,
+    ConnId,
+};
+use crate::{client_ip, shared::Shared};
 
 /// The upgrade service for `HttpServiceBuilder::upgrade`.
 pub fn upgrade_service(
@@ -100,7 +105,7 @@ async fn upgrade(
 }
 
 struct Admitted {
-    conn: crate::swarm::state::ConnId,
+    conn: ConnId,
     ip: Option<std::net::IpAddr>,
 }
 

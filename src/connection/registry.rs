@@ -16,7 +16,7 @@ use std::{
 use actix::{Recipient, WeakRecipient};
 use log::warn;
 
-use crate::{messages::CloseSession, swarm::state::ConnId};
+use super::{session::CloseSession, ConnId};
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,8 +7,8 @@
 //! `ws.max_swarms_per_connection`, so a scan stays cheap.
 
 use crate::{
-    messages::SwarmRef,
     protocol::{InfoHash, PeerId},
+    swarm::messages::SwarmRef,
 };
 
 /// One swarm joined: how to reach it (`S`: a `SwarmRef`, or anything in unit tests) and

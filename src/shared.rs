@@ -1,11 +1,11 @@
-//! Shared: what every session and HTTP handler of the process reads. Built once in
-//! `run`, before the HTTP workers start, and cloned into them as an `Arc`.
+//! Shared: what every session and HTTP handler of the process reads. Built once by
+//! `server::start`, before the HTTP workers start, and cloned into them as an `Arc`.
 
 use std::{sync::Arc, time::Instant};
 
 use crate::{
-    access::AccessList, config::Settings, connections::ConnectionRegistry, metrics::Metrics,
-    protocol::ParseLimits, swarm::shard::SwarmDirectory,
+    access::AccessList, config::Settings, connection::registry::ConnectionRegistry,
+    metrics::Metrics, protocol::ParseLimits, swarm::shard::SwarmDirectory,
 };
 
 pub struct Shared {

@@ -7,7 +7,7 @@ use std::{sync::Arc, time::Duration};
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use serde_json::{json, Map, Value};
 
-use crate::{app::Shared, messages::ScrapeShard, metrics};
+use crate::{metrics, shared::Shared, swarm::messages::ScrapeShard};
 
 /// How long `/readyz` waits for each shard.
 const SHARD_PING_TIMEOUT: Duration = Duration::from_millis(500);

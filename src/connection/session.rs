@@ -1,0 +1,503 @@
+//! PeerSession actor: one per WebSocket, on the HTTP worker thread that accepted it.
+//!
+//! It owns the protocol side of the connection: it turns frames into messages
+//! (`reassembly`), applies the rate limit (`rate_limit`), the heartbeat and the idle
+//! timeout, parses and serialises JSON (so swarms only route), and dispatches each request
+//! to the swarm side (`requests`). Its context is actix-web-actors' `WebsocketContext`,
+//! fed and drained by `io` straight on the socket. It remembers which swarms and peer_ids
+//! this connection registered (`memberships`), so that closing the socket removes them at
+//! once.
+
+use std::{
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use actix::{dev::SendError, prelude::*};
+use actix_web_actors::ws::{self, CloseCode, CloseReason};
+use log::{debug, trace, warn};
+
+use super::{
+    io::ReadError,
+    memberships::Memberships,
+    rate_limit::{RateLimit, Refusal},
+    reassembly::{Reassembly, Received},
+    registry::{ConnSocket, Progress},
+    requests::{self, Failure},
+    ConnId,
+};
+use crate::{
+    protocol::{
+        self, Action, AnnounceEvent, AnnounceRequest, AnswerRequest, InMessage, InfoHash,
+        OutMessage, PeerId, ScrapeRequest,
+    },
+    shared::Shared,
+    swarm::{
+        messages::{Answer, Deliver, Leave, SwarmRef},
+        state::Reject,
+    },
+};
+
+/// Close the WebSocket with this code (1001 on shutdown).
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct CloseSession {
+    pub code: CloseCode,
+    pub reason: &'static str,
+}
+
+pub struct PeerSession {
+    conn: ConnId,
+    ip: Option<IpAddr>,
+    socket: ConnSocket,
+    shared: Arc<Shared>,
+    joined: Memberships,
+    last_heard: Instant,
+    reassembly: Reassembly,
+    rate: RateLimit,
+    progress: Arc<Progress>,
+}
+
+impl PeerSession {
+    pub fn new(conn: ConnId, ip: Option<IpAddr>, socket: ConnSocket, shared: Arc<Shared>) -> Self {
+        let now = Instant::now();
+        let rate = RateLimit::new(shared.settings.ws.message_burst, now);
+        Self {
+            conn,
+            ip,
+            socket,
+            shared,
+            joined: Memberships::default(),
+            last_heard: now,
+            reassembly: Reassembly::default(),
+            rate,
+            progress: Arc::default(),
+        }
+    }
+
+    /// One message off the socket: rate limit, reassembly, then dispatch.
+    fn on_message(
+        &mut self,
+        message: ws::Message,
+        now: Instant,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        // Every message a client can make the server work for counts against its rate:
+        // text messages (once, at their first fragment) and pings.
+        let starts_text = Reassembly::starts_text(&message);
+        let costs_work = starts_text || matches!(message, ws::Message::Ping(_));
+        let mut drop_it = false;
+        if costs_work {
+            let ws = &self.shared.settings.ws;
+            if !self
+                .rate
+                .take(now, ws.max_messages_per_sec, ws.message_burst)
+            {
+                let expects_answer = matches!(message, ws::Message::Text(_));
+                if self.refuse_for_rate(ctx, expects_answer) {
+                    return;
+                }
+                if !matches!(message, ws::Message::Continuation(_)) {
+                    return;
+                }
+                // A refused fragmented message is still reassembled (to stay in step with
+                // the stream) and dropped when complete.
+                drop_it = true;
+            }
+        }
+        let received = self
+            .reassembly
+            .push(message, self.shared.settings.ws.max_message_bytes);
+        if drop_it {
+            self.reassembly.drop_current();
+        }
+        match received {
+            Ok(Received::Text(text)) => self.on_text(&text, ctx),
+            Ok(Received::Ping(payload)) => ctx.pong(&payload),
+            Ok(Received::Close(reason)) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+            Ok(Received::Nothing) => {}
+            Err(violation) => self.close(ctx, violation.close_code(), violation.reason()),
+        }
+    }
+
+    fn on_read_error(&mut self, err: ReadError, ctx: &mut ws::WebsocketContext<Self>) {
+        match err {
+            ReadError::Overflow => self.close(ctx, CloseCode::Size, "frame too large"),
+            ReadError::NotUtf8 => self.close(ctx, CloseCode::Invalid, "text frame is not UTF-8"),
+            ReadError::Io(err) => {
+                // The peer vanished without a close frame (tab closed, network lost): normal.
+                debug!("conn={} connection lost: {err}", self.conn);
+                ctx.stop();
+            }
+            ReadError::Protocol(err) => {
+                warn!("conn={} protocol error: {err}", self.conn);
+                self.close(ctx, CloseCode::Protocol, "WebSocket protocol error");
+            }
+        }
+    }
+
+    /// Refuses a message over the rate limit; closes the socket (1008) once the client has
+    /// ignored enough refusals. Returns true if the socket is closing.
+    fn refuse_for_rate(&mut self, ctx: &mut ws::WebsocketContext<Self>, answer: bool) -> bool {
+        let ws = &self.shared.settings.ws;
+        if self.rate.refuse(ws.max_rate_limited_messages) == Refusal::Close {
+            self.close(ctx, CloseCode::Policy, "rate limit exceeded");
+            return true;
+        }
+        if answer {
+            let reason = format!(
+                "rate limit: at most {} messages per second; message ignored",
+                ws.max_messages_per_sec
+            );
+            self.fail(ctx, Action::Announce, None, "rate_limited", reason);
+        } else {
+            self.shared.metrics.protocol_error("rate_limited");
+        }
+        false
+    }
+
+    fn refuse_unlisted(&self, ctx: &mut ws::WebsocketContext<Self>, info_hash: InfoHash) -> bool {
+        if self.shared.access.allows(&info_hash) {
+            return false;
+        }
+        self.fail(
+            ctx,
+            Action::Announce,
+            Some(info_hash),
+            "not_allowed",
+            "info_hash not allowed on this tracker".into(),
+        );
+        true
+    }
+
+    fn send(&self, ctx: &mut ws::WebsocketContext<Self>, message: &OutMessage) {
+        self.shared.metrics.message_out(message.kind());
+        ctx.text(message.to_text());
+    }
+
+    fn fail(
+        &self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        action: Action,
+        info_hash: Option<InfoHash>,
+        kind: &'static str,
+        reason: String,
+    ) {
+        self.shared.metrics.protocol_error(kind);
+        debug!("conn={} failure ({kind}): {reason}", self.conn);
+        self.send(
+            ctx,
+            &OutMessage::Failure {
+                reason: reason.into(),
+                action,
+                info_hash,
+            },
+        );
+    }
+
+    fn close(&self, ctx: &mut ws::WebsocketContext<Self>, code: CloseCode, reason: &'static str) {
+        self.shared.metrics.closed_by_server(reason);
+        debug!("conn={} closing ({code:?}): {reason}", self.conn);
+        ctx.close(Some(CloseReason {
+            code,
+            description: Some(reason.to_owned()),
+        }));
+        ctx.stop();
+    }
+
+    fn heartbeat(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        // Proof of life for the frozen-session watchdog: a session that still ticks is not
+        // stuck behind a full socket (touching on every frame would cost a clock read per
+        // message for nothing).
+        self.progress.touch(&self.shared.connections);
+        let idle_timeout = Duration::from_secs(self.shared.settings.ws.idle_timeout_secs);
+        if self.last_heard.elapsed() >= idle_timeout {
+            self.close(ctx, CloseCode::Away, "idle timeout");
+        } else {
+            ctx.ping(b"");
+        }
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+        trace!("conn={} in: {text}", self.conn);
+        match protocol::parse(text, &self.shared.parse_limits) {
+            Ok(InMessage::Announce(request)) => {
+                self.shared.metrics.message_in("announce");
+                self.on_announce(request, ctx);
+            }
+            Ok(InMessage::Answer(request)) => {
+                self.shared.metrics.message_in("answer");
+                self.on_answer(request, ctx);
+            }
+            Ok(InMessage::Scrape(request)) => {
+                self.shared.metrics.message_in("scrape");
+                self.on_scrape(request, ctx);
+            }
+            Err(err) => {
+                self.shared.metrics.message_in("invalid");
+                self.fail(ctx, err.action, err.info_hash, err.kind, err.reason);
+            }
+        }
+    }
+
+    fn on_announce(&mut self, request: AnnounceRequest, ctx: &mut ws::WebsocketContext<Self>) {
+        let info_hash = request.info_hash;
+        let peer_id = request.peer_id;
+        if request.event != AnnounceEvent::Stopped && self.refuse_unlisted(ctx, info_hash) {
+            return;
+        }
+        let joined = self.joined.get(&info_hash);
+        let registered_here = joined.is_some_and(|joined| joined.peer_ids.contains(&peer_id));
+        if request.event == AnnounceEvent::Stopped && !registered_here {
+            // Nothing of ours to remove: answer with the swarm's counts, without creating a
+            // swarm for a peer that is leaving.
+            let counts = requests::counts(self.shared.clone(), info_hash);
+            ctx.wait(counts.into_actor(self).map(move |counts, session, ctx| {
+                session.send_announce_response(info_hash, counts, ctx);
+            }));
+            return;
+        }
+        if !registered_here {
+            if let Err(failure) = self.check_join_limits(&info_hash) {
+                self.fail(
+                    ctx,
+                    Action::Announce,
+                    Some(info_hash),
+                    failure.kind,
+                    failure.reason,
+                );
+                return;
+            }
+        }
+        let work = requests::announce(
+            self.shared.clone(),
+            joined.map(|joined| joined.swarm.clone()),
+            self.conn,
+            ctx.address().recipient(),
+            request,
+        );
+        ctx.wait(
+            work.into_actor(self)
+                .map(move |result, session, ctx| match result {
+                    Ok((swarm, reply)) => {
+                        session.record_membership(info_hash, peer_id, swarm, reply.registered);
+                        session.send_announce_response(info_hash, reply.counts, ctx);
+                    }
+                    Err(failure) => session.fail(
+                        ctx,
+                        Action::Announce,
+                        Some(info_hash),
+                        failure.kind,
+                        failure.reason,
+                    ),
+                }),
+        );
+    }
+
+    /// A peer_id new to this connection may join only within the per-connection caps.
+    fn check_join_limits(&self, info_hash: &InfoHash) -> Result<(), Failure> {
+        let ws = &self.shared.settings.ws;
+        match self.joined.get(info_hash) {
+            None if self.joined.len() >= ws.max_swarms_per_connection => Err(Failure {
+                kind: "too_many_swarms",
+                reason: format!(
+                    "too many swarms on one connection (limit {})",
+                    ws.max_swarms_per_connection
+                ),
+            }),
+            Some(joined) if joined.peer_ids.len() >= ws.max_peer_ids_per_swarm => Err(Failure {
+                kind: "too_many_peer_ids",
+                reason: format!(
+                    "too many peer_ids in one swarm on one connection (limit {})",
+                    ws.max_peer_ids_per_swarm
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn record_membership(
+        &mut self,
+        info_hash: InfoHash,
+        peer_id: PeerId,
+        swarm: SwarmRef,
+        registered: bool,
+    ) {
+        if registered {
+            self.joined.add(info_hash, peer_id, swarm);
+        } else {
+            self.joined.remove(&info_hash, &peer_id);
+        }
+    }
+
+    fn send_announce_response(
+        &self,
+        info_hash: InfoHash,
+        counts: protocol::SwarmCounts,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        let interval_secs = self.shared.settings.tracker.announce_interval_secs;
+        self.send(
+            ctx,
+            &OutMessage::AnnounceResponse {
+                info_hash,
+                counts,
+                interval_secs,
+            },
+        );
+    }
+
+    fn on_answer(&mut self, request: AnswerRequest, ctx: &mut ws::WebsocketContext<Self>) {
+        let info_hash = request.info_hash;
+        if self.refuse_unlisted(ctx, info_hash) {
+            return;
+        }
+        // An offer reaches a connection only through a swarm it registered in; an answer
+        // from anywhere else cannot match one.
+        let Some(joined) = self.joined.get(&info_hash) else {
+            self.reject(ctx, info_hash, Reject::UnknownOffer);
+            return;
+        };
+        let swarm = joined.swarm.clone();
+        let message = Answer {
+            conn: self.conn,
+            request: Arc::new(request),
+            reply_to: ctx.address().recipient(),
+        };
+        // Fire and forget: the swarm relays the answer, or sends the failure straight to
+        // this session. Only a full swarm mailbox makes the session wait (backpressure).
+        match swarm.addr.try_send(message) {
+            Ok(()) => {}
+            Err(SendError::Full(message)) => {
+                ctx.wait(swarm.addr.send(message).into_actor(self).map(
+                    move |result, session, ctx| {
+                        if result.is_err() {
+                            // The swarm closed: it was empty, so the offerer is gone too.
+                            session.reject(ctx, info_hash, Reject::OffererGone);
+                        }
+                    },
+                ));
+            }
+            Err(SendError::Closed(_)) => self.reject(ctx, info_hash, Reject::OffererGone),
+        }
+    }
+
+    fn reject(&self, ctx: &mut ws::WebsocketContext<Self>, info_hash: InfoHash, reject: Reject) {
+        self.fail(
+            ctx,
+            Action::Announce,
+            Some(info_hash),
+            reject.kind(),
+            reject.to_string(),
+        );
+    }
+
+    fn on_scrape(&mut self, request: ScrapeRequest, ctx: &mut ws::WebsocketContext<Self>) {
+        let tracker = &self.shared.settings.tracker;
+        match &request {
+            // `[]` is a keep-alive some clients send; it gets an (empty) answer.
+            ScrapeRequest::Some(hashes) if hashes.is_empty() => {
+                self.send(ctx, &OutMessage::ScrapeResponse { files: Vec::new() });
+                return;
+            }
+            ScrapeRequest::All if !tracker.full_scrape => {
+                self.fail(
+                    ctx,
+                    Action::Scrape,
+                    None,
+                    "full_scrape_disabled",
+                    "full scrape is disabled on this tracker; name the info_hashes".into(),
+                );
+                return;
+            }
+            _ => {}
+        }
+        let work = requests::scrape(self.shared.clone(), request, tracker.max_scrape_hashes);
+        ctx.wait(
+            work.into_actor(self)
+                .map(|result, session, ctx| match result {
+                    Ok(files) => session.send(ctx, &OutMessage::ScrapeResponse { files }),
+                    Err(failure) => {
+                        session.fail(ctx, Action::Scrape, None, failure.kind, failure.reason)
+                    }
+                }),
+        );
+    }
+}
+
+impl Actor for PeerSession {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.shared.settings.ws.session_mailbox);
+        let ping_interval = Duration::from_secs(self.shared.settings.ws.ping_interval_secs);
+        ctx.run_interval(ping_interval, Self::heartbeat);
+        self.shared.connections.register(
+            self.conn,
+            ctx.address().recipient(),
+            self.progress.clone(),
+            self.socket,
+        );
+        self.shared.metrics.connections.inc();
+        self.shared.metrics.connections_total.inc();
+        debug!("conn={} opened from {:?}", self.conn, self.ip);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        // Every registration goes at once; swarms ignore peer_ids another connection took
+        // over since.
+        for (_, joined) in self.joined.drain() {
+            joined.swarm.addr.do_send(Leave {
+                conn: self.conn,
+                peer_ids: joined.peer_ids,
+            });
+        }
+        self.shared.connections.release(self.conn, self.ip);
+        self.shared.metrics.connections.dec();
+        debug!("conn={} closed", self.conn);
+    }
+}
+
+/// The frames `io::FrameReader` decodes off the socket.
+impl StreamHandler<Result<ws::Message, ReadError>> for PeerSession {
+    fn handle(&mut self, item: Result<ws::Message, ReadError>, ctx: &mut Self::Context) {
+        let now = Instant::now();
+        self.last_heard = now;
+        match item {
+            Ok(message) => self.on_message(message, now, ctx),
+            Err(err) => self.on_read_error(err, ctx),
+        }
+    }
+}
+
+/// Required by `WebsocketContext` for its own reader, which `upgrade` gives a stream that
+/// never yields; handled like ours all the same.
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for PeerSession {
+    fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        StreamHandler::<Result<ws::Message, ReadError>>::handle(
+            self,
+            item.map_err(ReadError::from),
+            ctx,
+        );
+    }
+}
+
+impl Handler<Deliver> for PeerSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, ctx: &mut Self::Context) {
+        self.send(ctx, &msg.0);
+    }
+}
+
+impl Handler<CloseSession> for PeerSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseSession, ctx: &mut Self::Context) {
+        self.close(ctx, msg.code, msg.reason);
+    }
+}

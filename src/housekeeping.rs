@@ -1,0 +1,79 @@
+//! Housekeeping: background tasks on the system's main arbiter, started once the server is
+//! built: the frozen-session watchdog (it cuts the socket of a session stuck behind a
+//! client that stopped reading) and the access list reloads (on its timer and on SIGHUP).
+//! They end with the System.
+
+use std::{sync::Arc, time::Duration};
+
+use log::{info, warn};
+
+use crate::{config::AccessMode, shared::Shared};
+
+/// Starts the housekeeping tasks on the current (the system's main) arbiter.
+pub fn spawn(shared: &Arc<Shared>) {
+    let ws = &shared.settings.ws;
+    let ping = Duration::from_secs(ws.ping_interval_secs);
+    // A live session runs at least once per ping interval (its heartbeat), so one that has
+    // not run for the idle timeout plus two pings is frozen behind a full socket.
+    let frozen_after = Duration::from_secs(ws.idle_timeout_secs) + 2 * ping;
+    let watchdog = shared.clone();
+    actix_web::rt::spawn(async move {
+        let mut ticks = actix_web::rt::time::interval(ping);
+        loop {
+            ticks.tick().await;
+            let cut = watchdog.connections.cut_frozen(frozen_after);
+            if cut > 0 {
+                watchdog
+                    .metrics
+                    .closed_by_server_n("stopped_reading", cut as u64);
+            }
+        }
+    });
+
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        // Registered here, synchronously, before the server says it is listening: a SIGHUP
+        // that arrived before the handler existed would kill the process (its default).
+        let hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => Some(hangups),
+            Err(err) => {
+                warn!(
+                    "cannot listen for SIGHUP ({err}); the access list reloads on its timer only"
+                );
+                None
+            }
+        };
+        if let Some(mut hangups) = hangups {
+            let reloader = shared.clone();
+            actix_web::rt::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    match reloader.access.reload() {
+                        Ok(_) if reloader.access.mode() == AccessMode::Off => {
+                            info!("SIGHUP: no access list configured; nothing to reload")
+                        }
+                        Ok(count) => info!("SIGHUP: access list reloaded: {count} info_hashes"),
+                        Err(err) => warn!("SIGHUP: {err}; keeping the previous list"),
+                    }
+                }
+            });
+        }
+    }
+
+    if shared.access.mode() == AccessMode::Off {
+        return;
+    }
+    let reloader = shared.clone();
+    let every = Duration::from_secs(shared.settings.access.reload_interval_secs);
+    actix_web::rt::spawn(async move {
+        let mut ticks = actix_web::rt::time::interval(every);
+        loop {
+            ticks.tick().await;
+            match reloader.access.reload_if_changed() {
+                Ok(Some(count)) => info!("access list reloaded: {count} info_hashes"),
+                Ok(None) => {}
+                Err(err) => warn!("{err}; keeping the previous list"),
+            }
+        }
+    });
+}

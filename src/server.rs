@@ -1,0 +1,176 @@
+//! Start-up: binds the listeners, starts the swarm shards and the HTTP workers, and wires
+//! each listener's service (actix-web's `App` for plain requests, the tracker's upgrade for
+//! WebSockets). `run` is what the binary calls; tests call `start` inside their own actix
+//! `System` to get the bound addresses.
+
+use std::{io, net::SocketAddr, sync::Arc, time::Duration, time::Instant};
+
+use actix_web::{dev::ServerHandle, App};
+use log::{info, warn};
+
+use crate::{
+    access,
+    config::Settings,
+    connection::{registry::ConnectionRegistry, upgrade},
+    housekeeping, http,
+    metrics::Metrics,
+    protocol::ParseLimits,
+    shared::Shared,
+    shutdown,
+    swarm::{actor::SwarmConfig, shard::SwarmDirectory},
+};
+
+/// A started server: its bound addresses and the handles to wait for or stop it.
+pub struct Running {
+    pub addrs: Vec<SocketAddr>,
+    pub server: actix_web::dev::Server,
+    pub handle: ServerHandle,
+    pub shared: Arc<Shared>,
+}
+
+/// Binds and starts everything; must be called inside an actix `System`. The returned
+/// `server` future completes when the server has stopped (after SIGTERM/SIGINT, or
+/// `handle.stop`).
+pub fn start(settings: Settings) -> io::Result<Running> {
+    let metrics = Arc::new(Metrics::new());
+    // Shards start before the HTTP server: the app factory runs once per worker, and
+    // starting them there would make one set per worker.
+    let directory = SwarmDirectory::start(
+        settings.shard_count(),
+        SwarmConfig::from(&settings),
+        metrics.clone(),
+    );
+    let parse_limits = ParseLimits::from(&settings.tracker);
+
+    for (what, dir) in [
+        ("http.public_dir", &settings.http.public_dir),
+        ("http.hls_dir", &settings.http.hls_dir),
+    ] {
+        if !dir.is_dir() {
+            warn!(
+                "{what} {} is not a directory; it will answer 404",
+                dir.display()
+            );
+        }
+    }
+
+    // Bind first so that `Shared` can list the real addresses (port 0 resolved).
+    let probe_binds = settings.bind_addresses();
+    let listeners: Vec<std::net::TcpListener> = probe_binds
+        .iter()
+        .map(|bind| {
+            std::net::TcpListener::bind(bind).map_err(|err| {
+                io::Error::new(err.kind(), format!("cannot listen on {bind}: {err}"))
+            })
+        })
+        .collect::<io::Result<_>>()?;
+    let addrs: Vec<SocketAddr> = listeners
+        .iter()
+        .map(std::net::TcpListener::local_addr)
+        .collect::<io::Result<_>>()?;
+
+    let access = access::AccessList::load(&settings.access)
+        .map_err(|err| io::Error::new(io::ErrorKind::InvalidInput, err))?;
+
+    let shared = Arc::new(Shared {
+        access,
+        parse_limits,
+        directory,
+        metrics,
+        connections: ConnectionRegistry::new(
+            settings.server.max_connections,
+            settings.server.max_connections_per_ip,
+        ),
+        started_at: Instant::now(),
+        bound: addrs.iter().map(ToString::to_string).collect(),
+        settings,
+    });
+
+    let settings = &shared.settings;
+    let mut server_builder = actix_server::Server::build()
+        .max_concurrent_connections(settings.server.max_connections.max(1))
+        .shutdown_timeout(settings.server.shutdown_timeout_secs)
+        .shutdown_signal(shutdown::signal(shared.clone()));
+    if settings.server.workers > 0 {
+        server_builder = server_builder.workers(settings.server.workers);
+    }
+    // Tells idle keep-alive HTTP connections to close when shutdown starts (as
+    // actix-web's HttpServer does).
+    let graceful = server_builder.graceful_shutdown_signal();
+    for listener in listeners {
+        let addr = listener.local_addr()?;
+        let shared = shared.clone();
+        let graceful = graceful.clone();
+        server_builder =
+            server_builder.listen(format!("p2p-mediastream-{addr}"), listener, move || {
+                listener_service(&shared, addr, graceful.clone())
+            })?;
+    }
+    let server = server_builder.run();
+    housekeeping::spawn(&shared);
+    // Only now, with every handler in place, tell the world (and tests) we listen.
+    for addr in &addrs {
+        info!(
+            "listening on http://{addr} (tracker at ws://{addr}{})",
+            settings.ws.path
+        );
+    }
+    info!(
+        "{} swarm shard(s); announce interval {} s; max {} connections",
+        shared.directory.len(),
+        settings.tracker.announce_interval_secs,
+        settings.server.max_connections
+    );
+    Ok(Running {
+        addrs,
+        handle: server.handle(),
+        server,
+        shared,
+    })
+}
+
+/// One listener's HTTP/1.1 service: actix-web's `App` for plain requests, and the tracker's
+/// upgrade service for WebSocket upgrades (actix-web's `HttpServer` offers no upgrade
+/// hook, so the service is assembled here the way `HttpServer` does it).
+fn listener_service(
+    shared: &Arc<Shared>,
+    addr: SocketAddr,
+    graceful: actix_server::GracefulShutdownSignal,
+) -> impl actix_service::ServiceFactory<
+    actix_web::rt::net::TcpStream,
+    Config = (),
+    Response = (),
+    Error = actix_http::error::DispatchError,
+    InitError = (),
+> {
+    let app_shared = shared.clone();
+    let app = App::new().configure(move |cfg| http::configure(cfg, &app_shared));
+    let settings = &shared.settings.server;
+    actix_http::HttpService::build()
+        .client_request_timeout(Duration::from_secs(settings.client_request_timeout_secs))
+        .client_disconnect_timeout(Duration::from_millis(settings.client_disconnect_timeout_ms))
+        // Signalling is latency-bound small writes: without TCP_NODELAY, Nagle plus
+        // delayed ACKs add up to 40 ms to a relay.
+        .tcp_nodelay(true)
+        .local_addr(addr)
+        .graceful_shutdown_signal(move || {
+            let graceful = graceful.clone();
+            async move { graceful.notified().await }
+        })
+        .upgrade(upgrade::upgrade_service(shared.clone()))
+        .finish(actix_service::map_config(
+            actix_service::IntoServiceFactory::into_factory(app),
+            // Only consulted for requests without a Host header (URL generation and
+            // ConnectionInfo's fallback host).
+            |()| actix_web::dev::AppConfig::default(),
+        ))
+        .tcp()
+}
+
+/// Runs the server until it is stopped; used by the binary.
+pub async fn run(settings: Settings) -> io::Result<()> {
+    let running = start(settings)?;
+    running.server.await?;
+    info!("stopped");
+    Ok(())
+}
