@@ -1,5 +1,5 @@
-"""The SVG line chart writer of the benchmark reports (docs/benchmarks-*.svg from
-scripts/bench_report.py), with its "nice ticks".
+"""The one SVG line chart writer of the benchmark reports (docs/benchmarks-*.svg from
+scripts/bench_report.py, docs/soak.svg from scripts/soak_report.py), with its "nice ticks".
 Python 3.11+, standard library only.
 
 A chart has a linear x axis from 0, a left y axis (linear from 0, or logarithmic), an

@@ -1,8 +1,8 @@
 """What the benchmark orchestrators (scripts/bench-trackers.py, scripts/soak.py) share:
 their children's process groups, the one-shot signal handling, the exit codes, logging, the
 build of the binaries under test and a few probes of the server and of the machine. Python
-3.11+, standard library only. The tracker benchmark's report (scripts/bench_report.py) draws
-with scripts/bench_chart.py.
+3.11+, standard library only. Their reports (scripts/bench_report.py, scripts/soak_report.py)
+draw with scripts/bench_chart.py.
 
 Every child runs in a process group of its own, and the pgids of those still running are
 listed, one a line, in a children file: scripts/run-orchestrator.sh stops what that file
