@@ -37,9 +37,9 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import (LOADTEST_BIN, OURS_BIN, REPO, Children, build_binaries,  # noqa: E402
                           capture, commit, cpu_model, free_port, handle_signals, kernel,
-                          make_log, proc_status, run_main, stats_json, tail)
+                          make_log, proc_status, published_command, run_main, stats_json, tail)
 from bench_report import (CLIENT_CORE, SERVER_CORE, TRACKERS, RunResult, default_dirs,  # noqa: E402
-                          f, load, metrics_of, render)
+                          f, load, metrics_of, render, shown_path)
 
 BENCH = REPO / "target" / "bench"
 RESULTS, _ = default_dirs(quick=False)
@@ -48,6 +48,9 @@ REF_VERSION = "11.2.3"
 AQUATIC_ROOT = BENCH / "aquatic"
 AQUATIC_VERSION = "0.9.0"
 CHILDREN_FILE = BENCH / ".bench-trackers.children"
+# Options that say where things go or what to wait for, not what is measured: left out of
+# the command the report shows (their values are paths of one machine).
+LOCAL_OPTIONS = ("--ci-log", "--doc-dir", "--results-dir")
 
 
 
@@ -102,38 +105,38 @@ def loadavg() -> float:
 
 
 
-def ci_finished(pattern: str) -> tuple[bool, str]:
-    """True when every background CI log matching `pattern` (a glob) ends with a line
-    starting with EXIT (or none exists)."""
-    paths = sorted(glob.glob(pattern))
-    if not paths:
-        return True, f"no {pattern}"
-    texts = []
-    ok = True
-    for path in paths:
-        lines = [l for l in Path(path).read_text(errors="replace").splitlines() if l.strip()]
-        last = lines[-1] if lines else ""
-        if not last.startswith("EXIT"):
-            ok = False
-            texts.append(f"{path} still running (last line {last[:50]!r})")
-    return ok, "; ".join(texts) if texts else f"{', '.join(paths)} all end with EXIT"
+def ci_running(pattern: str) -> list[str]:
+    """The logs matching `pattern` (a glob) whose last non-blank line does not start with
+    EXIT: background CI runs still going."""
+    running = []
+    for path in sorted(glob.glob(pattern)):
+        lines = [line for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+        if not (lines and lines[-1].startswith("EXIT")):
+            running.append(path)
+    return running
 
 
-def wait_quiet(limit: float, timeout: float, ci_log: str) -> dict:
-    """Waits until the 1-min load average is below `limit` and CI has finished."""
+def wait_quiet(limit: float, timeout: float, ci_log: str | None) -> dict:
+    """Waits until the 1-min load average is below `limit` and, with `ci_log`, until every
+    log it matches ends with EXIT. "ci" says so for the report, without naming the logs."""
     start = time.monotonic()
     while True:
-        load = loadavg()
-        ci_ok, ci_text = ci_finished(ci_log)
+        load1 = loadavg()
+        running = ci_running(ci_log) if ci_log else []
         waited = time.monotonic() - start
-        if load < limit and ci_ok:
-            log(f"machine quiet: load {load:.2f}, {ci_text} (waited {waited:.0f} s)")
-            return {"load1": load, "waited_s": round(waited), "ci": ci_text, "quiet": True}
+        ci = (None if not ci_log else f"{len(running)} other CI run(s) still active" if running
+              else "no other CI run was active")
+        state = {"load1": load1, "waited_s": round(waited), "ci": ci}
+        if load1 < limit and not running:
+            log(f"machine quiet: load {load1:.2f}" + (f", {ci}" if ci else "") + f" (waited {waited:.0f} s)")
+            return state | {"quiet": True}
+        busy = f"load {load1:.2f} (< {limit} wanted)" + (f", still running: {', '.join(running)}" if running else "")
         if waited >= timeout:
-            log(f"machine still busy after {timeout:.0f} s (load {load:.2f}, {ci_text}); going on")
-            return {"load1": load, "waited_s": round(waited), "ci": ci_text, "quiet": False}
-        log(f"waiting for a quiet machine: load {load:.2f} (< {limit} wanted), {ci_text}")
+            log(f"machine still busy after {timeout:.0f} s ({busy}); going on")
+            return state | {"quiet": False}
+        log(f"waiting for a quiet machine: {busy}")
         time.sleep(min(20.0, max(1.0, timeout - waited)))
+
 
 
 # ---------------------------------------------------------------- steps
@@ -287,7 +290,7 @@ def install_aquatic(target: Path) -> str:
     crates = sorted(glob.glob(str(cargo_home / "registry" / "cache" / "*" / f"aquatic_ws-{AQUATIC_VERSION}.crate")))
     if not crates:
         raise Unavailable(f"cargo install aquatic_ws --locked failed and the crate file is not in "
-                          f"{cargo_home}/registry/cache; see {log_path}")
+                          f"$CARGO_HOME/registry/cache; see {shown_path(log_path)}")
     src_root = AQUATIC_ROOT / "src"
     shutil.rmtree(src_root, ignore_errors=True)
     src_root.mkdir(parents=True)
@@ -305,7 +308,7 @@ def install_aquatic(target: Path) -> str:
             out.flush()
             res = run(argv, timeout=3600, cwd=src, stdout=out, stderr=subprocess.STDOUT)
             if res.returncode != 0:
-                raise Unavailable(f"`{shlex.join(argv)}` failed; see {log_path}:\n{tail(log_path, 8)}")
+                raise Unavailable(f"`{shlex.join(argv)}` failed; see {shown_path(log_path)}:\n{tail(log_path, 8)}")
     return (f"aquatic_ws {AQUATIC_VERSION} from crates.io, its Cargo.lock with metrics 0.22.3 -> 0.22.4 "
             "(0.22.3 no longer compiles on current rustc, error E0521), then cargo install --locked")
 
@@ -356,7 +359,7 @@ def prepare_aquatic(workdir: Path) -> Tracker:
         binary = Path(override)
         if not os.access(binary, os.X_OK):
             raise BenchError(f"AQUATIC_WS={override} is not an executable file")
-        how = f"AQUATIC_WS={override}"
+        how = f"the binary given in AQUATIC_WS ({shown_path(binary, 'outside the repository')})"
     elif os.access(default, os.X_OK):
         binary = default
         how = f"{default.relative_to(REPO)}, installed earlier by this script"
@@ -616,14 +619,16 @@ examples:
     p.add_argument("--no-idle", action="store_true", help="skip the idle-memory step")
     p.add_argument("--skip-build", action="store_true", help="do not run cargo build (binaries must exist)")
     p.add_argument("--wait-quiet", dest="wait_quiet", action="store_true", default=None,
-                   help="wait for 1-min load < --max-load and the --ci-log logs ending in EXIT (default for full runs)")
+                   help="wait for 1-min load < --max-load (and for --ci-log) first (default for full runs)")
     p.add_argument("--no-wait-quiet", dest="wait_quiet", action="store_false",
                    help="start at once (default for --quick)")
     p.add_argument("--max-load", type=float, default=1.0, help="1-min load average to wait for (default 1.0)")
     p.add_argument("--quiet-timeout", type=float, default=1800,
                    help="seconds to wait for a quiet machine before going on anyway (default 1800)")
-    p.add_argument("--ci-log", default="/tmp/ci-run*.log",
-                   help="glob of background CI logs whose last line must start with EXIT (default /tmp/ci-run*.log)")
+    p.add_argument("--ci-log", default=None, metavar="GLOB",
+                   help="also wait until every log matching GLOB (of CI runs started in the background) "
+                   "ends with a line starting with EXIT (default: no such wait); the report says only "
+                   "whether other CI runs were active, never the logs' names")
     p.add_argument("--doc-dir", default=None, help="where benchmarks.md and the SVGs go "
                    "(default docs/, target/bench/quick/ with --quick)")
     p.add_argument("--results-dir", default=None,
@@ -723,7 +728,8 @@ def machine_state(args: argparse.Namespace) -> str:
     if not args.wait_quiet:
         return f"1-min load average {loadavg():.2f} (no wait for a quiet machine)"
     quiet = wait_quiet(args.max_load, args.quiet_timeout, args.ci_log)
-    return (f"1-min load average {quiet['load1']:.2f} after waiting {quiet['waited_s']} s; {quiet['ci']}"
+    return (f"1-min load average {quiet['load1']:.2f} after waiting {quiet['waited_s']} s"
+            + (f"; {quiet['ci']}" if quiet["ci"] else "")
             + ("" if quiet["quiet"] else " (**still busy when the run started**)"))
 
 
@@ -785,9 +791,9 @@ def main(argv: list[str]) -> int:
     quiet_text = machine_state(args)
     runs = run_all(steps, trackers, args.repeats, workdir)
 
-    command = "scripts/bench-trackers.sh" + ("" if not argv else " " + shlex.join(argv))
+    command = published_command("scripts/bench-trackers.sh", argv, LOCAL_OPTIONS)
     if os.environ.get("AQUATIC_WS"):
-        command = f"AQUATIC_WS={shlex.quote(os.environ['AQUATIC_WS'])} {command}"
+        command = f"AQUATIC_WS=/path/to/aquatic_ws {command}"
     summary = {
         "quick": args.quick,
         "command": command,

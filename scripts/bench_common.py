@@ -1,8 +1,8 @@
 """What the benchmark orchestrators (scripts/bench-trackers.py, scripts/soak.py) share:
 their children's process groups, the one-shot signal handling, the exit codes, logging, the
-build of the binaries under test and a few probes of the server and of the machine. Python
-3.11+, standard library only. Their reports (scripts/bench_report.py, scripts/soak_report.py)
-draw with scripts/bench_chart.py.
+build of the binaries under test, a few probes of the server and of the machine, and the
+command line a report shows. Python 3.11+, standard library only. Their reports
+(scripts/bench_report.py, scripts/soak_report.py) draw with scripts/bench_chart.py.
 
 Every child runs in a process group of its own, and the pgids of those still running are
 listed, one a line, in a children file: scripts/run-orchestrator.sh stops what that file
@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shlex
 import signal
 import socket
 import subprocess
@@ -260,3 +261,23 @@ def cpu_model() -> str:
 
 def kernel() -> str:
     return platform.release()
+
+
+# ---------------------------------------------------------------- reports
+
+def published_command(script: str, argv: list[str], local: tuple[str, ...]) -> str:
+    """The command a report shows to reproduce a run: `script` with `argv`, less the options
+    in `local` and their values (where output goes, what to wait for: paths of one machine).
+    A prefix that argparse took for one of them counts as that option."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if len(name) > 2 and name.startswith("--") and any(o.startswith(name) for o in local):
+            skip = "=" not in arg
+            continue
+        kept.append(arg)
+    return script + ("" if not kept else " " + shlex.join(kept))

@@ -35,6 +35,13 @@ SHORT = {"ours": "ours", "aquatic": "aquatic_ws", "reference": "bittorrent-track
 COLOR = {"ours": "#1f77b4", "aquatic": "#2ca02c", "reference": "#ff7f0e"}
 
 
+def shown_path(path: Path, outside: str = "(a directory outside the repository)") -> str:
+    """A path as a report shows it: relative to the repository, else `outside`; never a
+    path of this machine."""
+    path = path.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else outside
+
+
 # ---------------------------------------------------------------- runs and figures
 
 @dataclass
@@ -174,7 +181,7 @@ def build_aggregates(summary: dict, results: Path) -> dict:
             try:
                 r.report = json.loads(path.read_text())
             except (OSError, ValueError) as err:
-                r.ok, r.error = False, f"cannot read {path}: {err}"
+                r.ok, r.error = False, f"cannot read {path.name}: {err.strerror if isinstance(err, OSError) else err}"
         runs.append(r)
     out: dict = {}
     for step in summary["steps"]:
@@ -597,12 +604,16 @@ def _idle_memory(w, summary: dict) -> None:
 
 
 def _raw_data(w, summary: dict, results: Path) -> None:
+    inside = shown_path(results, "")
+    where = f"`{inside}/`" if inside else "the directory given with `--results-dir`"
+    again = ("scripts/bench-trackers.sh --render-only" + (" --quick" if summary["quick"] else "")
+             + ("" if inside else " --results-dir DIR"))
     w("## Raw data")
     w("")
-    w("Every run's `loadtest --json` report, the server log and the tester's stderr are in "
-      f"`{results.relative_to(REPO) if results.is_relative_to(REPO) else results}/` (`STEP-TRACKER-rN.json`, `.server.log`, `.loadtest.log`), with "
+    w(f"Every run's `loadtest --json` report, the server log and the tester's stderr are in {where} "
+      "(`STEP-TRACKER-rN.json`, `.server.log`, `.loadtest.log`), with "
       "`summary.json` listing the runs this page was made from; "
-      f"`scripts/bench-trackers.sh --render-only{' --quick' if summary['quick'] else ''}` remakes this page from them.")
+      f"`{again}` remakes this page from them.")
     w("")
 
 

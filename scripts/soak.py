@@ -31,7 +31,7 @@ sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import (LOADTEST_BIN, OURS_BIN, REPO, Children, build_binaries,  # noqa: E402
                           commit, cpu_model, free_port, handle_signals, kernel, make_log,
-                          proc_status, run_main, stats_json, tail)
+                          proc_status, published_command, run_main, stats_json, tail)
 from soak_report import OUT, SAMPLE_EVERY, default_doc_dir, load, render  # noqa: E402
 
 CHILDREN_FILE = OUT / ".soak.children"
@@ -273,7 +273,7 @@ def log_check() -> tuple[tuple, list[str], list[str]]:
 def service_check(report: dict | None) -> tuple:
     """Offers and answers delivered, few errors and no misrouting, by the load tester's report."""
     if not report:
-        return ("loadtest report", False, f"no JSON report; see {LOADTEST_LOG}")
+        return ("loadtest report", False, f"no JSON report; see {LOADTEST_LOG.relative_to(REPO)}")
     t = report["traffic"]
     e = report["errors"]
     od = t.get("offer_delivery_ratio") or 0
@@ -324,7 +324,7 @@ def main(argv: list[str]) -> int:
 
     described, dirty = commit()
     summary = {"started": started.isoformat(), "started_text": started.strftime("%Y-%m-%d %H:%M"),
-               "minutes": a.minutes, "command": "scripts/soak.sh" + ("" if not argv else " " + shlex.join(argv)),
+               "minutes": a.minutes, "command": published_command("scripts/soak.sh", argv, ("--doc-dir",)),
                "settings": {k: getattr(a, k) for k in ("connections", "swarms", "rate", "churn_per_sec",
                                                        "warmup", "duration", "no_pin")},
                "machine": {"nproc": os.cpu_count(), "cpu": cpu_model(), "kernel": kernel()},
