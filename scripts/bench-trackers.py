@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import (LOADTEST_BIN, OURS_BIN, REPO, Children, build_binaries,  # noqa: E402
                           capture, commit, cpu_model, free_port, handle_signals, kernel,
                           make_log, proc_status, published_command, run_main, stats_json, tail)
-from bench_report import (CLIENT_CORE, SERVER_CORE, TRACKERS, RunResult, default_dirs,  # noqa: E402
+from bench_report import (CLIENT_CORE, SERVER_CORE, SHORT, TRACKERS, RunResult, default_dirs,  # noqa: E402
                           f, load, metrics_of, render, shown_path)
 
 BENCH = REPO / "target" / "bench"
@@ -714,7 +714,7 @@ def prepare_trackers(args: argparse.Namespace, workdir: Path) -> tuple[dict[str,
             trackers[name] = prepare()
         except Unavailable as err:
             unavailable[name] = str(err)
-            log(f"{name} not available: {err}")
+            log(f"{SHORT[name]} not available: {err}")
     if not trackers:
         raise BenchError("no tracker could be prepared: " + "; ".join(f"{k}: {v}" for k, v in unavailable.items()))
     for name, t in trackers.items():
