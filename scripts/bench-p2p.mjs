@@ -125,7 +125,8 @@ function renderMarkdown(results, svgName) {
   const settings = done[0]?.settings ?? {};
   const binPath = path.resolve(process.env.P2P_MEDIASTREAM_BIN || path.join(REPO, "target/debug/p2p-mediastream"));
   const bin = process.env.PAGE_URL ? `the server at ${process.env.PAGE_URL}`
-    : `\`${binPath.startsWith(`${REPO}/`) ? path.relative(REPO, binPath) : binPath}\``;
+    : binPath.startsWith(`${REPO}/`) ? `\`${path.relative(REPO, binPath)}\``
+    : "the `p2p-mediastream` binary given in `P2P_MEDIASTREAM_BIN` (outside the repository)";
   const commit = commandVersion("git", ["-C", REPO, "rev-parse", "--short", "HEAD"], /\w+/);
   const cpu = os.cpus();
   const pct = (x) => `${x.toFixed(1)} %`;

@@ -1,6 +1,8 @@
 """What the benchmark orchestrators (scripts/bench-trackers.py, scripts/soak.py) share:
-their children's process groups, the one-shot signal handling, the exit codes, logging and a
-few probes of the server under test. Python 3.11+, standard library only.
+their children's process groups, the one-shot signal handling, the exit codes, logging, the
+build of the binaries under test, a few probes of the server and of the machine, and the
+command line a report shows. Python 3.11+, standard library only. Their reports
+(scripts/bench_report.py, scripts/soak_report.py) draw with scripts/bench_chart.py.
 
 Every child runs in a process group of its own, and the pgids of those still running are
 listed, one a line, in a children file: scripts/run-orchestrator.sh stops what that file
@@ -13,6 +15,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import platform
+import shlex
 import signal
 import socket
 import subprocess
@@ -23,6 +27,9 @@ from pathlib import Path
 from typing import Callable, NoReturn
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+REPO = Path(__file__).resolve().parent.parent
+OURS_BIN = REPO / "target" / "release" / "p2p-mediastream"
+LOADTEST_BIN = REPO / "target" / "release" / "loadtest"
 
 
 class Interrupted(Exception):
@@ -201,3 +208,76 @@ def tail(path: Path, lines: int) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+# ---------------------------------------------------------------- the binaries and the machine
+
+def build_binaries(children: Children, skip_build: bool, error: type[Exception]) -> None:
+    """cargo build --release of the server and the load tester (unless `skip_build`), in the
+    foreground for at most an hour; raises `error` when they are not there after."""
+    if not skip_build:
+        children.log("building: cargo build --release --bin p2p-mediastream --bin loadtest")
+        build = children.spawn(["cargo", "build", "--release", "--bin", "p2p-mediastream", "--bin", "loadtest"],
+                               "cargo", cwd=REPO)
+        try:
+            build.wait(timeout=3600)
+        except subprocess.TimeoutExpired:
+            children.stop(build, grace=5)
+            raise error("cargo build took more than an hour") from None
+        children.forget(build)
+        if build.returncode != 0:
+            raise error("cargo build --release failed (see the output above)")
+    for binary in (OURS_BIN, LOADTEST_BIN):
+        if not os.access(binary, os.X_OK):
+            raise error(f"{binary} is missing; run without --skip-build")
+
+
+def capture(argv: list[str], timeout: float = 30) -> str:
+    """A short command's output (stdout, else stderr), or why there is none."""
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        return (out.stdout or out.stderr).strip()
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"unknown ({err})"
+
+
+def commit() -> tuple[str, str]:
+    """The repository's commit (git describe), and "" or which files of the build differ
+    from it ("uncommitted changes in src/x.rs, ...")."""
+    described = capture(["git", "-C", str(REPO), "describe", "--always"])
+    dirty = capture(["git", "-C", str(REPO), "diff", "--name-only", "HEAD", "--", "src", "Cargo.toml", "Cargo.lock"])
+    return described, f"uncommitted changes in {', '.join(dirty.split())}" if dirty else ""
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def kernel() -> str:
+    return platform.release()
+
+
+# ---------------------------------------------------------------- reports
+
+def published_command(script: str, argv: list[str], local: tuple[str, ...]) -> str:
+    """The command a report shows to reproduce a run: `script` with `argv`, less the options
+    in `local` and their values (where output goes, what to wait for: paths of one machine).
+    A prefix that argparse took for one of them counts as that option."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if len(name) > 2 and name.startswith("--") and any(o.startswith(name) for o in local):
+            skip = "=" not in arg
+            continue
+        kept.append(arg)
+    return script + ("" if not kept else " " + shlex.join(kept))

@@ -23,7 +23,12 @@ import { chromium } from "playwright-core";
 
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 
-/** From /work/shared/e2e.md: headless Chromium as root, WebRTC on plain 127.0.0.1 candidates. */
+/**
+ * Headless Chromium as root (hence --no-sandbox) without GPU, QUIC or background traffic to
+ * outside hosts, and WebRTC with plain 127.0.0.1 host candidates: Chromium otherwise hides
+ * local addresses behind mDNS names (WebRtcHideLocalIpsWithMdns), which the peers would have
+ * to resolve over multicast DNS before they could connect.
+ */
 const CHROMIUM_ARGS = [
   "--no-sandbox",
   "--disable-gpu",

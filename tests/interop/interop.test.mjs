@@ -9,8 +9,9 @@
 //                        relative to this file); it is started on 127.0.0.1 with an OS-chosen port
 //   TRACKER_URL          ws://host:port/announce of an already running tracker (nothing is spawned)
 //   EXPECT_INTERVAL      announce interval the tracker must report (default 120)
-//   INTEROP_REFERENCE=1  the tracker is bittorrent-tracker's own server: its known deviations
-//                        from protocol.md (bare `failure reason`) are reported as TODO, not failures
+//   INTEROP_REFERENCE=1  the tracker is bittorrent-tracker's own server: where it differs from
+//                        ours (a bare `failure reason` without `action` for invalid input) the
+//                        cases are reported as TODO, not failures
 //   INTEROP_STEP_TIMEOUT_MS  bound on every single wait (default 15000; WebRTC connect gets 2x)
 //   INTEROP_SERVER_START_TIMEOUT_MS  bound on the server's "listening on" line (default 30000)
 
@@ -542,7 +543,7 @@ test('d2. when a client closes its socket without stopping, the others see the c
 // ---------------------------------------------------------------------------------------------
 // e. failures carry `action` and do not cost the socket
 
-const REF_TODO = REFERENCE && 'bittorrent-tracker answers invalid input with a bare {"failure reason"} (no action), see trackers.md 5.8'
+const REF_TODO = REFERENCE && 'bittorrent-tracker answers invalid input with a bare {"failure reason"} (no action)'
 
 test('e. malformed announces get a failure reason with action "announce", and the socket stays usable', { timeout: 10 * STEP_MS }, withDiagnostics(async t => {
   const ih = asciiId('interop-e-')

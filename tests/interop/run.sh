@@ -3,7 +3,7 @@
 # against the p2p-mediastream tracker. Works from any cwd; exits non-zero on any failure.
 #
 #   tests/interop/run.sh                                   # spawns ../../target/debug/p2p-mediastream
-#   P2P_MEDIASTREAM_BIN=/work/bin/p2p-mediastream tests/interop/run.sh
+#   P2P_MEDIASTREAM_BIN=/path/to/p2p-mediastream tests/interop/run.sh
 #   TRACKER_URL=ws://127.0.0.1:8000/announce tests/interop/run.sh   # an already running tracker
 #
 # INTEROP_TIMEOUT (s, default 300) bounds the whole run. INTEROP_NETNS=0 disables the private
