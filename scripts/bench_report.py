@@ -592,7 +592,7 @@ def _idle_memory(w, summary: dict) -> None:
       "read or write buffer for an idle connection: at the upgrade it takes the socket out of "
       "actix-http's HTTP/1 dispatcher (which would otherwise keep an 8 KiB read and an 8 KiB "
       "write buffer per connection for its whole life), reads through one scratch buffer per "
-      "thread and keeps only bytes the kernel has not taken yet (src/http/ws_io.rs). What is "
+      "thread and keeps only bytes the kernel has not taken yet (src/connection/io.rs). What is "
       "left, by heaptrack at 2000 idle connections (`heaptrack_print --print-peaks`): the "
       "session's task with its actor and WebsocketContext (~700 B), tokio's I/O registration "
       "(256 B, cache-line aligned), the context's output queue that actix-web-actors keeps "

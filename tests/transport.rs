@@ -1,4 +1,4 @@
-//! The tracker's WebSocket transport on the raw socket (src/http/ws.rs, ws_io.rs): what
+//! The tracker's WebSocket transport on the raw socket (src/connection/upgrade.rs, io.rs): what
 //! the HTTP layer hands over at the upgrade, how frames are cut out of the byte stream,
 //! and how connections end. Raw frames over TCP, so that the byte boundaries are ours.
 
