@@ -80,6 +80,7 @@ pub fn start(settings: Settings) -> io::Result<Running> {
         connections: ConnectionRegistry::new(
             settings.server.max_connections,
             settings.server.max_connections_per_ip,
+            0,
         ),
         started_at: Instant::now(),
         bound: addrs.iter().map(ToString::to_string).collect(),

@@ -15,6 +15,8 @@ use p2p_mediastream::{
     },
     swarm::state::{Reject, SwarmLimits, SwarmState},
 };
+
+type ConnId = p2p_mediastream::connection::ConnId;
 use proptest::prelude::*;
 use rand::{rngs::SmallRng, SeedableRng};
 use serde_json::Value;
@@ -284,7 +286,7 @@ fn message_shaped() -> impl Strategy<Value = Value> {
 #[derive(Debug, Clone)]
 enum Op {
     Announce {
-        conn: u64,
+        conn: ConnId,
         peer: u8,
         event: u8,
         left: Option<bool>,
@@ -292,7 +294,7 @@ enum Op {
         numwant: Option<u8>,
     },
     Leave {
-        conn: u64,
+        conn: ConnId,
         peers: Vec<u8>,
     },
     Advance {
@@ -303,12 +305,12 @@ enum Op {
     /// connection or to a forged peer.
     AnswerPending {
         pick: usize,
-        wrong_conn: Option<u64>,
+        wrong_conn: Option<ConnId>,
         forged_to: Option<u8>,
     },
     /// An answer made up from scratch.
     AnswerRandom {
-        conn: u64,
+        conn: ConnId,
         from: u8,
         to: u8,
         offer: u8,
@@ -318,7 +320,7 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         5 => (
-            1u64..5,
+            1u128..5,
             0u8..8,
             0u8..5,
             proptest::option::of(any::<bool>()),
@@ -333,13 +335,13 @@ fn op() -> impl Strategy<Value = Op> {
                 offers,
                 numwant,
             }),
-        1 => (1u64..5, proptest::collection::vec(0u8..8, 0..4))
+        1 => (1u128..5, proptest::collection::vec(0u8..8, 0..4))
             .prop_map(|(conn, peers)| Op::Leave { conn, peers }),
         1 => (0u64..130).prop_map(|secs| Op::Advance { secs }),
         1 => Just(Op::Sweep),
         3 => (
             any::<usize>(),
-            proptest::option::of(1u64..5),
+            proptest::option::of(1u128..5),
             proptest::option::of(0u8..8),
         )
             .prop_map(|(pick, wrong_conn, forged_to)| Op::AnswerPending {
@@ -347,7 +349,7 @@ fn op() -> impl Strategy<Value = Op> {
                 wrong_conn,
                 forged_to,
             }),
-        1 => (1u64..5, 0u8..8, 0u8..8, 0u8..12)
+        1 => (1u128..5, 0u8..8, 0u8..8, 0u8..12)
             .prop_map(|(conn, from, to, offer)| Op::AnswerRandom { conn, from, to, offer }),
     ]
 }
@@ -377,7 +379,7 @@ const LIMITS: SwarmLimits = SwarmLimits {
 
 #[derive(Debug, Clone, Copy)]
 struct ModelPeer {
-    conn: u64,
+    conn: ConnId,
     seeder: bool,
     last: Instant,
 }
@@ -385,7 +387,7 @@ struct ModelPeer {
 #[derive(Debug, Clone, Copy)]
 struct ModelOffer {
     offerer: PeerId,
-    answerer_conn: u64,
+    answerer_conn: ConnId,
     expires: Instant,
 }
 
@@ -403,7 +405,7 @@ impl Model {
 }
 
 fn run(ops: &[Op], seed: u64) -> Result<(), TestCaseError> {
-    let mut state: SwarmState<u64> = SwarmState::new(HASH, LIMITS);
+    let mut state: SwarmState<ConnId> = SwarmState::new(HASH, LIMITS);
     let mut model = Model::default();
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut now = Instant::now();
@@ -611,10 +613,10 @@ fn run(ops: &[Op], seed: u64) -> Result<(), TestCaseError> {
 
 #[allow(clippy::too_many_arguments)]
 fn check_answer(
-    state: &mut SwarmState<u64>,
+    state: &mut SwarmState<ConnId>,
     model: &mut Model,
     now: Instant,
-    conn: u64,
+    conn: ConnId,
     from: PeerId,
     to: PeerId,
     offer_id: OfferId,

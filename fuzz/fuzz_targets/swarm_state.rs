@@ -45,7 +45,7 @@ fuzz_target!(|input: (u64, Vec<Op>)| {
         offer_ttl: Duration::from_secs(60),
         max_pending_offers: 32,
     };
-    let mut state: SwarmState<u64> = SwarmState::new(InfoHash([1; 20]), limits);
+    let mut state: SwarmState<u128> = SwarmState::new(InfoHash([1; 20]), limits);
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut now = Instant::now();
     // offer_id -> (offerer, connection it was relayed to, expiry)
@@ -54,7 +54,7 @@ fuzz_target!(|input: (u64, Vec<Op>)| {
     for op in ops.into_iter().take(256) {
         match op {
             Op::Announce { conn, peer: n, event, left, offers, numwant } => {
-                let conn = u64::from(conn % 6);
+                let conn = u128::from(conn % 6);
                 let event = match event % 4 {
                     0 => AnnounceEvent::Started,
                     1 => AnnounceEvent::Update,
@@ -89,7 +89,7 @@ fuzz_target!(|input: (u64, Vec<Op>)| {
                 }
             }
             Op::Answer { conn, peer: n, to, offer } => {
-                let conn = u64::from(conn % 6);
+                let conn = u128::from(conn % 6);
                 let request = AnswerRequest {
                     info_hash: InfoHash([1; 20]),
                     peer_id: peer(n),
@@ -108,7 +108,7 @@ fuzz_target!(|input: (u64, Vec<Op>)| {
                 }
             }
             Op::Leave { conn, peer: n } => {
-                state.leave(u64::from(conn % 6), &[peer(n)]);
+                state.leave(u128::from(conn % 6), &[peer(n)]);
             }
             Op::Advance { secs } => now += Duration::from_secs(u64::from(secs)),
             Op::Sweep => {

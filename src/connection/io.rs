@@ -210,7 +210,7 @@ pub fn run_session<S, E>(
     io: Rc<TcpStream>,
     output: S,
     linger: Duration,
-    conn: u64,
+    conn: super::ConnId,
 ) -> impl std::future::Future<Output = ()>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,

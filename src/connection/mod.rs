@@ -20,7 +20,22 @@ pub mod requests;
 pub mod session;
 pub mod upgrade;
 
-/// Identifies one WebSocket connection for the lifetime of the process. Swarms record it
+/// Identifies one WebSocket connection, never reused: the high 64 bits name the instance
+/// holding the socket (0 for a process that is not part of a cluster; random per process
+/// start otherwise), the low 64 bits count that instance's connections. Swarms record it
 /// with each peer: only the connection that registered a peer_id may stop it, and only the
-/// connection an offer was relayed to may answer it.
-pub type ConnId = u64;
+/// connection an offer was relayed to may answer it, wherever that connection is.
+pub type ConnId = u128;
+
+/// Names one process of a cluster for as long as it runs.
+pub type InstanceId = u64;
+
+/// The id of the `local`-th connection of `instance`.
+pub fn conn_id(instance: InstanceId, local: u64) -> ConnId {
+    (u128::from(instance) << 64) | u128::from(local)
+}
+
+/// The instance holding the socket of `conn`.
+pub fn instance_of(conn: ConnId) -> InstanceId {
+    (conn >> 64) as InstanceId
+}

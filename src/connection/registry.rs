@@ -16,7 +16,7 @@ use std::{
 use actix::{Recipient, WeakRecipient};
 use log::warn;
 
-use super::{session::CloseSession, ConnId};
+use super::{conn_id, session::CloseSession, ConnId, InstanceId};
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,16 +74,19 @@ struct Inner {
 pub struct ConnectionRegistry {
     inner: Mutex<Inner>,
     next_id: AtomicU64,
+    instance: InstanceId,
     max_total: usize,
     max_per_ip: usize,
     epoch: Instant,
 }
 
 impl ConnectionRegistry {
-    pub fn new(max_total: usize, max_per_ip: usize) -> Self {
+    /// `instance` goes into every connection id (see `ConnId`).
+    pub fn new(max_total: usize, max_per_ip: usize, instance: InstanceId) -> Self {
         Self {
             inner: Mutex::new(Inner::default()),
             next_id: AtomicU64::new(1),
+            instance,
             max_total,
             max_per_ip,
             epoch: Instant::now(),
@@ -122,7 +125,10 @@ impl ConnectionRegistry {
             *from_ip += 1;
         }
         inner.total += 1;
-        Ok(self.next_id.fetch_add(1, Ordering::Relaxed))
+        Ok(conn_id(
+            self.instance,
+            self.next_id.fetch_add(1, Ordering::Relaxed),
+        ))
     }
 
     /// Lists a started session so shutdown can close it and the watchdog can see it.
@@ -237,7 +243,7 @@ mod tests {
 
     #[test]
     fn caps_are_enforced_and_released() {
-        let registry = ConnectionRegistry::new(3, 2);
+        let registry = ConnectionRegistry::new(3, 2, 0);
         let a: IpAddr = "192.0.2.1".parse().expect("ip");
         let b: IpAddr = "192.0.2.2".parse().expect("ip");
         let first = registry.admit(Some(a)).expect("first");
@@ -251,10 +257,12 @@ mod tests {
     }
 
     #[test]
-    fn ids_are_unique() {
-        let registry = ConnectionRegistry::new(10, 0);
+    fn ids_are_unique_and_carry_the_instance() {
+        let registry = ConnectionRegistry::new(10, 0, 7);
         let one = registry.admit(None).expect("one");
         let two = registry.admit(None).expect("two");
         assert_ne!(one, two);
+        assert_eq!(super::super::instance_of(one), 7);
+        assert_eq!(super::super::instance_of(two), 7);
     }
 }

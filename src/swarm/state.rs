@@ -543,7 +543,7 @@ mod tests {
     }
 
     struct Fixture {
-        state: SwarmState<u64>,
+        state: SwarmState<ConnId>,
         rng: SmallRng,
         now: Instant,
     }
@@ -562,7 +562,7 @@ mod tests {
         fn with_peers(limits: SwarmLimits, count: u8) -> Self {
             let mut swarm = Self::new(limits);
             for n in 1..=count {
-                swarm.join(u64::from(n), peer(n));
+                swarm.join(ConnId::from(n), peer(n));
             }
             swarm
         }
@@ -865,7 +865,7 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(42);
         for step in 0..5_000u32 {
             let n: u8 = rng.random_range(1..40);
-            let conn = u64::from(rng.random_range(1u8..10));
+            let conn = ConnId::from(rng.random_range(1u8..10));
             let event = match rng.random_range(0..5) {
                 0 => AnnounceEvent::Started,
                 1 => AnnounceEvent::Completed,
