@@ -39,6 +39,7 @@ pub fn start(settings: Settings) -> io::Result<Running> {
         settings.shard_count(),
         SwarmConfig::from(&settings),
         metrics.clone(),
+        None,
     );
     let parse_limits = ParseLimits::from(&settings.tracker);
 
@@ -74,6 +75,7 @@ pub fn start(settings: Settings) -> io::Result<Running> {
 
     let shared = Arc::new(Shared {
         access,
+        cluster: None,
         parse_limits,
         directory,
         metrics,

@@ -4,8 +4,12 @@
 use std::{sync::Arc, time::Instant};
 
 use crate::{
-    access::AccessList, config::Settings, connection::registry::ConnectionRegistry,
-    metrics::Metrics, protocol::ParseLimits, swarm::shard::SwarmDirectory,
+    access::AccessList,
+    config::Settings,
+    connection::{registry::ConnectionRegistry, requests::RemoteSwarms},
+    metrics::Metrics,
+    protocol::ParseLimits,
+    swarm::shard::SwarmDirectory,
 };
 
 pub struct Shared {
@@ -15,6 +19,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub connections: ConnectionRegistry,
     pub access: AccessList,
+    /// The swarms of other instances; `None` unless `[cluster]` is configured.
+    pub cluster: Option<Arc<dyn RemoteSwarms>>,
     pub started_at: Instant,
     /// The addresses actually bound (port 0 resolved), for /stats.json.
     pub bound: Vec<String>,

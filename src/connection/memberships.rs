@@ -6,19 +6,17 @@
 //! tens of thousands of idle sockets. Its length is bounded by
 //! `ws.max_swarms_per_connection`, so a scan stays cheap.
 
-use crate::{
-    protocol::{InfoHash, PeerId},
-    swarm::messages::SwarmRef,
-};
+use super::requests::SwarmHandle;
+use crate::protocol::{InfoHash, PeerId};
 
-/// One swarm joined: how to reach it (`S`: a `SwarmRef`, or anything in unit tests) and
+/// One swarm joined: how to reach it (`S`: a `SwarmHandle`, or anything in unit tests) and
 /// this connection's peer_ids in it.
-pub struct Joined<S = SwarmRef> {
+pub struct Joined<S = SwarmHandle> {
     pub swarm: S,
     pub peer_ids: Vec<PeerId>,
 }
 
-pub struct Memberships<S = SwarmRef>(Vec<(InfoHash, Joined<S>)>);
+pub struct Memberships<S = SwarmHandle>(Vec<(InfoHash, Joined<S>)>);
 
 impl<S> Default for Memberships<S> {
     fn default() -> Self {
@@ -73,6 +71,11 @@ impl<S> Memberships<S> {
         if peer_ids.is_empty() {
             self.0.swap_remove(index);
         }
+    }
+
+    /// Every membership.
+    pub fn iter(&self) -> impl Iterator<Item = (&InfoHash, &Joined<S>)> + '_ {
+        self.0.iter().map(|(info_hash, joined)| (info_hash, joined))
     }
 
     /// Empties the set, handing over every membership.

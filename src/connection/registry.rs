@@ -13,10 +13,18 @@ use std::{
     time::Instant,
 };
 
-use actix::{Recipient, WeakRecipient};
+use actix::{dev::SendError, Addr, WeakAddr};
 use log::warn;
 
-use super::{conn_id, session::CloseSession, ConnId, InstanceId};
+use super::{
+    conn_id,
+    session::{CloseSession, OwnersChanged, PeerSession},
+    ConnId, InstanceId,
+};
+use crate::{
+    protocol::OutMessage,
+    swarm::{messages::Deliver, route::Undelivered},
+};
 
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,9 +64,9 @@ impl Progress {
 }
 
 struct SessionEntry {
-    /// Weak: a strong address costs two more allocations per connection, and shutdown is
-    /// the only use.
-    close: WeakRecipient<CloseSession>,
+    /// Weak: a strong address would keep the session's mailbox alive after it stopped;
+    /// shutdown, the cluster's deliveries and its re-joins are the only uses.
+    session: WeakAddr<PeerSession>,
     progress: Arc<Progress>,
     socket: ConnSocket,
 }
@@ -135,7 +143,7 @@ impl ConnectionRegistry {
     pub fn register(
         &self,
         conn: ConnId,
-        close: Recipient<CloseSession>,
+        session: &Addr<PeerSession>,
         progress: Arc<Progress>,
         socket: ConnSocket,
     ) {
@@ -143,7 +151,7 @@ impl ConnectionRegistry {
         self.lock().sessions.insert(
             conn,
             SessionEntry {
-                close: close.downgrade(),
+                session: session.downgrade(),
                 progress,
                 socket,
             },
@@ -197,20 +205,49 @@ impl ConnectionRegistry {
 
     /// Refuses new connections and asks every session to close with `message`.
     pub fn close_all(&self, message: CloseSession) -> usize {
-        let sessions: Vec<Recipient<CloseSession>> = {
+        let sessions = {
             let mut inner = self.lock();
             inner.shutting_down = true;
-            inner
-                .sessions
-                .values()
-                .filter_map(|entry| entry.close.upgrade())
-                .collect()
+            Self::live_sessions(&inner)
         };
         for session in &sessions {
             // do_send: shutdown must reach sessions even when their mailbox is full.
             session.do_send(message.clone());
         }
         sessions.len()
+    }
+
+    /// Queues a relay for the session of `conn` (the cluster's deliveries from swarms on
+    /// other instances); never waits.
+    pub fn deliver(&self, conn: ConnId, message: OutMessage) -> Result<(), Undelivered> {
+        let session = self
+            .lock()
+            .sessions
+            .get(&conn)
+            .and_then(|entry| entry.session.upgrade())
+            .ok_or(Undelivered::Closed)?;
+        session.try_send(Deliver(message)).map_err(|err| match err {
+            SendError::Full(_) => Undelivered::Full,
+            SendError::Closed(_) => Undelivered::Closed,
+        })
+    }
+
+    /// Tells every session that swarm owners changed (the cluster's view did), so that each
+    /// re-joins the swarms that moved. Returns how many were told.
+    pub fn owners_changed(&self) -> usize {
+        let sessions = Self::live_sessions(&self.lock());
+        for session in &sessions {
+            session.do_send(OwnersChanged);
+        }
+        sessions.len()
+    }
+
+    fn live_sessions(inner: &Inner) -> Vec<Addr<PeerSession>> {
+        inner
+            .sessions
+            .values()
+            .filter_map(|entry| entry.session.upgrade())
+            .collect()
     }
 }
 

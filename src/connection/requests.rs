@@ -2,20 +2,88 @@
 //! swarm of an info_hash (and a fresh one when the one found has just closed), announce to
 //! it, and fan a scrape out over the shards. No session state in here: the session decides
 //! what to ask, these know how to ask it.
+//!
+//! In a cluster a swarm may be owned by another instance: `RemoteSwarms` is the port the
+//! cluster implements for those, and `SwarmHandle` says where a joined swarm lives. Outside
+//! a cluster `Shared::cluster` is `None` and nothing here touches it.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use actix::prelude::*;
+use futures_util::future::BoxFuture;
 
 use crate::{
-    connection::ConnId,
-    protocol::{AnnounceRequest, InfoHash, ScrapeRequest, SwarmCounts},
+    connection::{ConnId, InstanceId},
+    protocol::{AnnounceRequest, AnswerRequest, InfoHash, PeerId, ScrapeRequest, SwarmCounts},
     shared::Shared,
     swarm::{
         messages::{Announce, AnnounceReply, Deliver, GetSwarm, ScrapeShard, SwarmError, SwarmRef},
+        route::PeerRoute,
         state::Reject,
     },
 };
+
+/// Where a swarm a connection joined lives.
+#[derive(Clone)]
+pub enum SwarmHandle {
+    /// On a shard of this process.
+    Local(SwarmRef),
+    /// Owned by another instance of the cluster.
+    Remote(InstanceId),
+}
+
+impl SwarmHandle {
+    /// The instance holding the swarm; `None` for this one.
+    pub fn owner(&self) -> Option<InstanceId> {
+        match self {
+            SwarmHandle::Local(_) => None,
+            SwarmHandle::Remote(owner) => Some(*owner),
+        }
+    }
+}
+
+/// The swarms owned by other instances, as the cluster offers them to sessions. Nothing
+/// here waits for the bus: requests are queued (a full queue is a `Failure`), replies come
+/// back as futures with a deadline.
+pub trait RemoteSwarms: Send + Sync {
+    /// The instance that owns the swarm of `info_hash`, or `None` if this one does.
+    fn owner(&self, info_hash: &InfoHash) -> Option<InstanceId>;
+
+    /// Announces to the swarm on `owner` for connection `conn` of this instance.
+    fn announce(
+        &self,
+        owner: InstanceId,
+        conn: ConnId,
+        request: AnnounceRequest,
+    ) -> BoxFuture<'static, Result<AnnounceReply, Failure>>;
+
+    /// Sends an answer to the swarm on `owner`; its relay or failure comes back as a
+    /// delivery to `conn`.
+    fn answer(
+        &self,
+        owner: InstanceId,
+        conn: ConnId,
+        request: AnswerRequest,
+    ) -> Result<(), Failure>;
+
+    /// Connection `conn` closed: its `peer_ids` leave the swarm on `owner`.
+    fn leave(&self, owner: InstanceId, conn: ConnId, info_hash: InfoHash, peer_ids: Vec<PeerId>);
+
+    /// Counts of swarms owned by `owner` (zeros for those it does not have).
+    fn scrape(
+        &self,
+        owner: InstanceId,
+        info_hashes: Vec<InfoHash>,
+    ) -> BoxFuture<'static, Result<Vec<(InfoHash, SwarmCounts)>, Failure>>;
+}
+
+/// The instance owning the swarm of `info_hash` if it is not this one.
+pub fn remote_owner(shared: &Shared, info_hash: &InfoHash) -> Option<InstanceId> {
+    shared
+        .cluster
+        .as_ref()
+        .and_then(|cluster| cluster.owner(info_hash))
+}
 
 /// A swarm request is retried this often when the swarm it reached had just emptied and
 /// closed (a race that needs a peer to join at the moment the last one leaves).
@@ -46,14 +114,41 @@ impl From<Reject> for Failure {
     }
 }
 
-/// Announces to the swarm of `request.info_hash`: through `cached` if the connection
-/// already joined it, else through the swarm its shard hands out. Returns the swarm that
-/// took the announce, for the connection to keep.
+/// Announces to the swarm of `request.info_hash` wherever it is owned: on this instance
+/// through `cached` if the connection already joined it there, else through the swarm its
+/// shard hands out; on another instance through the cluster. Returns where the swarm that
+/// took the announce lives, for the connection to keep.
 pub async fn announce(
     shared: Arc<Shared>,
-    cached: Option<SwarmRef>,
+    cached: Option<SwarmHandle>,
     conn: ConnId,
     deliver: Recipient<Deliver>,
+    request: AnnounceRequest,
+) -> Result<(SwarmHandle, AnnounceReply), Failure> {
+    let info_hash = request.info_hash;
+    if let Some(owner) = remote_owner(&shared, &info_hash) {
+        let cluster = shared.cluster.as_ref().ok_or_else(Failure::unavailable)?;
+        let reply = cluster.announce(owner, conn, request).await?;
+        return Ok((SwarmHandle::Remote(owner), reply));
+    }
+    // A swarm cached as remote is owned here now: ask the shard for it.
+    let cached = match cached {
+        Some(SwarmHandle::Local(swarm)) => Some(swarm),
+        _ => None,
+    };
+    let route = PeerRoute::Local(deliver);
+    let (swarm, reply) = announce_on_shard(&shared, cached, conn, route, request).await?;
+    Ok((SwarmHandle::Local(swarm), reply))
+}
+
+/// Announces to the swarm of `request.info_hash` on this instance's shard, for connection
+/// `conn` reached through `route` (a session of this instance, or of another one when the
+/// cluster announces here on its behalf).
+pub async fn announce_on_shard(
+    shared: &Shared,
+    cached: Option<SwarmRef>,
+    conn: ConnId,
+    route: PeerRoute,
     request: AnnounceRequest,
 ) -> Result<(SwarmRef, AnnounceReply), Failure> {
     let info_hash = request.info_hash;
@@ -61,12 +156,12 @@ pub async fn announce(
     let request = Arc::new(request);
     let mut swarm = match cached {
         Some(swarm) => swarm,
-        None => get_swarm(&shared, info_hash, None).await?,
+        None => get_swarm(shared, info_hash, None).await?,
     };
     for attempt in 1..=SWARM_ATTEMPTS {
         let message = Announce {
             conn,
-            deliver: deliver.clone(),
+            route: route.clone(),
             request: request.clone(),
         };
         match swarm.addr.send(message).await {
@@ -75,7 +170,7 @@ pub async fn announce(
             // After the last attempt, asking for a fresh swarm would only leave an empty
             // one behind.
             Ok(Err(SwarmError::Closed)) | Err(MailboxError::Closed) if attempt < SWARM_ATTEMPTS => {
-                swarm = get_swarm(&shared, info_hash, Some(swarm.generation)).await?;
+                swarm = get_swarm(shared, info_hash, Some(swarm.generation)).await?;
             }
             Ok(Err(SwarmError::Closed)) | Err(MailboxError::Closed) => break,
             Err(MailboxError::Timeout) => return Err(Failure::unavailable()),
@@ -99,6 +194,16 @@ async fn get_swarm(
 
 /// The counts of one swarm (zeros if there is none), without creating it.
 pub async fn counts(shared: Arc<Shared>, info_hash: InfoHash) -> SwarmCounts {
+    if let Some(owner) = remote_owner(&shared, &info_hash) {
+        let Some(cluster) = shared.cluster.as_ref() else {
+            return SwarmCounts::default();
+        };
+        let files = cluster.scrape(owner, vec![info_hash]).await;
+        return files
+            .ok()
+            .and_then(|files| files.first().map(|(_, counts)| *counts))
+            .unwrap_or_default();
+    }
     let reply = shared
         .directory
         .shard_for(&info_hash)
@@ -113,15 +218,51 @@ pub async fn counts(shared: Arc<Shared>, info_hash: InfoHash) -> SwarmCounts {
         .unwrap_or_default()
 }
 
-/// Counts for a scrape: each named info_hash (grouped by shard, one request per shard),
-/// or every swarm of every shard; at most `limit` entries.
+/// Counts for a scrape: each named info_hash (grouped by owner instance, and here by
+/// shard, one request each), or every swarm of every shard of this instance; at most
+/// `limit` entries.
 pub async fn scrape(
     shared: Arc<Shared>,
     request: ScrapeRequest,
     limit: usize,
 ) -> Result<Vec<(InfoHash, SwarmCounts)>, Failure> {
+    let (request, remote) = match (request, shared.cluster.as_ref()) {
+        (ScrapeRequest::Some(hashes), Some(cluster)) => {
+            let mut here = Vec::new();
+            let mut elsewhere: BTreeMap<InstanceId, Vec<InfoHash>> = BTreeMap::new();
+            for hash in hashes {
+                match cluster.owner(&hash) {
+                    Some(owner) => elsewhere.entry(owner).or_default().push(hash),
+                    None => here.push(hash),
+                }
+            }
+            let asked: Vec<_> = elsewhere
+                .into_iter()
+                .map(|(owner, hashes)| cluster.scrape(owner, hashes))
+                .collect();
+            (ScrapeRequest::Some(here), Some(asked))
+        }
+        (request, _) => (request, None),
+    };
+    let mut files = scrape_here(&shared, request, limit).await?;
+    if let Some(asked) = remote {
+        for part in futures_util::future::join_all(asked).await {
+            files.extend(part?);
+        }
+    }
+    files.truncate(limit);
+    Ok(files)
+}
+
+/// Counts held by this instance's shards.
+pub async fn scrape_here(
+    shared: &Shared,
+    request: ScrapeRequest,
+    limit: usize,
+) -> Result<Vec<(InfoHash, SwarmCounts)>, Failure> {
     let directory = &shared.directory;
     let requests: Vec<_> = match request {
+        ScrapeRequest::Some(hashes) if hashes.is_empty() => Vec::new(),
         ScrapeRequest::Some(hashes) => {
             let mut per_shard: Vec<Vec<InfoHash>> = vec![Vec::new(); directory.len()];
             for hash in hashes {

@@ -24,7 +24,7 @@ use super::{
     rate_limit::{RateLimit, Refusal},
     reassembly::{Reassembly, Received},
     registry::{ConnSocket, Progress},
-    requests::{self, Failure},
+    requests::{self, Failure, SwarmHandle},
     ConnId,
 };
 use crate::{
@@ -34,7 +34,8 @@ use crate::{
     },
     shared::Shared,
     swarm::{
-        messages::{Answer, Deliver, Leave, SwarmRef},
+        messages::{Answer, Deliver, Leave},
+        route::PeerRoute,
         state::Reject,
     },
 };
@@ -46,6 +47,13 @@ pub struct CloseSession {
     pub code: CloseCode,
     pub reason: &'static str,
 }
+
+/// The cluster's view changed: swarms this connection joined may be owned by another
+/// instance now. The session re-joins each swarm that moved at its new owner, so that its
+/// peers are found there before their next announce.
+#[derive(Message, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct OwnersChanged;
 
 pub struct PeerSession {
     conn: ConnId,
@@ -324,7 +332,7 @@ impl PeerSession {
         &mut self,
         info_hash: InfoHash,
         peer_id: PeerId,
-        swarm: SwarmRef,
+        swarm: SwarmHandle,
         registered: bool,
     ) {
         if registered {
@@ -362,11 +370,30 @@ impl PeerSession {
             self.reject(ctx, info_hash, Reject::UnknownOffer);
             return;
         };
-        let swarm = joined.swarm.clone();
+        let swarm = match &joined.swarm {
+            SwarmHandle::Local(swarm) => swarm.clone(),
+            SwarmHandle::Remote(owner) => {
+                // The swarm that relayed the offer is on `owner`: the answer goes there.
+                let sent = match self.shared.cluster.as_ref() {
+                    Some(cluster) => cluster.answer(*owner, self.conn, request),
+                    None => Err(Failure::unavailable()),
+                };
+                if let Err(failure) = sent {
+                    self.fail(
+                        ctx,
+                        Action::Announce,
+                        Some(info_hash),
+                        failure.kind,
+                        failure.reason,
+                    );
+                }
+                return;
+            }
+        };
         let message = Answer {
             conn: self.conn,
             request: Arc::new(request),
-            reply_to: ctx.address().recipient(),
+            reply_to: PeerRoute::Local(ctx.address().recipient()),
         };
         // Fire and forget: the swarm relays the answer, or sends the failure straight to
         // this session. Only a full swarm mailbox makes the session wait (backpressure).
@@ -438,7 +465,7 @@ impl Actor for PeerSession {
         ctx.run_interval(ping_interval, Self::heartbeat);
         self.shared.connections.register(
             self.conn,
-            ctx.address().recipient(),
+            &ctx.address(),
             self.progress.clone(),
             self.socket,
         );
@@ -450,11 +477,18 @@ impl Actor for PeerSession {
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         // Every registration goes at once; swarms ignore peer_ids another connection took
         // over since.
-        for (_, joined) in self.joined.drain() {
-            joined.swarm.addr.do_send(Leave {
-                conn: self.conn,
-                peer_ids: joined.peer_ids,
-            });
+        for (info_hash, joined) in self.joined.drain() {
+            match joined.swarm {
+                SwarmHandle::Local(swarm) => swarm.addr.do_send(Leave {
+                    conn: self.conn,
+                    peer_ids: joined.peer_ids,
+                }),
+                SwarmHandle::Remote(owner) => {
+                    if let Some(cluster) = self.shared.cluster.as_ref() {
+                        cluster.leave(owner, self.conn, info_hash, joined.peer_ids);
+                    }
+                }
+            }
         }
         self.shared.connections.release(self.conn, self.ip);
         self.shared.metrics.connections.dec();
@@ -499,5 +533,56 @@ impl Handler<CloseSession> for PeerSession {
 
     fn handle(&mut self, msg: CloseSession, ctx: &mut Self::Context) {
         self.close(ctx, msg.code, msg.reason);
+    }
+}
+
+impl Handler<OwnersChanged> for PeerSession {
+    type Result = ();
+
+    fn handle(&mut self, _msg: OwnersChanged, ctx: &mut Self::Context) {
+        let moved: Vec<(InfoHash, Vec<PeerId>)> = self
+            .joined
+            .iter()
+            .filter(|(info_hash, joined)| {
+                joined.swarm.owner() != requests::remote_owner(&self.shared, info_hash)
+            })
+            .map(|(info_hash, joined)| (*info_hash, joined.peer_ids.clone()))
+            .collect();
+        for (info_hash, peer_ids) in moved {
+            for peer_id in peer_ids {
+                // A plain re-announce without offers: the new owner learns the peer, and
+                // the client is told nothing (its next announce goes there anyway).
+                let request = AnnounceRequest {
+                    info_hash,
+                    peer_id,
+                    event: AnnounceEvent::Update,
+                    left_is_zero: None,
+                    numwant: Some(0),
+                    offers: Vec::new(),
+                };
+                let work = requests::announce(
+                    self.shared.clone(),
+                    None,
+                    self.conn,
+                    ctx.address().recipient(),
+                    request,
+                );
+                ctx.spawn(
+                    work.into_actor(self)
+                        .map(move |result, session, _ctx| match result {
+                            Ok((swarm, reply)) => session.record_membership(
+                                info_hash,
+                                peer_id,
+                                swarm,
+                                reply.registered,
+                            ),
+                            Err(failure) => debug!(
+                                "conn={} re-join of {info_hash} failed: {}",
+                                session.conn, failure.reason
+                            ),
+                        }),
+                );
+            }
+        }
     }
 }

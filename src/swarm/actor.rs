@@ -12,18 +12,21 @@ use std::{
     time::{Duration, Instant},
 };
 
-use actix::{dev::SendError, prelude::*};
+use actix::prelude::*;
 use log::{debug, error, trace};
 use rand::{rngs::SmallRng, SeedableRng};
 
 use super::{
-    messages::{Announce, AnnounceReply, Answer, Deliver, Leave, SwarmError, SwarmIdle},
+    messages::{
+        Announce, AnnounceReply, Answer, Disowned, InstanceGone, Leave, SwarmError, SwarmIdle,
+    },
+    route::{PeerRoute, RemoteSessions, Undelivered},
     shard::SwarmShard,
     state::{Delivery, Reject, SwarmLimits, SwarmState},
 };
 use crate::{
     metrics::Metrics,
-    protocol::{InfoHash, OutMessage, SwarmCounts},
+    protocol::{Action, InfoHash, OutMessage, SwarmCounts},
 };
 
 /// Packs seeders (high half) and leechers (low half) so a scrape reads both at once.
@@ -48,7 +51,9 @@ pub struct SwarmConfig {
 }
 
 pub struct Swarm {
-    state: SwarmState<Recipient<Deliver>>,
+    state: SwarmState<PeerRoute>,
+    /// The sessions of other instances (`None` outside a cluster).
+    remote: Option<Arc<dyn RemoteSessions>>,
     config: SwarmConfig,
     generation: u64,
     shard: Addr<SwarmShard>,
@@ -70,9 +75,11 @@ impl Swarm {
         shard: Addr<SwarmShard>,
         shared_counts: Arc<AtomicU64>,
         metrics: Arc<Metrics>,
+        remote: Option<Arc<dyn RemoteSessions>>,
     ) -> Self {
         Self {
             state: SwarmState::new(info_hash, config.limits),
+            remote,
             config,
             generation,
             shard,
@@ -86,19 +93,22 @@ impl Swarm {
 
     fn deliver(&mut self, deliveries: impl IntoIterator<Item = Delivery>) {
         for delivery in deliveries {
-            let Some(recipient) = self.state.recipient(&delivery.to) else {
+            let (Some(route), Some(conn)) = (
+                self.state.recipient(&delivery.to),
+                self.state.owner(&delivery.to),
+            ) else {
                 continue;
             };
             let relayed = match &delivery.message {
                 OutMessage::Answer { .. } => &self.metrics.answers_relayed,
                 _ => &self.metrics.offers_relayed,
             };
-            match recipient.try_send(Deliver(delivery.message)) {
+            match route.deliver(conn, delivery.message, self.remote.as_deref()) {
                 Ok(()) => {
                     relayed.inc();
                     self.state.delivery_succeeded(&delivery.to);
                 }
-                Err(SendError::Full(_)) => {
+                Err(Undelivered::Full) => {
                     self.metrics.dropped_mailbox_full.inc();
                     if self
                         .state
@@ -112,7 +122,7 @@ impl Swarm {
                         self.metrics.removed_unreachable.inc();
                     }
                 }
-                Err(SendError::Closed(_)) => {
+                Err(Undelivered::Closed) => {
                     self.metrics.dropped_closed.inc();
                     self.metrics.removed_unreachable.inc();
                     self.state.remove_unreachable(&delivery.to);
@@ -150,7 +160,7 @@ impl Swarm {
     fn guarded<T>(
         &mut self,
         ctx: &mut Context<Self>,
-        op: impl FnOnce(&mut SwarmState<Recipient<Deliver>>, &mut SmallRng) -> T,
+        op: impl FnOnce(&mut SwarmState<PeerRoute>, &mut SmallRng) -> T,
     ) -> Option<T> {
         let state = &mut self.state;
         let rng = &mut self.rng;
@@ -170,12 +180,16 @@ impl Swarm {
             self.state.peer_count()
         );
         self.metrics.swarm_panics.inc();
-        for recipient in self.state.recipients() {
-            let _ = recipient.try_send(Deliver(OutMessage::Failure {
-                reason: "internal error: this swarm was reset; announce again".into(),
-                action: crate::protocol::Action::Announce,
-                info_hash: Some(info_hash),
-            }));
+        for (conn, route) in self.state.routes() {
+            let _ = route.deliver(
+                conn,
+                OutMessage::Failure {
+                    reason: "internal error: this swarm was reset; announce again".into(),
+                    action: Action::Announce,
+                    info_hash: Some(info_hash),
+                },
+                self.remote.as_deref(),
+            );
         }
         self.closing = true;
         self.shard.do_send(SwarmIdle {
@@ -235,11 +249,11 @@ impl Handler<Announce> for Swarm {
         let was_registered = self.state.owner(&msg.request.peer_id) == Some(msg.conn);
         let Announce {
             conn,
-            deliver,
+            route,
             request,
         } = msg;
         let Some(result) = self.guarded(ctx, |state, rng| {
-            state.announce(conn, deliver, &request, Instant::now(), rng)
+            state.announce(conn, route, &request, Instant::now(), rng)
         }) else {
             return Err(SwarmError::Closed);
         };
@@ -284,11 +298,14 @@ impl Handler<Answer> for Swarm {
             Err(reject) => {
                 self.metrics.protocol_error(reject.kind());
                 // The answerer's session may be gone or full; a lost failure is harmless.
-                let _ = msg.reply_to.try_send(Deliver(OutMessage::Failure {
+                let failure = OutMessage::Failure {
                     reason: reject.to_string().into(),
-                    action: crate::protocol::Action::Announce,
+                    action: Action::Announce,
                     info_hash: Some(info_hash),
-                }));
+                };
+                let _ = msg
+                    .reply_to
+                    .deliver(msg.conn, failure, self.remote.as_deref());
             }
         }
         if !self.closing {
@@ -310,5 +327,38 @@ impl Handler<Leave> for Swarm {
         };
         self.metrics.removed_disconnect.inc_by(removed as u64);
         self.publish(ctx);
+    }
+}
+
+impl Handler<InstanceGone> for Swarm {
+    type Result = ();
+
+    fn handle(&mut self, msg: InstanceGone, ctx: &mut Self::Context) {
+        if self.closing {
+            return;
+        }
+        let Some(removed) = self.guarded(ctx, |state, _| state.leave_instance(msg.instance)) else {
+            return;
+        };
+        if removed > 0 {
+            debug!(
+                "info_hash={} {removed} peers left with instance {:016x}",
+                self.state.info_hash(),
+                msg.instance
+            );
+            self.metrics.removed_disconnect.inc_by(removed as u64);
+        }
+        self.publish(ctx);
+    }
+}
+
+impl Handler<Disowned> for Swarm {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Disowned, ctx: &mut Self::Context) {
+        // The shard has already forgotten this swarm; requests still queued get `Closed`
+        // and their sessions ask again (and are routed to the new owner).
+        self.closing = true;
+        ctx.stop();
     }
 }

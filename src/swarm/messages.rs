@@ -10,6 +10,12 @@
 //! | `Leave`       | session -> swarm  | `()` (socket closed)          |
 //! | `Deliver`     | swarm -> session  | `()`, sent with `try_send`    |
 //! | `SwarmIdle`   | swarm -> shard    | `()` (the swarm emptied)      |
+//! | `FindSwarm`   | cluster -> shard  | `Option<SwarmRef>` (never creates one) |
+//! | `InstanceGone`| cluster -> shard -> swarms | `()`: drop the peers of a dead instance |
+//! | `Disown`      | cluster -> shard  | `()`: close swarms owned elsewhere now |
+//!
+//! Sessions of other instances reach swarms through the cluster, which sends these same
+//! messages on their behalf with a `PeerRoute::Remote` route.
 //!
 //! A session waits for the reply to each announce and scrape (`ctx.wait`), so swarm
 //! mailboxes stay bounded by the number of connections; answers and leaves are sent
@@ -21,9 +27,9 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 
-use super::{actor::Swarm, state::Reject};
+use super::{actor::Swarm, route::PeerRoute, state::Reject};
 use crate::{
-    connection::ConnId,
+    connection::{ConnId, InstanceId},
     protocol::{AnnounceRequest, AnswerRequest, InfoHash, OutMessage, PeerId, SwarmCounts},
 };
 
@@ -75,20 +81,21 @@ pub struct AnnounceReply {
 #[rtype(result = "Result<AnnounceReply, SwarmError>")]
 pub struct Announce {
     pub conn: ConnId,
-    pub deliver: Recipient<Deliver>,
+    /// How offers for this peer reach its session from now on.
+    pub route: PeerRoute,
     /// Shared so a retry after `SwarmError::Closed` does not copy offers.
     pub request: Arc<AnnounceRequest>,
 }
 
 /// An answer to a relayed offer. Sent without waiting for a reply (a round trip per
 /// answer would cost a wake-up for nothing): the swarm relays it, or delivers the failure
-/// to `reply_to`.
+/// to the answerer through `reply_to`.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Answer {
     pub conn: ConnId,
     pub request: Arc<AnswerRequest>,
-    pub reply_to: Recipient<Deliver>,
+    pub reply_to: PeerRoute,
 }
 
 /// The connection closed: drop its registrations.
@@ -111,3 +118,32 @@ pub struct SwarmIdle {
     pub info_hash: InfoHash,
     pub generation: u64,
 }
+
+/// The swarm of `info_hash` if the shard has one; unlike `GetSwarm`, never creates it
+/// (an answer or a leave for a swarm that is gone has nothing to do).
+#[derive(Message)]
+#[rtype(result = "Option<SwarmRef>")]
+pub struct FindSwarm {
+    pub info_hash: InfoHash,
+}
+
+/// An instance of the cluster died or left: its sockets are gone, so its peers leave
+/// every swarm (sent to each shard, which passes it to each of its swarms).
+#[derive(Message, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct InstanceGone {
+    pub instance: InstanceId,
+}
+
+/// The cluster's view changed: close the swarms this instance no longer owns (`owned`
+/// says which it does). Their peers' sessions re-join at the new owners.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct Disown {
+    pub owned: Arc<dyn Fn(&InfoHash) -> bool + Send + Sync>,
+}
+
+/// This swarm is now owned by another instance: close it (the shard has forgotten it).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Disowned;

@@ -7,11 +7,14 @@
 //! - `shard`: `SwarmShard` (one per Arbiter: info_hash -> swarm, scrape counts) and
 //!   `SwarmDirectory` (which shard holds an info_hash).
 //! - `messages`: what sessions, shards and swarms send each other, and `SwarmRef`.
+//! - `route`: how a swarm reaches a peer's session: a local `Recipient<Deliver>`, or the
+//!   `RemoteSessions` port that the cluster implements for sockets on other instances.
 //!
-//! The swarm side knows nothing of sockets: it names a peer's connection by its
-//! `connection::ConnId` and reaches it through a `Recipient<Deliver>`.
+//! The swarm side knows nothing of sockets or of the bus: it names a peer's connection by
+//! its `connection::ConnId` and reaches it through its `PeerRoute`.
 
 pub mod actor;
 pub mod messages;
+pub mod route;
 pub mod shard;
 pub mod state;

@@ -13,11 +13,14 @@ use std::{
 };
 
 use actix::prelude::*;
-use log::trace;
+use log::{debug, trace};
 
 use super::{
     actor::{unpack_counts, Swarm, SwarmConfig},
-    messages::{GetSwarm, ScrapeShard, SwarmIdle, SwarmRef},
+    messages::{
+        Disown, Disowned, FindSwarm, GetSwarm, InstanceGone, ScrapeShard, SwarmIdle, SwarmRef,
+    },
+    route::RemoteSessions,
 };
 use crate::{metrics::Metrics, protocol::InfoHash};
 
@@ -31,15 +34,21 @@ pub struct SwarmShard {
     next_generation: u64,
     config: SwarmConfig,
     metrics: Arc<Metrics>,
+    remote: Option<Arc<dyn RemoteSessions>>,
 }
 
 impl SwarmShard {
-    pub fn new(config: SwarmConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        config: SwarmConfig,
+        metrics: Arc<Metrics>,
+        remote: Option<Arc<dyn RemoteSessions>>,
+    ) -> Self {
         Self {
             swarms: HashMap::new(),
             next_generation: 0,
             config,
             metrics,
+            remote,
         }
     }
 
@@ -55,6 +64,7 @@ impl SwarmShard {
             ctx.address(),
             counts.clone(),
             self.metrics.clone(),
+            self.remote.clone(),
         )
         .start();
         let swarm = SwarmRef { addr, generation };
@@ -141,6 +151,47 @@ impl Handler<ScrapeShard> for SwarmShard {
     }
 }
 
+impl Handler<FindSwarm> for SwarmShard {
+    type Result = Option<SwarmRef>;
+
+    fn handle(&mut self, msg: FindSwarm, _ctx: &mut Self::Context) -> Self::Result {
+        self.swarms
+            .get(&msg.info_hash)
+            .map(|entry| entry.swarm.clone())
+            .filter(|swarm| swarm.addr.connected())
+    }
+}
+
+impl Handler<InstanceGone> for SwarmShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: InstanceGone, _ctx: &mut Self::Context) {
+        for entry in self.swarms.values() {
+            entry.swarm.addr.do_send(msg);
+        }
+    }
+}
+
+impl Handler<Disown> for SwarmShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: Disown, _ctx: &mut Self::Context) {
+        let before = self.swarms.len();
+        self.swarms.retain(|info_hash, entry| {
+            let owned = (msg.owned)(info_hash);
+            if !owned {
+                entry.swarm.addr.do_send(Disowned);
+            }
+            owned
+        });
+        let closed = before - self.swarms.len();
+        if closed > 0 {
+            self.metrics.swarms.dec_by(closed as i64);
+            debug!("{closed} swarms moved to other instances");
+        }
+    }
+}
+
 /// Finds the shard of an info_hash. Cloned into every session.
 #[derive(Clone)]
 pub struct SwarmDirectory {
@@ -148,14 +199,21 @@ pub struct SwarmDirectory {
 }
 
 impl SwarmDirectory {
-    /// Starts `count` shards, each on an Arbiter (thread) of its own.
-    pub fn start(count: usize, config: SwarmConfig, metrics: Arc<Metrics>) -> Self {
+    /// Starts `count` shards, each on an Arbiter (thread) of its own. `remote` reaches the
+    /// sessions of other instances (a cluster), `None` outside a cluster.
+    pub fn start(
+        count: usize,
+        config: SwarmConfig,
+        metrics: Arc<Metrics>,
+        remote: Option<Arc<dyn RemoteSessions>>,
+    ) -> Self {
         let shards: Vec<Addr<SwarmShard>> = (0..count.max(1))
             .map(|_| {
                 let arbiter = Arbiter::new();
                 let metrics = metrics.clone();
+                let remote = remote.clone();
                 SwarmShard::start_in_arbiter(&arbiter.handle(), move |_| {
-                    SwarmShard::new(config, metrics)
+                    SwarmShard::new(config, metrics, remote)
                 })
             })
             .collect();

@@ -20,7 +20,7 @@ use indexmap::IndexMap;
 use rand::Rng;
 
 use crate::{
-    connection::ConnId,
+    connection::{instance_of, ConnId, InstanceId},
     protocol::{
         AnnounceEvent, AnnounceRequest, AnswerRequest, InfoHash, OfferId, OutMessage, PeerId,
         SwarmCounts,
@@ -175,9 +175,11 @@ impl<R: Clone> SwarmState<R> {
         self.peers.get(peer_id).map(|entry| entry.conn)
     }
 
-    /// Every peer's recipient (to tell them all something).
-    pub fn recipients(&self) -> impl Iterator<Item = &R> + '_ {
-        self.peers.values().map(|entry| &entry.recipient)
+    /// Every peer's connection and recipient (to tell them all something).
+    pub fn routes(&self) -> impl Iterator<Item = (ConnId, &R)> + '_ {
+        self.peers
+            .values()
+            .map(|entry| (entry.conn, &entry.recipient))
     }
 
     /// How to reach a peer.
@@ -406,6 +408,22 @@ impl<R: Clone> SwarmState<R> {
             }
         }
         removed
+    }
+
+    /// Removes every peer whose socket is on `instance` (an instance of the cluster died or
+    /// left). Returns how many were removed. A scan of the swarm: it happens once per lost
+    /// instance, not per message.
+    pub fn leave_instance(&mut self, instance: InstanceId) -> usize {
+        let gone: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, entry)| instance_of(entry.conn) == instance)
+            .map(|(peer_id, _)| *peer_id)
+            .collect();
+        for peer_id in &gone {
+            self.remove_peer(peer_id);
+        }
+        gone.len()
     }
 
     /// Removes peers that have not announced within the peer TTL and forgets expired
@@ -817,6 +835,27 @@ mod tests {
         assert_eq!(swarm.state.leave(1, &[peer(1), peer(2), peer(3)]), 2);
         assert_eq!(swarm.state.owner(&peer(3)), Some(2));
         assert_eq!(swarm.state.peer_count(), 1);
+    }
+
+    #[test]
+    fn a_lost_instance_takes_exactly_its_peers_and_their_offers_along() {
+        use crate::connection::conn_id;
+        let mut swarm = Fixture::new(SwarmLimits::default());
+        let (here, there) = (conn_id(1, 1), conn_id(2, 1));
+        swarm.join(here, peer(1));
+        swarm.join(there, peer(2));
+        swarm.join(conn_id(2, 2), peer(3));
+        // Same local number on another instance: a different connection.
+        swarm.join(conn_id(3, 1), peer(4));
+        assert_eq!(swarm.state.leave_instance(2), 2);
+        assert_eq!(swarm.state.peer_count(), 2);
+        assert_eq!(swarm.state.owner(&peer(1)), Some(here));
+        assert_eq!(swarm.state.owner(&peer(4)), Some(conn_id(3, 1)));
+        // Offers now reach only the survivors.
+        let outcome = swarm.offer(here, peer(1), 5);
+        assert_eq!(outcome.deliveries.len(), 1);
+        assert_eq!(outcome.deliveries[0].to, peer(4));
+        assert_eq!(swarm.state.leave_instance(2), 0, "nothing left of it");
     }
 
     #[test]
