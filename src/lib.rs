@@ -21,6 +21,7 @@
 pub mod access;
 pub mod app;
 pub mod client_ip;
+pub mod cluster;
 pub mod config;
 pub mod connections;
 pub mod http;

@@ -1,0 +1,15 @@
+//! Many instances, one swarm: the cluster's building blocks. Several tracker processes
+//! share their swarms over a NATS bus: each swarm has one owner instance, chosen by
+//! rendezvous hashing of its info_hash over the live instances; an instance forwards the
+//! requests of its sockets for swarms owned elsewhere to the owner's inbox, and the owner
+//! sends each relayed offer or answer to the inbox of the instance holding the target
+//! socket. When the owner is local nothing touches the bus. Clustering is off unless
+//! `[cluster] nats_urls` is set.
+//!
+//! # Layout
+//! - `settings`: the `[cluster]` section and its validation.
+//!
+//! # Threads
+//! Everything here is plain data, read on the main thread at start.
+
+pub mod settings;
