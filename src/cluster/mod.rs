@@ -8,8 +8,11 @@
 //!
 //! # Layout
 //! - `settings`: the `[cluster]` section and its validation.
+//! - `wire`: the bus messages and their versioned binary encoding (pure data).
 //!
 //! # Threads
-//! Everything here is plain data, read on the main thread at start.
+//! Everything here is plain data: settings are read on the main thread at start; wire
+//! types are built on whichever thread routes a request and encoded by the bus.
 
 pub mod settings;
+pub mod wire;
