@@ -10,11 +10,13 @@
 //! - `settings`: the `[cluster]` section and its validation.
 //! - `wire`: the bus messages and their versioned binary encoding (pure data).
 //! - `ring`: who owns a swarm (rendezvous hashing; pure functions).
+//! - `members`: who is alive (plain data, `now` passed in) and the shared live view.
 //!
 //! # Threads
 //! Everything here is plain data: settings are read on the main thread at start; wire
 //! types are built on whichever thread routes a request and encoded by the bus.
 
+pub mod members;
 pub mod ring;
 pub mod settings;
 pub mod wire;
