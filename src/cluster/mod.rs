@@ -11,11 +11,15 @@
 //! - `wire`: the bus messages and their versioned binary encoding (pure data).
 //! - `ring`: who owns a swarm (rendezvous hashing; pure functions).
 //! - `members`: who is alive (plain data, `now` passed in) and the shared live view.
+//! - `bus`: the bus task on its own thread, behind the `Transport` trait, with NATS as the
+//!   engine; actors only ever `try_send` to its bounded queue.
 //!
 //! # Threads
-//! Everything here is plain data: settings are read on the main thread at start; wire
-//! types are built on whichever thread routes a request and encoded by the bus.
+//! Everything here is plain data except `bus`, which runs one thread (`cluster-bus`) with
+//! its own Tokio runtime: the NATS client, heartbeats, encoding and decoding live there and
+//! never on an actix worker or shard.
 
+pub mod bus;
 pub mod members;
 pub mod ring;
 pub mod settings;
