@@ -972,6 +972,310 @@ impl Transport for NatsTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::wire::{ConnKey, Deliver, Relay};
+    use crate::protocol::{InfoHash, OfferId, PeerId};
+
+    /// An in-memory broker for one instance: the link is a flag, what the test injects
+    /// arrives as if from the broker, and our publishes on subscribed subjects come back
+    /// (as NATS echoes them) while `echo` is on. `stall` makes every publish hang.
+    #[derive(Clone, Default)]
+    struct Broker {
+        connected: Arc<AtomicBool>,
+        echo: Arc<AtomicBool>,
+        stall: Arc<AtomicBool>,
+        inject: Arc<Mutex<Option<mpsc::UnboundedSender<TransportEvent>>>>,
+    }
+
+    struct MemoryTransport {
+        broker: Broker,
+        subjects: Vec<String>,
+        inbound: mpsc::UnboundedReceiver<TransportEvent>,
+        loopback: mpsc::UnboundedSender<TransportEvent>,
+    }
+
+    impl Transport for MemoryTransport {
+        fn publish(
+            &mut self,
+            subject: String,
+            payload: Bytes,
+        ) -> TransportFuture<'_, Result<(), TransportError>> {
+            Box::pin(async move {
+                if self.broker.stall.load(Ordering::Relaxed) {
+                    std::future::pending::<()>().await;
+                }
+                if self.broker.echo.load(Ordering::Relaxed) && self.subjects.contains(&subject) {
+                    let _ = self
+                        .loopback
+                        .send(TransportEvent::Message { subject, payload });
+                }
+                Ok(())
+            })
+        }
+
+        fn flush(&mut self) -> TransportFuture<'_, Result<(), TransportError>> {
+            Box::pin(async { Ok(()) })
+        }
+
+        fn next_event(&mut self) -> TransportFuture<'_, Option<TransportEvent>> {
+            Box::pin(async move { self.inbound.recv().await })
+        }
+
+        fn is_connected(&self) -> bool {
+            self.broker.connected.load(Ordering::Relaxed)
+        }
+    }
+
+    impl Broker {
+        fn new() -> Self {
+            let broker = Self::default();
+            broker.connected.store(true, Ordering::Relaxed);
+            broker.echo.store(true, Ordering::Relaxed);
+            broker
+        }
+
+        fn inject(&self, subject: &str, envelope: &Envelope) {
+            let payload = Bytes::from(wire::encode(envelope).expect("encodes"));
+            self.inject_raw(subject, payload);
+        }
+
+        fn inject_raw(&self, subject: &str, payload: Bytes) {
+            let inject = self.inject.lock().expect("test lock");
+            inject
+                .as_ref()
+                .expect("the bus started")
+                .send(TransportEvent::Message {
+                    subject: subject.to_owned(),
+                    payload,
+                })
+                .expect("the bus listens");
+        }
+    }
+
+    const ME: InstanceId = 0xaaaa;
+    const OTHER: InstanceId = 0xbbbb;
+
+    fn config(heartbeat_ms: u64, expiry_ms: u64, queue: usize) -> BusConfig {
+        BusConfig {
+            self_id: ME,
+            name: "me".into(),
+            advertise_url: String::new(),
+            heartbeat_interval: Duration::from_millis(heartbeat_ms),
+            expiry: Duration::from_millis(expiry_ms),
+            queue,
+            subject_prefix: "t".into(),
+        }
+    }
+
+    fn start_memory(
+        config: BusConfig,
+        broker: &Broker,
+    ) -> (BusHandle, std::sync::mpsc::Receiver<BusEvent>) {
+        let (events_tx, events) = std::sync::mpsc::channel();
+        let broker_for_bus = broker.clone();
+        let bus = start(
+            config,
+            move |subjects: Vec<String>| -> TransportFuture<'static, Result<MemoryTransport, TransportError>> {
+                Box::pin(async move {
+                    let (loopback, inbound) = mpsc::unbounded_channel();
+                    *broker_for_bus.inject.lock().expect("test lock") = Some(loopback.clone());
+                    Ok(MemoryTransport {
+                        broker: broker_for_bus,
+                        subjects,
+                        inbound,
+                        loopback,
+                    })
+                })
+            },
+            Box::new(move |event| {
+                let _ = events_tx.send(event);
+            }),
+        )
+        .expect("starts");
+        (bus, events)
+    }
+
+    fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !condition() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn deliver_to(instance: InstanceId) -> BusMessage {
+        BusMessage::Deliver(Deliver {
+            to: ConnKey { instance, conn: 1 },
+            message: Relay::Offer {
+                info_hash: InfoHash([1; 20]),
+                peer_id: PeerId([2; 20]),
+                offer_id: OfferId([3; 20]),
+                sdp: Arc::from("v=0"),
+            },
+        })
+    }
+
+    fn from_other(body: BusMessage) -> Envelope {
+        Envelope {
+            from: OTHER,
+            sent_at_ms: 0,
+            body,
+        }
+    }
+
+    fn heartbeat(seq: u64) -> BusMessage {
+        BusMessage::Heartbeat(Heartbeat {
+            seq,
+            started_at_ms: 0,
+            name: "other".into(),
+            advertise_url: String::new(),
+        })
+    }
+
+    #[test]
+    fn a_full_queue_refuses_at_once_and_counts() {
+        let broker = Broker::new();
+        broker.stall.store(true, Ordering::Relaxed);
+        // The first heartbeat hangs in publish (for up to a minute), so nothing drains.
+        let (bus, _events) = start_memory(config(60_000, 180_000, 2), &broker);
+        wait_for("the link", || bus.stats().is_connected());
+        assert_eq!(bus.try_send(OTHER, deliver_to(OTHER)), Ok(()));
+        assert_eq!(bus.try_send(OTHER, deliver_to(OTHER)), Ok(()));
+        assert_eq!(
+            bus.try_send(OTHER, deliver_to(OTHER)),
+            Err(SendRefused::QueueFull)
+        );
+        assert_eq!(bus.stats().dropped_count(DropReason::QueueFull), 1);
+        bus.shutdown();
+    }
+
+    /// Waits for an event that satisfies `wanted`, skipping others (events are queued,
+    /// so none is missed however late this looks).
+    fn wait_event(
+        events: &std::sync::mpsc::Receiver<BusEvent>,
+        what: &str,
+        mut wanted: impl FnMut(&BusEvent) -> bool,
+    ) -> BusEvent {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match events.recv_timeout(left) {
+                Ok(event) if wanted(&event) => return event,
+                Ok(_) => continue,
+                Err(err) => panic!("no event for {what}: {err}"),
+            }
+        }
+    }
+
+    fn is_membership(event: &BusEvent, joined_other: bool, gone_other: bool, bus_up: bool) -> bool {
+        matches!(event, BusEvent::Membership { joined, gone, view }
+            if joined.contains(&OTHER) == joined_other
+                && gone.contains(&OTHER) == gone_other
+                && view.bus_up == bus_up)
+    }
+
+    #[test]
+    fn the_bus_is_lost_when_our_heartbeats_stop_coming_back_even_on_an_open_link() {
+        let broker = Broker::new();
+        let (bus, events) = start_memory(config(20, 100, 16), &broker);
+        wait_event(&events, "bus up", |event| {
+            is_membership(event, false, false, true)
+        });
+
+        // A silent stall: the link claims to be up but nothing comes back.
+        broker.echo.store(false, Ordering::Relaxed);
+        wait_event(&events, "bus lost", |event| {
+            is_membership(event, false, false, false)
+        });
+        assert_eq!(bus.view().live, vec![ME]);
+        assert!(
+            bus.stats().is_connected(),
+            "the link itself never went down"
+        );
+
+        broker.echo.store(true, Ordering::Relaxed);
+        wait_event(&events, "bus back", |event| {
+            is_membership(event, false, false, true)
+        });
+        assert!(bus.stats().is_bus_up());
+        bus.shutdown();
+        bus.join();
+        assert!(!bus.stats().is_bus_up());
+    }
+
+    #[test]
+    fn losing_the_bus_cuts_the_other_instances_off() {
+        let broker = Broker::new();
+        // A long expiry: the other instance, heard once, stays until the bus goes.
+        let (bus, events) = start_memory(config(20, 1_000, 16), &broker);
+        wait_for("the bus", || bus.stats().is_bus_up());
+        broker.inject(&control_subject("t"), &from_other(heartbeat(1)));
+        wait_event(&events, "the join", |event| {
+            is_membership(event, true, false, true)
+        });
+        assert_eq!(bus.view().live, vec![ME, OTHER]);
+        broker.echo.store(false, Ordering::Relaxed);
+        wait_event(&events, "the cut", |event| {
+            is_membership(event, false, true, false)
+        });
+        assert_eq!(bus.view().live, vec![ME]);
+        bus.shutdown();
+    }
+
+    #[test]
+    fn only_well_addressed_messages_reach_the_callback() {
+        let broker = Broker::new();
+        let (bus, events) = start_memory(config(20, 100, 16), &broker);
+        wait_for("the bus", || bus.stats().is_bus_up());
+        let inbox = inbox_subject("t", ME);
+        broker.inject(&inbox, &from_other(deliver_to(OTHER)));
+        broker.inject(&control_subject("t"), &from_other(deliver_to(ME)));
+        wait_for("not_for_us", || {
+            bus.stats().dropped_count(DropReason::NotForUs) == 2
+        });
+        broker.inject_raw(&inbox, Bytes::from_static(&[wire::WIRE_VERSION, 200]));
+        wait_for("malformed", || {
+            bus.stats().dropped_count(DropReason::Malformed) == 1
+        });
+
+        broker.inject(&inbox, &from_other(deliver_to(ME)));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let envelope = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match events.recv_timeout(left).expect("a message arrives") {
+                BusEvent::Message(envelope) => break envelope,
+                BusEvent::Membership { .. } => continue,
+            }
+        };
+        assert_eq!(envelope.body, deliver_to(ME));
+        bus.shutdown();
+    }
+
+    #[test]
+    fn a_silent_instance_expires_and_a_leaving_one_goes_at_once() {
+        let broker = Broker::new();
+        let (bus, events) = start_memory(config(20, 100, 16), &broker);
+        wait_for("the bus", || bus.stats().is_bus_up());
+        let control = control_subject("t");
+        broker.inject(&control, &from_other(heartbeat(1)));
+        wait_event(&events, "the join", |event| {
+            is_membership(event, true, false, true)
+        });
+        wait_event(&events, "the expiry", |event| {
+            is_membership(event, false, true, true)
+        });
+
+        broker.inject(&control, &from_other(heartbeat(2)));
+        wait_event(&events, "the rejoin", |event| {
+            is_membership(event, true, false, true)
+        });
+        broker.inject(&control, &from_other(BusMessage::Leaving));
+        // Unless it expired first (a slow machine), the Leaving removes it.
+        wait_event(&events, "the leave", |event| {
+            is_membership(event, false, true, true)
+        });
+        assert_eq!(bus.view().live, vec![ME]);
+        bus.shutdown();
+    }
 
     #[test]
     fn reconnects_start_at_once_and_back_off_to_the_cap() {
