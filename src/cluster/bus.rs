@@ -227,7 +227,7 @@ pub fn new_instance_id() -> InstanceId {
     }
 }
 
-/// Why the bus could not start.
+/// Why the bus could not start, or a transport could not publish.
 #[derive(Debug)]
 pub struct BusError(pub String);
 
@@ -257,18 +257,6 @@ pub enum TransportEvent {
     Notice(String),
 }
 
-/// A publish that did not happen.
-#[derive(Debug)]
-pub struct TransportError(pub String);
-
-impl std::fmt::Display for TransportError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for TransportError {}
-
 /// A boxed future, for the trait's async methods (object-safe, no extra crate).
 pub type TransportFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 
@@ -282,9 +270,9 @@ pub trait Transport {
         &mut self,
         subject: String,
         payload: Bytes,
-    ) -> TransportFuture<'_, Result<(), TransportError>>;
+    ) -> TransportFuture<'_, Result<(), BusError>>;
     /// Waits until what was published has reached the broker (used at shutdown).
-    fn flush(&mut self) -> TransportFuture<'_, Result<(), TransportError>>;
+    fn flush(&mut self) -> TransportFuture<'_, Result<(), BusError>>;
     /// The next event; `None` once the transport is closed for good.
     fn next_event(&mut self) -> TransportFuture<'_, Option<TransportEvent>>;
     /// Whether the link to the broker is up now.
@@ -360,31 +348,24 @@ impl BusHandle {
 
     /// Asks the bus task to say `Leaving`, flush, and stop; returns at once.
     pub fn shutdown(&self) {
-        let sender = self
-            .inner
-            .shutdown
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(sender) = sender {
+        if let Some(sender) = take(&self.inner.shutdown) {
             let _ = sender.send(());
         }
     }
 
     /// Waits for the bus thread to end (after `shutdown`). Blocking: not for actors.
     pub fn join(&self) {
-        let handle = self
-            .inner
-            .thread
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(handle) = handle {
+        if let Some(handle) = take(&self.inner.thread) {
             if handle.join().is_err() {
                 error!("cluster bus thread panicked");
             }
         }
     }
+}
+
+/// Takes what a once-only slot holds (a panic elsewhere cannot leave it half-written).
+fn take<T>(slot: &Mutex<Option<T>>) -> Option<T> {
+    slot.lock().unwrap_or_else(PoisonError::into_inner).take()
 }
 
 /// Starts the bus on its own thread with a transport made by `connect` (called on that
@@ -394,7 +375,7 @@ impl BusHandle {
 pub fn start<T, F>(config: BusConfig, connect: F, on_event: OnEvent) -> Result<BusHandle, BusError>
 where
     T: Transport + 'static,
-    F: FnOnce(Vec<String>) -> TransportFuture<'static, Result<T, TransportError>> + Send + 'static,
+    F: FnOnce(Vec<String>) -> TransportFuture<'static, Result<T, BusError>> + Send + 'static,
 {
     let stats = Arc::new(ClusterStats::default());
     let view = Arc::new(SharedView::new(LiveView::alone(config.self_id)));
@@ -424,7 +405,7 @@ where
                 let transport = match connect(subjects).await {
                     Ok(transport) => transport,
                     Err(err) => {
-                        let _ = ready_tx.send(Err(BusError(format!("cluster bus: {err}"))));
+                        let _ = ready_tx.send(Err(err));
                         return;
                     }
                 };
@@ -469,7 +450,7 @@ pub fn start_nats(
     let name = config.name.clone();
     start(
         config,
-        move |subjects: Vec<String>| -> TransportFuture<'static, Result<NatsTransport, TransportError>> {
+        move |subjects: Vec<String>| -> TransportFuture<'static, Result<NatsTransport, BusError>> {
             Box::pin(async move { NatsTransport::connect(&settings, &name, &subjects).await })
         },
         on_event,
@@ -861,7 +842,7 @@ impl NatsTransport {
         settings: &ClusterSettings,
         name: &str,
         subjects: &[String],
-    ) -> Result<Self, TransportError> {
+    ) -> Result<Self, BusError> {
         let (events_tx, events) = mpsc::channel(256);
         let max_delay = settings.reconnect_max_delay();
         let ping_interval = (settings.expiry() / 3).max(Duration::from_millis(100));
@@ -883,7 +864,7 @@ impl NatsTransport {
             });
         if let Some(path) = &settings.credentials_file {
             options = options.credentials_file(path).await.map_err(|err| {
-                TransportError(format!(
+                BusError(format!(
                     "cluster.credentials_file {}: {err}",
                     path.display()
                 ))
@@ -904,13 +885,13 @@ impl NatsTransport {
         let client = options
             .connect(settings.nats_urls.as_slice())
             .await
-            .map_err(|err| TransportError(format!("cluster.nats_urls: {err}")))?;
+            .map_err(|err| BusError(format!("cluster.nats_urls: {err}")))?;
         let mut incoming = futures_util::stream::SelectAll::new();
         for subject in subjects {
             let subscriber = client
                 .subscribe(subject.clone())
                 .await
-                .map_err(|err| TransportError(format!("subscribe to {subject}: {err}")))?;
+                .map_err(|err| BusError(format!("subscribe to {subject}: {err}")))?;
             incoming.push(subscriber);
         }
         Ok(Self {
@@ -926,21 +907,21 @@ impl Transport for NatsTransport {
         &mut self,
         subject: String,
         payload: Bytes,
-    ) -> TransportFuture<'_, Result<(), TransportError>> {
+    ) -> TransportFuture<'_, Result<(), BusError>> {
         Box::pin(async move {
             self.client
                 .publish(subject, payload)
                 .await
-                .map_err(|err| TransportError(err.to_string()))
+                .map_err(|err| BusError(err.to_string()))
         })
     }
 
-    fn flush(&mut self) -> TransportFuture<'_, Result<(), TransportError>> {
+    fn flush(&mut self) -> TransportFuture<'_, Result<(), BusError>> {
         Box::pin(async move {
             self.client
                 .flush()
                 .await
-                .map_err(|err| TransportError(err.to_string()))
+                .map_err(|err| BusError(err.to_string()))
         })
     }
 
@@ -998,7 +979,7 @@ mod tests {
             &mut self,
             subject: String,
             payload: Bytes,
-        ) -> TransportFuture<'_, Result<(), TransportError>> {
+        ) -> TransportFuture<'_, Result<(), BusError>> {
             Box::pin(async move {
                 if self.broker.stall.load(Ordering::Relaxed) {
                     std::future::pending::<()>().await;
@@ -1012,7 +993,7 @@ mod tests {
             })
         }
 
-        fn flush(&mut self) -> TransportFuture<'_, Result<(), TransportError>> {
+        fn flush(&mut self) -> TransportFuture<'_, Result<(), BusError>> {
             Box::pin(async { Ok(()) })
         }
 
@@ -1074,7 +1055,7 @@ mod tests {
         let broker_for_bus = broker.clone();
         let bus = start(
             config,
-            move |subjects: Vec<String>| -> TransportFuture<'static, Result<MemoryTransport, TransportError>> {
+            move |subjects: Vec<String>| -> TransportFuture<'static, Result<MemoryTransport, BusError>> {
                 Box::pin(async move {
                     let (loopback, inbound) = mpsc::unbounded_channel();
                     *broker_for_bus.inject.lock().expect("test lock") = Some(loopback.clone());
@@ -1166,26 +1147,41 @@ mod tests {
         }
     }
 
-    fn is_membership(event: &BusEvent, joined_other: bool, gone_other: bool, bus_up: bool) -> bool {
-        matches!(event, BusEvent::Membership { joined, gone, view }
-            if joined.contains(&OTHER) == joined_other
-                && gone.contains(&OTHER) == gone_other
-                && view.bus_up == bus_up)
+    /// Waits for a membership change: whether `OTHER` joined, whether it is gone, and
+    /// the bus state of the new view.
+    fn wait_membership(
+        events: &std::sync::mpsc::Receiver<BusEvent>,
+        what: &str,
+        joined_other: bool,
+        gone_other: bool,
+        bus_up: bool,
+    ) {
+        wait_event(events, what, |event| {
+            matches!(event, BusEvent::Membership { joined, gone, view }
+                if joined.contains(&OTHER) == joined_other
+                    && gone.contains(&OTHER) == gone_other
+                    && view.bus_up == bus_up)
+        });
+    }
+
+    /// A bus over a fresh in-memory broker, once its first heartbeat has come back.
+    fn started(
+        heartbeat_ms: u64,
+        expiry_ms: u64,
+    ) -> (Broker, BusHandle, std::sync::mpsc::Receiver<BusEvent>) {
+        let broker = Broker::new();
+        let (bus, events) = start_memory(config(heartbeat_ms, expiry_ms, 16), &broker);
+        wait_membership(&events, "bus up", false, false, true);
+        (broker, bus, events)
     }
 
     #[test]
     fn the_bus_is_lost_when_our_heartbeats_stop_coming_back_even_on_an_open_link() {
-        let broker = Broker::new();
-        let (bus, events) = start_memory(config(20, 100, 16), &broker);
-        wait_event(&events, "bus up", |event| {
-            is_membership(event, false, false, true)
-        });
+        let (broker, bus, events) = started(20, 100);
 
         // A silent stall: the link claims to be up but nothing comes back.
         broker.echo.store(false, Ordering::Relaxed);
-        wait_event(&events, "bus lost", |event| {
-            is_membership(event, false, false, false)
-        });
+        wait_membership(&events, "bus lost", false, false, false);
         assert_eq!(bus.view().live, vec![ME]);
         assert!(
             bus.stats().is_connected(),
@@ -1193,9 +1189,7 @@ mod tests {
         );
 
         broker.echo.store(true, Ordering::Relaxed);
-        wait_event(&events, "bus back", |event| {
-            is_membership(event, false, false, true)
-        });
+        wait_membership(&events, "bus back", false, false, true);
         assert!(bus.stats().is_bus_up());
         bus.shutdown();
         bus.join();
@@ -1204,28 +1198,20 @@ mod tests {
 
     #[test]
     fn losing_the_bus_cuts_the_other_instances_off() {
-        let broker = Broker::new();
         // A long expiry: the other instance, heard once, stays until the bus goes.
-        let (bus, events) = start_memory(config(20, 1_000, 16), &broker);
-        wait_for("the bus", || bus.stats().is_bus_up());
+        let (broker, bus, events) = started(20, 1_000);
         broker.inject(&control_subject("t"), &from_other(heartbeat(1)));
-        wait_event(&events, "the join", |event| {
-            is_membership(event, true, false, true)
-        });
+        wait_membership(&events, "the join", true, false, true);
         assert_eq!(bus.view().live, vec![ME, OTHER]);
         broker.echo.store(false, Ordering::Relaxed);
-        wait_event(&events, "the cut", |event| {
-            is_membership(event, false, true, false)
-        });
+        wait_membership(&events, "the cut", false, true, false);
         assert_eq!(bus.view().live, vec![ME]);
         bus.shutdown();
     }
 
     #[test]
     fn only_well_addressed_messages_reach_the_callback() {
-        let broker = Broker::new();
-        let (bus, events) = start_memory(config(20, 100, 16), &broker);
-        wait_for("the bus", || bus.stats().is_bus_up());
+        let (broker, bus, events) = started(20, 100);
         let inbox = inbox_subject("t", ME);
         broker.inject(&inbox, &from_other(deliver_to(OTHER)));
         broker.inject(&control_subject("t"), &from_other(deliver_to(ME)));
@@ -1238,41 +1224,26 @@ mod tests {
         });
 
         broker.inject(&inbox, &from_other(deliver_to(ME)));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let envelope = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match events.recv_timeout(left).expect("a message arrives") {
-                BusEvent::Message(envelope) => break envelope,
-                BusEvent::Membership { .. } => continue,
-            }
-        };
-        assert_eq!(envelope.body, deliver_to(ME));
+        let event = wait_event(&events, "a message", |event| {
+            matches!(event, BusEvent::Message(_))
+        });
+        assert!(matches!(event, BusEvent::Message(envelope) if envelope.body == deliver_to(ME)));
         bus.shutdown();
     }
 
     #[test]
     fn a_silent_instance_expires_and_a_leaving_one_goes_at_once() {
-        let broker = Broker::new();
-        let (bus, events) = start_memory(config(20, 100, 16), &broker);
-        wait_for("the bus", || bus.stats().is_bus_up());
+        let (broker, bus, events) = started(20, 100);
         let control = control_subject("t");
         broker.inject(&control, &from_other(heartbeat(1)));
-        wait_event(&events, "the join", |event| {
-            is_membership(event, true, false, true)
-        });
-        wait_event(&events, "the expiry", |event| {
-            is_membership(event, false, true, true)
-        });
+        wait_membership(&events, "the join", true, false, true);
+        wait_membership(&events, "the expiry", false, true, true);
 
         broker.inject(&control, &from_other(heartbeat(2)));
-        wait_event(&events, "the rejoin", |event| {
-            is_membership(event, true, false, true)
-        });
+        wait_membership(&events, "the rejoin", true, false, true);
         broker.inject(&control, &from_other(BusMessage::Leaving));
         // Unless it expired first (a slow machine), the Leaving removes it.
-        wait_event(&events, "the leave", |event| {
-            is_membership(event, false, true, true)
-        });
+        wait_membership(&events, "the leave", false, true, true);
         assert_eq!(bus.view().live, vec![ME]);
         bus.shutdown();
     }

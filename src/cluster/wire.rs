@@ -13,8 +13,9 @@
 //! sees), never as one that misreads itself.
 //!
 //! Decoding never panics and never trusts a length: an unknown version, bytes that do not
-//! parse, or bytes left over after the envelope are a typed [`WireError`]. Postcard checks
-//! every length against the bytes actually present before allocating.
+//! parse, or bytes left over after the envelope are a typed [`WireError`]. A claimed length
+//! cannot make us allocate much: postcard takes strings only from bytes actually present,
+//! and serde caps what a sequence's claimed length preallocates (a test checks this).
 //!
 //! # Identities
 //! [`InstanceId`] is a random `u64` drawn at every process start; [`ConnKey`] (instance +
