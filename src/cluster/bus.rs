@@ -538,8 +538,9 @@ impl<T: Transport> BusTask<T> {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let transport_open = self.transport_open;
+            // Unbiased: a flood of incoming messages must not starve the outgoing queue
+            // (nor the other way round).
             let step = tokio::select! {
-                biased;
                 _ = &mut shutdown => Step::Shutdown,
                 _ = ticks.tick() => Step::Tick,
                 event = self.transport.next_event(), if transport_open => Step::Event(event),
