@@ -60,6 +60,8 @@ bash tests/browser/run.sh
 stage "fault injection (a panicking swarm, SIGTERM, restart)"
 cargo test --locked --features fault-injection --test faults
 
-# Last, so that its summary closes the output.
+# Last, so that its summary closes the output. tests/cluster_bus.rs starts a real NATS
+# server (Debian package nats-server).
 stage "cargo test"
+command -v nats-server >/dev/null 2>&1 || [[ -x /usr/sbin/nats-server ]] || apt_install nats-server
 cargo test --locked --all-targets

@@ -29,6 +29,7 @@
 
 pub mod access;
 pub mod client_ip;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod housekeeping;
