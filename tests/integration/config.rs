@@ -1,17 +1,15 @@
 //! Settings layering (defaults < file < env), errors, wt-tracker's config.json, and the
 //! binary: bad config exit code, start-up log, SIGTERM with 1001, healthcheck.
 
-mod common;
-
 use std::{
     collections::HashMap,
     net::TcpListener,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::common::*;
 use p2p_mediastream::Settings;
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -346,20 +344,6 @@ fn command() -> Command {
     command
 }
 
-/// Waits at most `within` for the process to exit.
-async fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[test]
 fn the_binary_exits_2_with_a_message_when_the_config_file_is_missing() {
     let output = command()
@@ -420,16 +404,12 @@ async fn the_binary_serves_logs_its_address_and_stops_on_sigterm_closing_sockets
         String::from_utf8_lossy(&output.stderr)
     );
 
-    let mut peer = TestPeer::connect(&format!("ws://127.0.0.1:{}/announce", server.port())).await;
+    let mut peer = TestPeer::connect(&server.ws_url()).await;
     peer.announce(info_hash(1), peer_id(1), Some("started"), &[])
         .await;
     assert_eq!(peer.recv_announce_reply().await.incomplete, 1);
 
-    let status = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    server.signal("TERM");
     let sent = Instant::now();
     // The open socket is told the server is going away, before the process exits.
     assert_eq!(peer.expect_close().await, Some(1001));

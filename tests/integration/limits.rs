@@ -1,17 +1,12 @@
 //! Limits: frame and message sizes, frame types, connection caps, idle timeout, SDP size,
-//! offers per announce, swarms and peer_ids per connection, swarm size, Origin allow-list.
-
-mod common;
+//! offers per announce, swarms and peer_ids per connection, swarm size, the per-socket
+//! message rate, Origin allow-list.
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use p2p_mediastream::protocol::client::announce_text;
 use serde_json::json;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-};
 use tokio_tungstenite::tungstenite::{
     protocol::frame::{
         coding::{Data, OpCode},
@@ -176,80 +171,21 @@ async fn max_connections_per_ip_refuses_a_second_upgrade_from_the_same_ip_with_5
     assert_eq!(app.stats().await["servers"][0]["webSocketsCount"], 1);
 }
 
-/// A WebSocket client written by hand over TCP, which answers nothing (not even pings)
-/// unless told to.
-struct RawClient {
-    stream: TcpStream,
-}
-
-impl RawClient {
-    async fn connect(app: &TestApp) -> Self {
-        let mut stream = TcpStream::connect(app.addr).await.expect("connect");
-        let request = upgrade_request(app.addr, "/announce", "");
-        stream.write_all(request.as_bytes()).await.expect("write");
-        let mut head = Vec::new();
-        while !head.ends_with(b"\r\n\r\n") {
-            assert!(head.len() < 4096, "response head too long");
-            let mut byte = [0u8; 1];
-            let read = tokio::time::timeout(RECV_TIMEOUT, stream.read(&mut byte))
-                .await
-                .expect("handshake in time")
-                .expect("read");
-            assert_eq!(read, 1, "connection closed during the handshake");
-            head.push(byte[0]);
-        }
-        let head = String::from_utf8_lossy(&head);
-        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-        Self { stream }
-    }
-
-    /// Sends one masked frame.
-    async fn send(&mut self, opcode: u8, fin: bool, payload: &[u8]) {
-        let frame = client_frame(fin, opcode, payload);
-        self.stream.write_all(&frame).await.expect("write frame");
-    }
-
-    /// Reads one (unmasked) server frame: (opcode, payload); `None` at end of stream.
-    async fn read_frame(&mut self, timeout: Duration) -> Option<(u8, Vec<u8>)> {
-        let read = async {
-            let mut head = [0u8; 2];
-            if self.stream.read_exact(&mut head).await.is_err() {
-                return None;
-            }
-            let mut len = u64::from(head[1] & 0x7F);
-            if len == 126 {
-                let mut ext = [0u8; 2];
-                self.stream.read_exact(&mut ext).await.ok()?;
-                len = u64::from(u16::from_be_bytes(ext));
-            } else if len == 127 {
-                let mut ext = [0u8; 8];
-                self.stream.read_exact(&mut ext).await.ok()?;
-                len = u64::from_be_bytes(ext);
-            }
-            assert_eq!(head[1] & 0x80, 0, "server frames are not masked");
-            let mut payload = vec![0u8; len as usize];
-            self.stream.read_exact(&mut payload).await.ok()?;
-            Some((head[0] & 0x0F, payload))
-        };
-        tokio::time::timeout(timeout, read)
-            .await
-            .expect("a frame or the end of the stream in time")
-    }
-}
-
 #[tokio::test]
 async fn a_client_that_never_answers_pings_is_closed_after_the_idle_timeout_and_its_peers_leave() {
     let app = spawn_app_configured(short_idle_timeout);
-    let mut silent = RawClient::connect(&app).await;
+    let mut silent = RawWs::connect(app.addr).await;
     let announce = announce_text(info_hash(1), peer_id(1), Some("started"), None, &[]);
-    silent.send(0x1, true, announce.as_bytes()).await;
+    silent.send_text(&announce).await;
     let last_sent = Instant::now();
-    let (opcode, payload) = silent
-        .read_frame(RECV_TIMEOUT)
-        .await
-        .expect("announce response");
-    assert_eq!(opcode, 0x1);
-    let reply: serde_json::Value = serde_json::from_slice(&payload).expect("json");
+    let reply: serde_json::Value = match silent.read_frame(RECV_TIMEOUT).await {
+        RawEvent::Frame {
+            opcode: opcode::TEXT,
+            payload,
+            ..
+        } => serde_json::from_slice(&payload).expect("json"),
+        other => panic!("expected the announce response, got {other:?}"),
+    };
     assert_eq!(reply["incomplete"], 1);
     assert_eq!(peers_and_torrents(&app.stats().await), (1, 1));
 
@@ -257,10 +193,20 @@ async fn a_client_that_never_answers_pings_is_closed_after_the_idle_timeout_and_
     let mut pings = 0;
     let close = loop {
         match silent.read_frame(Duration::from_secs(8)).await {
-            Some((0x9, _)) => pings += 1,
-            Some((0x8, payload)) => break payload,
-            Some((opcode, payload)) => panic!("unexpected frame {opcode:#x}: {payload:?}"),
-            None => panic!("connection ended without a close frame"),
+            RawEvent::Frame {
+                opcode: opcode::PING,
+                ..
+            } => pings += 1,
+            RawEvent::Frame {
+                opcode: opcode::CLOSE,
+                payload,
+                ..
+            } => break payload,
+            RawEvent::Frame {
+                opcode, payload, ..
+            } => panic!("unexpected frame {opcode:#x}: {payload:?}"),
+            RawEvent::Eof => panic!("connection ended without a close frame"),
+            RawEvent::Timeout => panic!("neither a frame nor the end of the stream in time"),
         }
         assert!(pings < 20, "never closed");
     };

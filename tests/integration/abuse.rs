@@ -7,11 +7,8 @@
 //! (text and ping), per-connection caps, per-IP caps behind proxies, slow readers,
 //! half-open and slowloris connections, bad upgrades, and huge-but-legal JSON.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
 use futures_util::StreamExt;
 use p2p_mediastream::protocol::{
     client::{announce_text, answer_text, TrackerMessage},
@@ -21,107 +18,29 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::common::*;
+
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-/// An announce as JSON, with offers and an arbitrary `numwant` value (or none).
-fn announce_value(
-    swarm: InfoHash,
-    peer: PeerId,
-    offers: &[(OfferId, String)],
-    numwant: Option<serde_json::Value>,
-) -> serde_json::Value {
-    let mut value = json!({
-        "action": "announce",
-        "info_hash": swarm.to_wire(),
-        "peer_id": peer.to_wire(),
-        "uploaded": 0,
-        "downloaded": 0,
-        "offers": offers
-            .iter()
-            .map(|(id, sdp)| json!({"offer_id": id.to_wire(), "offer": {"type": "offer", "sdp": sdp}}))
-            .collect::<Vec<_>>(),
-    });
-    if let Some(numwant) = numwant {
-        value["numwant"] = numwant;
-    }
-    value
-}
-
-fn offers(base: u32, count: u32, sdp_len: usize) -> Vec<(OfferId, String)> {
-    (0..count)
-        .map(|n| (offer_id(base + n), fake_sdp(sdp_len)))
-        .collect()
-}
-
-/// `count` peers (one socket each) joined to `swarm`, ids from `base`.
-async fn joined_peers(app: &TestApp, swarm: InfoHash, base: u32, count: u32) -> Vec<TestPeer> {
-    let mut peers = Vec::new();
-    for n in 0..count {
-        let mut peer = app.peer().await;
-        let (_, incomplete) = peer
-            .announce_counts(swarm, peer_id(base + n), Some("started"))
-            .await;
-        assert_eq!(incomplete, u64::from(n) + 1);
-        peers.push(peer);
-    }
-    peers
-}
-
-/// How many offers each peer received until quiet; fails on any other frame.
-async fn offers_received(peers: &mut [TestPeer], from: PeerId) -> Vec<usize> {
-    let mut counts = Vec::new();
-    for peer in peers.iter_mut() {
-        let frames = peer.drain_json().await;
-        for frame in &frames {
-            assert!(frame.get("offer").is_some(), "unexpected frame: {frame}");
-            assert_eq!(frame["peer_id"], from.to_wire());
-        }
-        counts.push(frames.len());
-    }
-    counts
-}
-
-/// (complete, incomplete) of `swarm` by scrape from a fresh socket.
-async fn scrape_counts(app: &TestApp, swarm: InfoHash) -> (u64, u64) {
-    let mut probe = app.peer().await;
-    probe
-        .send_json(json!({"action": "scrape", "info_hash": swarm.to_wire()}))
-        .await;
-    let reply = probe.recv_json().await;
-    let file = &reply["files"][swarm.to_wire()];
-    let counts = (
-        file["complete"].as_u64().expect("complete"),
-        file["incomplete"].as_u64().expect("incomplete"),
-    );
-    probe.close().await;
-    counts
-}
-
-fn assert_failure(value: &serde_json::Value, swarm: Option<InfoHash>, contains: &str) {
-    let reason = value["failure reason"]
-        .as_str()
-        .unwrap_or_else(|| panic!("expected a failure, got {value}"));
-    assert!(
-        reason.contains(contains),
-        "failure {reason:?} should contain {contains:?}"
-    );
-    assert_eq!(value["action"], "announce", "{value}");
-    if let Some(swarm) = swarm {
-        assert_eq!(value["info_hash"], swarm.to_wire(), "{value}");
-    }
-}
-
-/// The next frame on `peer` is a failure containing `reason` (naming `swarm`, if given);
-/// returned for further checks.
+/// The next frame on `peer` is a failure of an announce containing `reason` (naming
+/// `swarm`, if given); returned for further checks.
 async fn assert_refused(
     peer: &mut TestPeer,
     swarm: Option<InfoHash>,
     reason: &str,
 ) -> serde_json::Value {
-    let failure = peer.recv_failure().await;
-    assert_failure(&failure, swarm, reason);
+    let failure = match swarm {
+        Some(swarm) => peer.recv_failure_in(swarm).await,
+        None => peer.recv_failure().await,
+    };
+    assert_eq!(failure["action"], "announce", "{failure}");
+    let got = failure["failure reason"].as_str().unwrap_or_default();
+    assert!(
+        got.contains(reason),
+        "failure {got:?} should contain {reason:?}"
+    );
     failure
 }
 
@@ -136,15 +55,6 @@ async fn assert_announce_refused(
     peer.announce(swarm, peer_id, None, &[]).await;
     assert_refused(peer, Some(swarm), reason).await;
 }
-
-/// Waits until /stats.json counts `open` WebSocket connections.
-async fn wait_connections(app: &TestApp, open: u64) {
-    wait_for_stats(app, |stats| websockets(stats) == open).await;
-}
-
-// ---------------------------------------------------------------------------------------
-// Fragmentation
-// ---------------------------------------------------------------------------------------
 
 /// Encoded client frames of each kind (`fin` false: more fragments follow).
 fn text_frame(fin: bool, payload: &[u8]) -> Vec<u8> {
@@ -168,6 +78,10 @@ async fn raw_socket_sending(app: &TestApp, writes: &[Vec<u8>]) -> RawWs {
     }
     raw
 }
+
+// ---------------------------------------------------------------------------------------
+// Fragmentation
+// ---------------------------------------------------------------------------------------
 
 /// The server closes `raw` with `code`, and only the honest pair's two sockets remain.
 async fn assert_closed_with(app: &TestApp, raw: &mut RawWs, code: u16) {
@@ -451,6 +365,20 @@ async fn to_peer_id_above_u00ff_is_refused() {
 // Offers, SDP, numwant
 // ---------------------------------------------------------------------------------------
 
+/// How many offers each peer received until quiet; fails on any other frame.
+async fn offers_received(peers: &mut [TestPeer], from: PeerId) -> Vec<usize> {
+    let mut counts = Vec::new();
+    for peer in peers.iter_mut() {
+        let frames = peer.drain_json().await;
+        for frame in &frames {
+            assert!(frame.get("offer").is_some(), "unexpected frame: {frame}");
+            assert_eq!(frame["peer_id"], from.to_wire());
+        }
+        counts.push(frames.len());
+    }
+    counts
+}
+
 /// `receivers` peers (100 and up) wait in swarm 1; the abuser, peer 1 on its own socket,
 /// sends `text`, an announce with offers that must be answered. Returns the answer, how
 /// many offers each receiver got, and the abuser's socket (for further checks).
@@ -460,7 +388,7 @@ async fn announce_offers(
     text: String,
 ) -> (AnnounceReply, Vec<usize>, TestPeer) {
     let swarm = info_hash(1);
-    let mut peers = joined_peers(app, swarm, 100, receivers).await;
+    let mut peers = joined_peers(app.addr, swarm, 100..100 + receivers, Some("started"), 0).await;
     let mut abuser = app.peer().await;
     abuser.send_text(text).await;
     let reply = abuser.recv_announce_reply().await;
@@ -474,7 +402,7 @@ async fn announce_offers(
 async fn offer_announce_is_refused(app: TestApp, value: serde_json::Value, reason: &str) {
     let mut honest = HonestPair::join(&app).await;
     let swarm = info_hash(1);
-    let mut receivers = joined_peers(&app, swarm, 100, 2).await;
+    let mut receivers = joined_peers(app.addr, swarm, 100..102, Some("started"), 0).await;
     let mut abuser = app.peer().await;
     abuser.send_json(value).await;
     assert_refused(&mut abuser, Some(swarm), reason).await;
@@ -542,7 +470,7 @@ async fn offer_sdp_exactly_at_the_limit_is_relayed() {
     let app = spawn_app_configured(|settings| settings.tracker.max_sdp_bytes = 1024);
     let mut honest = HonestPair::join(&app).await;
     let swarm = info_hash(1);
-    let mut receivers = joined_peers(&app, swarm, 100, 1).await;
+    let mut receivers = joined_peers(app.addr, swarm, 100..101, Some("started"), 0).await;
     let mut abuser = app.peer().await;
     let value = announce_value(swarm, peer_id(1), &offers(1, 1, 1024), Some(json!(1)));
     abuser.send_json(value).await;
@@ -763,9 +691,9 @@ async fn a_replayed_answer_is_refused() {
     honest.assert_unaffected().await;
 }
 
-// ---------------------------------------------------------------------------------------
 // A peer_id claimed by two sockets: the last writer wins; `stopped` and answers only
 // from the owner.
+
 // ---------------------------------------------------------------------------------------
 
 /// Peer 1 in swarm 1, claimed by two sockets in turn (`first`, then `second`), and peer 2
@@ -1005,7 +933,7 @@ async fn a_rate_limited_socket_recovers_as_the_bucket_refills() {
 
 /// A fragmented message that starts over the rate is reassembled (to stay in step) and
 /// dropped whole, without a failure (the session sends failures only for single-frame
-/// text; see session.rs `refuse_for_rate`).
+/// text: the session's `refuse_for_rate`).
 #[tokio::test]
 async fn a_fragmented_message_over_the_rate_is_dropped_whole() {
     let app = spawn_app_with(rate_limited_settings());
@@ -1093,7 +1021,7 @@ async fn a_full_swarm_refuses_new_peers_but_keeps_its_members() {
     let app = spawn_app_configured(|settings| settings.tracker.max_peers_per_swarm = 3);
     let mut honest = HonestPair::join(&app).await;
     let swarm = info_hash(1);
-    let mut members = joined_peers(&app, swarm, 100, 3).await;
+    let mut members = joined_peers(app.addr, swarm, 100..103, Some("started"), 0).await;
     let mut abuser = app.peer().await;
     assert_announce_refused(&mut abuser, swarm, peer_id(1), "swarm is full (3 peers)").await;
     members[0]
@@ -1102,9 +1030,7 @@ async fn a_full_swarm_refuses_new_peers_but_keeps_its_members() {
     honest.assert_unaffected().await;
 }
 
-// ---------------------------------------------------------------------------------------
-// Per-IP caps, X-Forwarded-For
-// ---------------------------------------------------------------------------------------
+// Sockets per IP, and X-Forwarded-For.
 
 #[tokio::test]
 async fn too_many_sockets_from_one_ip_get_503_and_the_slot_comes_back() {
