@@ -1,6 +1,6 @@
 //! Limits: frame and message sizes, frame types, connection caps, idle timeout, SDP size,
-//! offers per announce, swarms and peer_ids per connection, swarm size, the per-socket
-//! message rate, Origin allow-list.
+//! offers per announce, swarms and peer_ids per connection, the per-socket message rate,
+//! Origin allow-list. (Swarm size: abuse::caps.)
 
 use std::time::{Duration, Instant};
 
@@ -334,23 +334,6 @@ async fn a_connection_registering_more_than_max_peer_ids_per_swarm_is_refused() 
     peer.recv_failure_in(swarm).await;
     // Re-announcing a registered one is fine.
     peer.assert_counts(swarm, peer_id(2), None, (0, 2)).await;
-}
-
-#[tokio::test]
-async fn a_full_swarm_refuses_new_peers_but_keeps_its_members() {
-    let app = spawn_app_configured(|settings| settings.tracker.max_peers_per_swarm = 2);
-    let swarm = info_hash(1);
-    let [mut a, mut b, mut c] = app.peers().await;
-    a.assert_counts(swarm, peer_id(1), Some("started"), (0, 1))
-        .await;
-    b.assert_counts(swarm, peer_id(2), Some("started"), (0, 2))
-        .await;
-    c.announce(swarm, peer_id(3), Some("started"), &[]).await;
-    c.recv_failure_in(swarm).await;
-    a.assert_counts(swarm, peer_id(1), None, (0, 2)).await;
-    // c's socket still works elsewhere.
-    c.assert_counts(info_hash(2), peer_id(3), Some("started"), (0, 1))
-        .await;
 }
 
 #[tokio::test]

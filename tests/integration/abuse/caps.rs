@@ -59,6 +59,10 @@ async fn a_full_swarm_refuses_new_peers_but_keeps_its_members() {
     members[0]
         .assert_counts(swarm, peer_id(100), None, (0, 3))
         .await;
+    // The refused socket still works elsewhere.
+    abuser
+        .assert_counts(info_hash(2), peer_id(1), Some("started"), (0, 1))
+        .await;
     honest.assert_unaffected().await;
 }
 
