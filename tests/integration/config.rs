@@ -63,6 +63,59 @@ fn the_documented_default_toml_equals_the_built_in_defaults() {
     assert_eq!(settings, Settings::default());
 }
 
+/// The README's configuration table (`| `section.key` | `default` | meaning |`) has a
+/// row for every setting, and each row's default is the built-in one: strings as they
+/// are (`""` when empty), anything else as its JSON text.
+#[test]
+fn the_readme_config_table_lists_every_setting_with_its_default() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let defaults = serde_json::to_value(Settings::default()).expect("defaults serialise");
+    let sections = defaults.as_object().expect("settings are an object");
+    let mut documented = HashMap::new();
+    for line in readme.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let [_, key, default, ..] = cells[..] else {
+            continue;
+        };
+        let (Some(key), Some(default)) = (code(key), code(default)) else {
+            continue;
+        };
+        let Some((section, name)) = key.split_once('.') else {
+            continue;
+        };
+        if sections.contains_key(section) {
+            documented.insert((section.to_owned(), name.to_owned()), default.to_owned());
+        }
+    }
+    let mut settings = 0;
+    for (section, values) in sections {
+        let values = values.as_object().expect("a section is an object");
+        for (name, value) in values {
+            settings += 1;
+            let expected = match value {
+                serde_json::Value::String(text) if text.is_empty() => "\"\"".to_owned(),
+                serde_json::Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            let row = documented
+                .get(&(section.clone(), name.clone()))
+                .unwrap_or_else(|| panic!("README has no row for `{section}.{name}`"));
+            assert_eq!(row, &expected, "README's default for `{section}.{name}`");
+        }
+    }
+    assert_eq!(
+        documented.len(),
+        settings,
+        "README documents settings that do not exist: {documented:?}"
+    );
+}
+
+/// The text inside a table cell that is one `code span`.
+fn code(cell: &str) -> Option<&str> {
+    cell.strip_prefix('`')?.strip_suffix('`')
+}
+
 #[test]
 fn a_toml_file_overrides_defaults_and_env_overrides_the_file() {
     let dir = tempfile::tempdir().expect("tempdir");
