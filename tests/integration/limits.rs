@@ -1,6 +1,6 @@
-//! Limits: frame and message sizes, frame types, connection caps, idle timeout, SDP size,
-//! offers per announce, swarms and peer_ids per connection, the per-socket message rate,
-//! Origin allow-list. (Swarm size: abuse::caps.)
+//! Limits: frame and message sizes, the connection cap, the idle timeout, the per-socket
+//! message rate, the Origin allow-list, upgrades at the root path. Caps per socket, per
+//! swarm and per IP, SDP sizes and offers per announce are in `abuse`.
 
 use std::time::{Duration, Instant};
 
@@ -106,30 +106,6 @@ async fn a_fragmented_message_within_the_limits_is_processed_normally() {
 }
 
 #[tokio::test]
-async fn a_fragmented_message_with_invalid_utf8_closes_with_1007() {
-    let app = spawn_app();
-    let mut peer = app.peer().await;
-    peer.send_raw(text_fragment(&b"{\"action\":\"ann"[..], true, false))
-        .await
-        .expect("send");
-    let _ = peer
-        .send_raw(text_fragment(&b"\xff\xfe\"}"[..], false, true))
-        .await;
-    assert_eq!(peer.expect_close().await, Some(1007));
-}
-
-#[tokio::test]
-async fn a_binary_frame_closes_with_1003() {
-    let app = spawn_app();
-    let mut peer = app.peer().await;
-    let text = announce_text(info_hash(1), peer_id(1), Some("started"), None, &[]);
-    peer.send_raw(Message::Binary(text.into_bytes().into()))
-        .await
-        .expect("send");
-    assert_eq!(peer.expect_close().await, Some(1003));
-}
-
-#[tokio::test]
 async fn max_connections_refuses_further_upgrades_with_503() {
     let app = spawn_app_configured(|settings| {
         settings.server.max_connections = 2;
@@ -156,19 +132,6 @@ async fn max_connections_refuses_further_upgrades_with_503() {
     let mut third = admitted.expect("a slot was freed");
     let reply = third.join_swarm(info_hash(1), peer_id(3)).await;
     assert_eq!(reply.incomplete, 2);
-}
-
-#[tokio::test]
-async fn max_connections_per_ip_refuses_a_second_upgrade_from_the_same_ip_with_503() {
-    let app = spawn_app_configured(|settings| settings.server.max_connections_per_ip = 1);
-    let mut first = app.peer().await;
-    let what = "a second connection from one IP";
-    let (status, body) = refused_upgrade(&app.ws_url(), &[], what).await;
-    assert_eq!(status, 503);
-    assert!(body.contains("max_connections_per_ip"), "{body}");
-    let reply = first.join_swarm(info_hash(1), peer_id(1)).await;
-    assert_eq!(reply.incomplete, 1);
-    assert_eq!(app.stats().await["servers"][0]["webSocketsCount"], 1);
 }
 
 #[tokio::test]
@@ -238,102 +201,6 @@ async fn a_client_that_answers_pings_stays_open_beyond_the_idle_timeout() {
     peer.announce(info_hash(1), peer_id(1), None, &[]).await;
     assert_eq!(peer.recv_announce_reply().await.incomplete, 1);
     assert_eq!(peers_and_torrents(&app.stats().await), (1, 1));
-}
-
-#[tokio::test]
-async fn an_sdp_above_max_sdp_bytes_gets_a_failure_and_is_not_relayed() {
-    let app = spawn_app_configured(|settings| settings.tracker.max_sdp_bytes = 1024);
-    let swarm = info_hash(1);
-    let mut receiver = app.peer().await;
-    receiver.join_swarm(swarm, peer_id(2)).await;
-    let mut sender = app.peer().await;
-    let big = fake_sdp(1025);
-    sender
-        .announce(swarm, peer_id(1), None, &[(offer_id(1), big.as_str())])
-        .await;
-    sender.recv_failure_in(swarm).await;
-    receiver.expect_silence().await;
-    // An answer above the limit is refused the same way.
-    receiver
-        .answer(swarm, peer_id(2), peer_id(1), offer_id(1), &big)
-        .await;
-    let failure = receiver.recv_failure().await;
-    assert_eq!(
-        failure["info_hash"].as_str(),
-        Some(swarm.to_wire().as_str())
-    );
-    // Exactly at the limit is relayed.
-    let fits = fake_sdp(1024);
-    sender
-        .announce(swarm, peer_id(1), None, &[(offer_id(2), fits.as_str())])
-        .await;
-    assert_eq!(sender.recv_announce_reply().await.incomplete, 2);
-    let offer = receiver.recv_json().await;
-    assert_eq!(offer["offer"]["sdp"].as_str(), Some(fits.as_str()));
-}
-
-#[tokio::test]
-async fn more_offers_than_max_offers_relays_only_max_offers() {
-    let app = spawn_app_configured(|settings| settings.tracker.max_offers = 2);
-    let swarm = info_hash(1);
-    let mut receivers = Vec::new();
-    for n in 0..5 {
-        let mut peer = app.peer().await;
-        peer.join_swarm(swarm, peer_id(10 + n)).await;
-        receivers.push(peer);
-    }
-    let mut sender = app.peer().await;
-    let sdp = fake_sdp(100);
-    let offers: Vec<_> = (1..=5).map(|n| (offer_id(n), sdp.as_str())).collect();
-    sender.announce(swarm, peer_id(1), None, &offers).await;
-    assert_eq!(sender.recv_announce_reply().await.incomplete, 6);
-    let drained =
-        futures_util::future::join_all(receivers.iter_mut().map(|peer| peer.drain_json())).await;
-    let counts: Vec<usize> = drained.iter().map(Vec::len).collect();
-    assert_eq!(counts.iter().sum::<usize>(), 2, "{counts:?}");
-    assert!(counts.iter().all(|&count| count <= 1), "{counts:?}");
-}
-
-#[tokio::test]
-async fn a_connection_joining_more_than_max_swarms_per_connection_is_refused() {
-    let app = spawn_app_configured(|settings| settings.ws.max_swarms_per_connection = 2);
-    let mut peer = app.peer().await;
-    let started = Some("started");
-    peer.assert_counts(info_hash(1), peer_id(1), started, (0, 1))
-        .await;
-    peer.assert_counts(info_hash(2), peer_id(1), started, (0, 1))
-        .await;
-    peer.announce(info_hash(3), peer_id(1), started, &[]).await;
-    peer.recv_failure_in(info_hash(3)).await;
-    assert_eq!(peers_and_torrents(&app.stats().await), (2, 2));
-    // The joined swarms still work, also with a second peer_id.
-    peer.assert_counts(info_hash(1), peer_id(2), started, (0, 2))
-        .await;
-    // Leaving one makes room.
-    peer.assert_counts(info_hash(2), peer_id(1), Some("stopped"), (0, 0))
-        .await;
-    peer.assert_counts(info_hash(3), peer_id(1), started, (0, 1))
-        .await;
-    // Another connection is not affected by this one's count.
-    let mut other = app.peer().await;
-    other
-        .assert_counts(info_hash(4), peer_id(9), started, (0, 1))
-        .await;
-}
-
-#[tokio::test]
-async fn a_connection_registering_more_than_max_peer_ids_per_swarm_is_refused() {
-    let app = spawn_app_configured(|settings| settings.ws.max_peer_ids_per_swarm = 2);
-    let mut peer = app.peer().await;
-    let swarm = info_hash(1);
-    peer.assert_counts(swarm, peer_id(1), Some("started"), (0, 1))
-        .await;
-    peer.assert_counts(swarm, peer_id(2), Some("started"), (0, 2))
-        .await;
-    peer.announce(swarm, peer_id(3), Some("started"), &[]).await;
-    peer.recv_failure_in(swarm).await;
-    // Re-announcing a registered one is fine.
-    peer.assert_counts(swarm, peer_id(2), None, (0, 2)).await;
 }
 
 #[tokio::test]

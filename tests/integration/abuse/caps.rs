@@ -17,15 +17,26 @@ async fn too_many_swarms_on_one_socket_are_refused() {
     let reason = "too many swarms on one connection (limit 3)";
     assert_announce_refused(&mut abuser, info_hash(4), peer_id(1), reason).await;
     assert_eq!(scrape_counts(&app, info_hash(4)).await, (0, 0));
-    // Re-announcing in a joined swarm is still fine; leaving one frees a place.
+    // The honest pair's 2 peers in 1 swarm, and the abuser's 3.
+    assert_eq!(peers_and_torrents(&app.stats().await), (5, 4));
+    // Re-announcing in a joined swarm is still fine, also with a second peer_id; leaving
+    // one frees a place.
     abuser
         .assert_counts(info_hash(2), peer_id(1), None, (0, 1))
+        .await;
+    abuser
+        .assert_counts(info_hash(2), peer_id(2), None, (0, 2))
         .await;
     abuser
         .assert_counts(info_hash(1), peer_id(1), Some("stopped"), (0, 0))
         .await;
     abuser
         .assert_counts(info_hash(4), peer_id(1), None, (0, 1))
+        .await;
+    // Another socket's swarms do not count against this one's cap.
+    let mut other = app.peer().await;
+    other
+        .assert_counts(info_hash(5), peer_id(9), Some("started"), (0, 1))
         .await;
     honest.assert_unaffected().await;
 }
@@ -41,6 +52,8 @@ async fn too_many_peer_ids_in_one_swarm_on_one_socket_are_refused() {
     let reason = "too many peer_ids in one swarm on one connection (limit 2)";
     assert_announce_refused(&mut abuser, swarm, peer_id(3), reason).await;
     assert_eq!(scrape_counts(&app, swarm).await, (0, 2));
+    // Re-announcing a registered one is fine.
+    abuser.assert_counts(swarm, peer_id(2), None, (0, 2)).await;
     // Another swarm is a separate budget.
     abuser
         .assert_counts(info_hash(2), peer_id(3), None, (0, 1))
@@ -76,6 +89,8 @@ async fn too_many_sockets_from_one_ip_get_503_and_the_slot_comes_back() {
     let (status, body) = refused_upgrade(&app.ws_url(), &[], "a fourth socket from one IP").await;
     assert_eq!(status, 503);
     assert!(body.contains("max_connections_per_ip"), "{body}");
+    // The refused upgrade took no connection slot.
+    assert_eq!(websockets(&app.stats().await), 3);
     abuser.close().await;
     wait_connections(&app, 2).await;
     let again = try_connect(&app.ws_url(), &[]).await;
