@@ -153,8 +153,6 @@ async fn a_replayed_answer_is_refused() {
 // A peer_id claimed by two sockets: the last writer wins; `stopped` and answers only
 // from the owner.
 
-// ---------------------------------------------------------------------------------------
-
 /// Peer 1 in swarm 1, claimed by two sockets in turn (`first`, then `second`), and peer 2
 /// (`offerer`), whose offer 1 then reached the claimed peer_id's new owner. Returns the
 /// sockets [first, second, offerer] and the (complete, incomplete) each join saw.
