@@ -43,10 +43,18 @@ pub(super) async fn assert_answer_relayed(
     answerer
         .answer(swarm, peer_id(2), peer_id(1), offer, "v=0 answer")
         .await;
-    assert!(matches!(
-        offerer.recv().await,
-        TrackerMessage::Answer { .. }
-    ));
+    match offerer.recv().await {
+        TrackerMessage::Answer {
+            info_hash,
+            peer_id: from,
+            offer_id,
+            sdp,
+        } => {
+            assert_eq!((info_hash, from, offer_id), (swarm, peer_id(2), offer));
+            assert_eq!(sdp, "v=0 answer");
+        }
+        other => panic!("expected the answer, got {other:?}"),
+    }
 }
 
 /// The answer just sent on `answerer` is refused with `reason` (for `swarm`), and nothing
@@ -67,11 +75,14 @@ const NOT_RELAYED_TO_YOU: &str = "that offer was relayed to another connection";
 #[tokio::test]
 async fn answer_to_an_unknown_offer_is_refused() {
     let (app, mut honest) = HonestPair::join_app(spawn_app()).await;
-    let (mut offerer, mut answerer, swarm, _) = relayed_offer(&app).await;
+    let (mut offerer, mut answerer, swarm, offer) = relayed_offer(&app).await;
     answerer
         .answer(swarm, peer_id(2), peer_id(1), offer_id(999), "v=0 answer")
         .await;
     assert_answer_refused(&mut answerer, &mut offerer, swarm, UNKNOWN_OFFER).await;
+    // The socket still works, and the real answer still goes through.
+    answerer.assert_usable(swarm, peer_id(2)).await;
+    assert_answer_relayed(&mut answerer, &mut offerer, swarm, offer).await;
     honest.assert_unaffected().await;
 }
 
@@ -119,22 +130,39 @@ async fn answer_with_a_forged_to_peer_id_is_refused() {
         .answer(swarm, peer_id(2), peer_id(3), offer, "v=0 forged")
         .await;
     assert_refused(&mut answerer, Some(swarm), UNKNOWN_OFFER).await;
+    answerer.assert_usable(swarm, peer_id(2)).await;
     victim.expect_silence().await;
     offerer.expect_silence().await;
+    // Nor to a peer_id that is not in the swarm at all.
+    answerer
+        .answer(swarm, peer_id(2), peer_id(77), offer, "v=0 nobody")
+        .await;
+    assert_answer_refused(&mut answerer, &mut offerer, swarm, UNKNOWN_OFFER).await;
+    answerer.assert_usable(swarm, peer_id(2)).await;
     honest.assert_unaffected().await;
 }
 
 #[tokio::test]
 async fn answer_from_a_connection_the_offer_was_not_relayed_to_is_refused() {
     let (app, mut honest) = HonestPair::join_app(spawn_app()).await;
-    let (mut offerer, _answerer, swarm, offer) = relayed_offer(&app).await;
+    let (mut offerer, mut answerer, swarm, offer) = relayed_offer(&app).await;
     let mut intruder = app.peer().await;
     intruder.announce_counts(swarm, peer_id(3), None).await;
-    // The intruder claims to be peer 2 in its answer.
+    // The intruder claims to be peer 2 in its answer...
     intruder
         .answer(swarm, peer_id(2), peer_id(1), offer, "v=0 stolen")
         .await;
     assert_answer_refused(&mut intruder, &mut offerer, swarm, NOT_RELAYED_TO_YOU).await;
+    intruder.assert_usable(swarm, peer_id(3)).await;
+    // ...or answers as itself.
+    intruder
+        .answer(swarm, peer_id(3), peer_id(1), offer, "v=0 stolen")
+        .await;
+    intruder.recv_failure_in(swarm).await;
+    offerer.expect_silence().await;
+    intruder.assert_usable(swarm, peer_id(3)).await;
+    // The forgeries did not use up the offer: the real answerer still gets through.
+    assert_answer_relayed(&mut answerer, &mut offerer, swarm, offer).await;
     honest.assert_unaffected().await;
 }
 
@@ -147,6 +175,7 @@ async fn a_replayed_answer_is_refused() {
         .answer(swarm, peer_id(2), peer_id(1), offer, "v=0 answer again")
         .await;
     assert_answer_refused(&mut answerer, &mut offerer, swarm, UNKNOWN_OFFER).await;
+    answerer.assert_usable(swarm, peer_id(2)).await;
     honest.assert_unaffected().await;
 }
 

@@ -254,6 +254,14 @@ impl TestPeer {
         );
     }
 
+    /// The socket still works (after a refusal): an announce as `peer_id` in `swarm` gets
+    /// its response.
+    pub async fn assert_usable(&mut self, swarm: InfoHash, peer_id: PeerId) {
+        self.announce(swarm, peer_id, None, &[]).await;
+        let reply = self.recv_announce_reply().await;
+        assert_eq!(reply.info_hash, swarm.to_wire());
+    }
+
     /// The next frame, which must be a failure of an announce or answer in `info_hash`
     /// (`action` "announce" and that `info_hash`); returned for further checks.
     pub async fn recv_failure_in(&mut self, info_hash: InfoHash) -> serde_json::Value {
