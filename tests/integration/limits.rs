@@ -1,6 +1,6 @@
-//! Limits: frame and message sizes, the connection cap, the idle timeout, the per-socket
-//! message rate, the Origin allow-list, upgrades at the root path. Caps per socket, per
-//! swarm and per IP, SDP sizes and offers per announce are in `abuse`.
+//! Limits: frame and message sizes, the connection cap, the idle timeout, the Origin
+//! allow-list, upgrades at the root path. Caps per socket, per swarm and per IP, SDP
+//! sizes, offers per announce and the per-socket message rate are in `abuse`.
 
 use std::time::{Duration, Instant};
 
@@ -247,73 +247,4 @@ async fn the_tracker_also_accepts_upgrades_at_the_root_path() {
     let mut peer = TestPeer::connect(&format!("ws://{}/", app.addr)).await;
     let reply = peer.join_swarm(info_hash(1), peer_id(1)).await;
     assert_eq!(reply.incomplete, 1);
-}
-
-#[tokio::test]
-async fn messages_above_the_per_socket_rate_get_a_failure_and_the_socket_recovers() {
-    let app = spawn_app_configured(|settings| {
-        settings.ws.max_messages_per_sec = 1;
-        settings.ws.message_burst = 3;
-        settings.ws.max_rate_limited_messages = 100;
-    });
-    let swarm = info_hash(1);
-    let mut peer = app.peer().await;
-    let mut other = app.peer().await;
-    for _ in 0..3 {
-        peer.announce(swarm, peer_id(1), None, &[]).await;
-        peer.recv_announce_reply().await;
-    }
-    // The burst is spent: the next one is refused (with an action), not processed.
-    peer.announce(swarm, peer_id(2), Some("started"), &[]).await;
-    let failure = peer.recv_failure().await;
-    assert_eq!(failure["action"], "announce");
-    assert!(
-        failure["failure reason"]
-            .as_str()
-            .is_some_and(|reason| reason.contains("rate")),
-        "{failure}"
-    );
-    assert_eq!(other.announce_counts(swarm, peer_id(9), None).await, (0, 2));
-    // Other sockets are not limited by this one's rate.
-    for _ in 0..2 {
-        assert_eq!(other.announce_counts(swarm, peer_id(9), None).await, (0, 2));
-    }
-    // After a second the bucket holds a token again.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    peer.announce(swarm, peer_id(1), None, &[]).await;
-    assert_eq!(peer.recv_announce_reply().await.incomplete, 2);
-}
-
-#[tokio::test]
-async fn a_socket_that_keeps_ignoring_the_rate_limit_is_closed_with_1008() {
-    let app = spawn_app_configured(|settings| {
-        settings.ws.max_messages_per_sec = 1;
-        settings.ws.message_burst = 2;
-        settings.ws.max_rate_limited_messages = 5;
-    });
-    let mut peer = app.peer().await;
-    peer.announce(info_hash(1), peer_id(1), Some("started"), &[])
-        .await;
-    // Far more than burst + refusals allowed; the server closes with 1008 on the way.
-    for _ in 0..20 {
-        if peer
-            .send_raw(Message::text(announce_text(
-                info_hash(1),
-                peer_id(1),
-                None,
-                None,
-                &[],
-            )))
-            .await
-            .is_err()
-        {
-            break;
-        }
-    }
-    assert_eq!(peer.expect_close().await, Some(1008));
-    let stats = wait_for_stats(&app, |stats| {
-        stats["servers"][0]["webSocketsCount"] == 0 && peers_and_torrents(stats) == (0, 0)
-    })
-    .await;
-    assert_eq!(peers_and_torrents(&stats), (0, 0));
 }

@@ -104,7 +104,11 @@ async fn announce_flood_is_refused_beyond_the_burst_then_closed_with_1008() {
     assert!(frames
         .iter()
         .all(|frame| is_rate_failure(frame) || frame["incomplete"] == 1));
-    wait_connections(&app, 2).await;
+    // The abuser's socket is gone, and its peer with it: the honest pair remains.
+    wait_for_stats(&app, |stats| {
+        websockets(stats) == 2 && peers_and_torrents(stats) == (2, 1)
+    })
+    .await;
     honest.assert_unaffected().await;
 }
 
