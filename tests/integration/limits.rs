@@ -153,30 +153,12 @@ async fn a_client_that_never_answers_pings_is_closed_after_the_idle_timeout_and_
     assert_eq!(peers_and_torrents(&app.stats().await), (1, 1));
 
     // From now on the client sends nothing. It sees pings, then a close with 1001.
-    let mut pings = 0;
-    let close = loop {
-        match silent.read_frame(Duration::from_secs(8)).await {
-            RawEvent::Frame {
-                opcode: opcode::PING,
-                ..
-            } => pings += 1,
-            RawEvent::Frame {
-                opcode: opcode::CLOSE,
-                payload,
-                ..
-            } => break payload,
-            RawEvent::Frame {
-                opcode, payload, ..
-            } => panic!("unexpected frame {opcode:#x}: {payload:?}"),
-            RawEvent::Eof => panic!("connection ended without a close frame"),
-            RawEvent::Timeout => panic!("neither a frame nor the end of the stream in time"),
-        }
-        assert!(pings < 20, "never closed");
-    };
+    let (pings, code) = silent
+        .pings_until_close(Duration::from_secs(8), async || {})
+        .await;
     let closed_after = last_sent.elapsed();
     assert!(pings >= 1, "the server pinged before giving up");
-    assert!(close.len() >= 2, "close frame carries a code");
-    assert_eq!(u16::from_be_bytes([close[0], close[1]]), 1001);
+    assert_eq!(code, Some(1001));
     assert!(
         closed_after >= Duration::from_millis(1900),
         "closed after {closed_after:?}, before the 2 s idle timeout"

@@ -4,7 +4,10 @@
 use std::time::{Duration, Instant};
 
 use p2p_mediastream::protocol::client::announce_text;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
 
 use crate::common::*;
 
@@ -181,25 +184,9 @@ async fn a_handshaken_socket_that_sends_nothing_is_closed_after_the_idle_timeout
     let mut honest = HonestPair::join(&app).await;
     let mut silent = RawWs::connect(app.addr).await;
     let opened = Instant::now();
-    let mut pings = 0;
-    let code = loop {
-        honest.keepalive().await;
-        match silent.read_frame(Duration::from_millis(300)).await {
-            RawEvent::Frame {
-                opcode: opcode::PING,
-                ..
-            } => pings += 1,
-            RawEvent::Frame {
-                opcode: opcode::CLOSE,
-                payload,
-                ..
-            } => break Some(u16::from_be_bytes([payload[0], payload[1]])),
-            RawEvent::Frame { opcode, .. } => panic!("unexpected opcode {opcode}"),
-            RawEvent::Eof => break None,
-            RawEvent::Timeout => {}
-        }
-        assert!(opened.elapsed() < Duration::from_secs(8), "never closed");
-    };
+    let (pings, code) = silent
+        .pings_until_close(Duration::from_secs(8), async || honest.keepalive().await)
+        .await;
     let elapsed = opened.elapsed();
     assert_eq!(code, Some(1001));
     assert!(pings >= 1, "the server pinged before giving up");
@@ -216,7 +203,7 @@ async fn a_handshaken_socket_that_sends_nothing_is_closed_after_the_idle_timeout
 }
 
 /// Reads until EOF (or reset); returns what arrived and when the connection ended.
-async fn read_until_closed(stream: &mut tokio::net::TcpStream, within: Duration) -> Vec<u8> {
+async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Vec<u8> {
     let mut raw = Vec::new();
     let mut chunk = [0u8; 4096];
     let result = tokio::time::timeout(within, async {
@@ -234,7 +221,7 @@ async fn read_until_closed(stream: &mut tokio::net::TcpStream, within: Duration)
 
 /// The server ends `stream` within 5 s, answering at most a 408; returns how long after
 /// `opened` it ended.
-async fn assert_cut_since(stream: &mut tokio::net::TcpStream, opened: Instant) -> Duration {
+async fn assert_cut_since(stream: &mut TcpStream, opened: Instant) -> Duration {
     let raw = read_until_closed(stream, Duration::from_secs(5)).await;
     let elapsed = opened.elapsed();
     let text = String::from_utf8_lossy(&raw);
@@ -245,14 +232,18 @@ async fn assert_cut_since(stream: &mut tokio::net::TcpStream, opened: Instant) -
     elapsed
 }
 
+/// A server that cuts a connection whose request head is not in within 1 s, an honest
+/// pair on it, and a new TCP connection to it with the moment it was opened.
+async fn connected_under_a_1_s_request_timeout() -> (TestApp, HonestPair, TcpStream, Instant) {
+    let app = spawn_app_configured(|settings| settings.server.client_request_timeout_secs = 1);
+    let honest = HonestPair::join(&app).await;
+    let stream = TcpStream::connect(app.addr).await.expect("connect");
+    (app, honest, stream, Instant::now())
+}
+
 #[tokio::test]
 async fn slowloris_request_head_is_cut_after_the_client_request_timeout() {
-    let app = spawn_app_configured(|settings| settings.server.client_request_timeout_secs = 1);
-    let mut honest = HonestPair::join(&app).await;
-    let mut stream = tokio::net::TcpStream::connect(app.addr)
-        .await
-        .expect("connect");
-    let opened = Instant::now();
+    let (app, mut honest, mut stream, opened) = connected_under_a_1_s_request_timeout().await;
     stream
         .write_all(b"GET /announce HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
         .await
@@ -268,12 +259,7 @@ async fn slowloris_request_head_is_cut_after_the_client_request_timeout() {
 
 #[tokio::test]
 async fn a_connection_that_never_sends_a_request_is_cut() {
-    let app = spawn_app_configured(|settings| settings.server.client_request_timeout_secs = 1);
-    let mut honest = HonestPair::join(&app).await;
-    let mut stream = tokio::net::TcpStream::connect(app.addr)
-        .await
-        .expect("connect");
-    let opened = Instant::now();
+    let (_app, mut honest, mut stream, opened) = connected_under_a_1_s_request_timeout().await;
     let elapsed = assert_cut_since(&mut stream, opened).await;
     assert!(elapsed < Duration::from_secs(4), "{elapsed:?}");
     honest.assert_unaffected().await;

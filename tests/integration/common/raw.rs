@@ -191,6 +191,44 @@ impl RawWs {
         }
     }
 
+    /// For a client that sends nothing: reads until the server closes, for at most
+    /// `within`, running `between` about every 300 ms. Returns the pings that arrived and
+    /// the close frame's code (`None`: the connection ended without one).
+    pub async fn pings_until_close(
+        &mut self,
+        within: Duration,
+        mut between: impl AsyncFnMut(),
+    ) -> (u32, Option<u16>) {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut pings = 0;
+        loop {
+            between().await;
+            match self.read_frame(Duration::from_millis(300)).await {
+                RawEvent::Frame {
+                    opcode: opcode::PING,
+                    ..
+                } => pings += 1,
+                RawEvent::Frame {
+                    opcode: opcode::CLOSE,
+                    payload,
+                } => {
+                    let code =
+                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                    return (pings, code);
+                }
+                RawEvent::Frame { opcode, payload } => {
+                    panic!("unexpected frame {opcode:#x}: {payload:?}")
+                }
+                RawEvent::Eof => return (pings, None),
+                RawEvent::Timeout => {}
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not closed within {within:?}"
+            );
+        }
+    }
+
     /// Asserts that no text frame arrives within the quiet period (pings are skipped).
     pub async fn expect_silence(&mut self) {
         let deadline = tokio::time::Instant::now() + QUIET_PERIOD;
