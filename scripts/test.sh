@@ -58,7 +58,7 @@ stage "browser: Chromium viewers sharing the live stream over P2P"
 bash tests/browser/run.sh
 
 stage "fault injection (a panicking swarm, SIGTERM, restart)"
-cargo test --locked --features fault-injection --test faults
+cargo test --locked --features fault-injection --test integration faults::
 
 # Last, so that its summary closes the output. tests/cluster_bus.rs starts a real NATS
 # server (Debian package nats-server).

@@ -732,13 +732,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn documented_defaults_equal_embedded_defaults() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
-        let loaded = Settings::load_from(Some(&path), HashMap::new()).expect("default.toml loads");
-        assert_eq!(loaded, Settings::default());
-    }
-
-    #[test]
     fn every_key_of_default_toml_is_documented() {
         let text = include_str!("../config/default.toml");
         let lines: Vec<&str> = text.lines().collect();
@@ -756,79 +749,5 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         Settings::default().validate().expect("defaults validate");
-    }
-}
-
-#[cfg(test)]
-mod readme_tests {
-    use super::Settings;
-
-    /// The README's configuration table: `(key, default)` for each row whose first cell is a
-    /// key in backticks.
-    fn readme_table() -> Vec<(String, String)> {
-        include_str!("../README.md")
-            .lines()
-            .filter_map(|line| {
-                let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-                // "", key, default, meaning, ""
-                if cells.len() < 5 {
-                    return None;
-                }
-                let key = cells[1].strip_prefix('`')?.strip_suffix('`')?;
-                let default = cells[2].strip_prefix('`')?.strip_suffix('`')?;
-                key.contains('.')
-                    .then(|| (key.to_owned(), default.to_owned()))
-            })
-            .collect()
-    }
-
-    /// How the README writes a default: strings bare (`""` when empty), everything else as
-    /// JSON.
-    fn as_written(value: &serde_json::Value) -> String {
-        match value {
-            serde_json::Value::String(text) if !text.is_empty() => text.clone(),
-            other => other.to_string(),
-        }
-    }
-
-    /// Every key of the embedded defaults, as `section.key`, with its value.
-    fn embedded_defaults() -> Vec<(String, serde_json::Value)> {
-        let settings = serde_json::to_value(Settings::default()).expect("settings serialise");
-        let mut keys = Vec::new();
-        for (section, fields) in settings.as_object().expect("an object") {
-            for (key, value) in fields.as_object().expect("sections are objects") {
-                keys.push((format!("{section}.{key}"), value.clone()));
-            }
-        }
-        keys
-    }
-
-    #[test]
-    fn readme_table_lists_every_key_with_its_embedded_default() {
-        let table = readme_table();
-        for (key, value) in embedded_defaults() {
-            let Some((_, written)) = table.iter().find(|(listed, _)| *listed == key) else {
-                panic!("README's configuration table is missing `{key}`");
-            };
-            assert_eq!(
-                *written,
-                as_written(&value),
-                "README gives another default for `{key}`"
-            );
-        }
-    }
-
-    #[test]
-    fn readme_table_lists_no_unknown_key() {
-        let known: Vec<String> = embedded_defaults()
-            .into_iter()
-            .map(|(key, _)| key)
-            .collect();
-        for (key, _) in readme_table() {
-            assert!(
-                known.contains(&key),
-                "README lists `{key}`, which is no setting"
-            );
-        }
     }
 }

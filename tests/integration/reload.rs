@@ -1,11 +1,9 @@
 //! SIGHUP reloads the info_hash access list at once (the real binary, signalled with
 //! kill(1); the timer is set far beyond the test so only the signal can explain it).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use p2p_mediastream::protocol::client::TrackerMessage;
 
 #[tokio::test]
@@ -21,7 +19,7 @@ async fn sighup_reloads_the_access_list_without_a_restart() {
         ("TRACKER__ACCESS__LIST_PATH", list_path),
         ("TRACKER__ACCESS__RELOAD_INTERVAL_SECS", "3600"),
     ]);
-    let mut peer = TestPeer::connect(&format!("ws://{}/announce", server.addr)).await;
+    let mut peer = TestPeer::connect(&server.ws_url()).await;
 
     peer.announce(later, peer_id(1), Some("started"), &[]).await;
     match peer.recv().await {
@@ -70,7 +68,7 @@ async fn a_broken_list_on_sighup_keeps_the_previous_one() {
     let line = server.wait_for_log("SIGHUP:", Duration::from_secs(5));
     assert!(line.contains("keeping the previous list"), "{line}");
 
-    let mut peer = TestPeer::connect(&format!("ws://{}/announce", server.addr)).await;
+    let mut peer = TestPeer::connect(&server.ws_url()).await;
     peer.announce(allowed, peer_id(1), Some("started"), &[])
         .await;
     assert!(matches!(

@@ -1,18 +1,11 @@
 //! Faults: a swarm that panics (fault injection: an info_hash starting with "PANIC"),
 //! abrupt disconnects, and the real binary's SIGTERM shutdown and restart.
 //!
-//! Run with `cargo test --features fault-injection --test faults`.
-#![cfg(feature = "fault-injection")]
+//! Built with the `fault-injection` feature only (see main.rs).
 
-mod common;
+use std::time::{Duration, Instant};
 
-use std::{
-    net::SocketAddr,
-    process::Command,
-    time::{Duration, Instant},
-};
-
-use common::*;
+use crate::common::*;
 use p2p_mediastream::{
     protocol::{client::announce_text, InfoHash},
     Settings,
@@ -280,42 +273,22 @@ fn start_binary() -> BinaryServer {
     ])
 }
 
-async fn connect_peers(addr: SocketAddr, count: u32, event: Option<&str>) -> Vec<TestPeer> {
-    let url = format!("ws://{addr}/announce");
-    let mut peers = Vec::new();
-    for n in 0..count {
-        let mut peer = TestPeer::connect(&url).await;
-        let (_, incomplete) = peer.announce_counts(info_hash(1), peer_id(n), event).await;
-        assert_eq!(incomplete, u64::from(n) + 1);
-        peers.push(peer);
-    }
-    peers
-}
-
 #[tokio::test]
 async fn sigterm_closes_every_socket_with_1001_exits_0_and_a_restart_rebuilds() {
     let mut first = start_binary();
-    let mut peers = connect_peers(first.addr, 3, Some("started")).await;
+    let mut peers = joined_peers(first.addr, info_hash(1), 0..3, Some("started"), 0).await;
 
     let sent = Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &first.child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
+    first.signal("TERM");
     for peer in &mut peers {
         assert_eq!(peer.expect_close().await, Some(1001));
     }
-    let exit = loop {
-        if let Some(exit) = first.child.try_wait().expect("try_wait") {
-            break exit;
-        }
-        assert!(
-            sent.elapsed() < Duration::from_secs(5),
-            "still running 5 s after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let exit = wait_exit(
+        &mut first.child,
+        Duration::from_secs(5).saturating_sub(sent.elapsed()),
+    )
+    .await
+    .unwrap_or_else(|| panic!("still running 5 s after SIGTERM"));
     let took = sent.elapsed();
     eprintln!("exited {exit:?} {took:?} after SIGTERM");
     assert_eq!(exit.code(), Some(0), "{exit:?}");
@@ -325,7 +298,7 @@ async fn sigterm_closes_every_socket_with_1001_exits_0_and_a_restart_rebuilds() 
     // `started`, as the reference client does after a reconnect.
     let second = start_binary();
     assert_ne!(second.addr, first.addr);
-    let mut peers = connect_peers(second.addr, 3, None).await;
+    let mut peers = joined_peers(second.addr, info_hash(1), 0..3, None, 0).await;
     assert_eq!(
         peers[0]
             .announce_counts(info_hash(1), peer_id(0), None)

@@ -1,9 +1,7 @@
 //! Malformed input: every case gets a `failure reason` with an `action` (never a bare
 //! failure), echoes `info_hash` whenever it was valid, and leaves the socket usable.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use p2p_mediastream::protocol::{client::announce_text, InfoHash};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::{

@@ -1,8 +1,6 @@
 //! Scrape: single, array, unknown, empty, full (refused / allowed and capped), too many.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use p2p_mediastream::protocol::{client::announce_text, InfoHash};
 use serde_json::{json, Value};
 

@@ -1,10 +1,8 @@
 //! Announces: counts, interval, leaving, closing, multiplexing, takeover, TTL sweep, ids.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use p2p_mediastream::protocol::{
     client::{announce_text, TrackerMessage},
     InfoHash, OfferId, PeerId,

@@ -1,17 +1,15 @@
 //! Settings layering (defaults < file < env), errors, wt-tracker's config.json, and the
 //! binary: bad config exit code, start-up log, SIGTERM with 1001, healthcheck.
 
-mod common;
-
 use std::{
     collections::HashMap,
     net::TcpListener,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::common::*;
 use p2p_mediastream::Settings;
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -63,6 +61,59 @@ fn the_documented_default_toml_equals_the_built_in_defaults() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/default.toml");
     let settings = Settings::load_from(Some(&path), HashMap::new()).expect("default.toml");
     assert_eq!(settings, Settings::default());
+}
+
+/// The README's configuration table (`| `section.key` | `default` | meaning |`) has a
+/// row for every setting, and each row's default is the built-in one: strings as they
+/// are (`""` when empty), anything else as its JSON text.
+#[test]
+fn the_readme_config_table_lists_every_setting_with_its_default() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let defaults = serde_json::to_value(Settings::default()).expect("defaults serialise");
+    let sections = defaults.as_object().expect("settings are an object");
+    let mut documented = HashMap::new();
+    for line in readme.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let [_, key, default, ..] = cells[..] else {
+            continue;
+        };
+        let (Some(key), Some(default)) = (code(key), code(default)) else {
+            continue;
+        };
+        let Some((section, name)) = key.split_once('.') else {
+            continue;
+        };
+        if sections.contains_key(section) {
+            documented.insert((section.to_owned(), name.to_owned()), default.to_owned());
+        }
+    }
+    let mut settings = 0;
+    for (section, values) in sections {
+        let values = values.as_object().expect("a section is an object");
+        for (name, value) in values {
+            settings += 1;
+            let expected = match value {
+                serde_json::Value::String(text) if text.is_empty() => "\"\"".to_owned(),
+                serde_json::Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            let row = documented
+                .get(&(section.clone(), name.clone()))
+                .unwrap_or_else(|| panic!("README has no row for `{section}.{name}`"));
+            assert_eq!(row, &expected, "README's default for `{section}.{name}`");
+        }
+    }
+    assert_eq!(
+        documented.len(),
+        settings,
+        "README documents settings that do not exist: {documented:?}"
+    );
+}
+
+/// The text inside a table cell that is one `code span`.
+fn code(cell: &str) -> Option<&str> {
+    cell.strip_prefix('`')?.strip_suffix('`')
 }
 
 #[test]
@@ -346,20 +397,6 @@ fn command() -> Command {
     command
 }
 
-/// Waits at most `within` for the process to exit.
-async fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[test]
 fn the_binary_exits_2_with_a_message_when_the_config_file_is_missing() {
     let output = command()
@@ -420,16 +457,12 @@ async fn the_binary_serves_logs_its_address_and_stops_on_sigterm_closing_sockets
         String::from_utf8_lossy(&output.stderr)
     );
 
-    let mut peer = TestPeer::connect(&format!("ws://127.0.0.1:{}/announce", server.port())).await;
+    let mut peer = TestPeer::connect(&server.ws_url()).await;
     peer.announce(info_hash(1), peer_id(1), Some("started"), &[])
         .await;
     assert_eq!(peer.recv_announce_reply().await.incomplete, 1);
 
-    let status = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
+    server.signal("TERM");
     let sent = Instant::now();
     // The open socket is told the server is going away, before the process exits.
     assert_eq!(peer.expect_close().await, Some(1001));

@@ -4,16 +4,13 @@
 //!
 //! SIGHUP reloads are not tested here: a signal reaches the whole test process.
 
-mod common;
-
 use std::{
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::common::*;
 use p2p_mediastream::{config::AccessMode, protocol::InfoHash, Settings};
-use serde_json::json;
 
 const NOT_ALLOWED: &str = "info_hash not allowed on this tracker";
 
@@ -101,17 +98,6 @@ async fn stays(peer: &mut TestPeer, swarm: InfoHash, n: u32, allowed: bool, peri
     }
 }
 
-async fn scrape_counts(peer: &mut TestPeer, swarm: InfoHash) -> (u64, u64) {
-    peer.send_json(json!({"action": "scrape", "info_hash": swarm.to_wire()}))
-        .await;
-    let reply = peer.recv_json().await;
-    let file = &reply["files"][swarm.to_wire()];
-    (
-        file["complete"].as_u64().expect("complete"),
-        file["incomplete"].as_u64().expect("incomplete"),
-    )
-}
-
 /// A server whose access list file holds `contents` (applied in `mode`), an honest pair
 /// signalling in its own swarm, and one more socket for the test. Fields drop in order:
 /// the sockets, the server, then the list file.
@@ -152,7 +138,7 @@ async fn allow_mode_refuses_an_unlisted_info_hash() {
     let reply = announce_reply(&mut t.peer, info_hash(2), 1).await;
     assert_not_allowed(&reply, info_hash(2));
     // Nothing was created for it, and the socket stays usable.
-    assert_eq!(scrape_counts(&mut t.peer, info_hash(2)).await, (0, 0));
+    assert_eq!(t.peer.scrape_counts(info_hash(2)).await, (0, 0));
     assert_eq!(peer_torrents(&t.app).await, 1);
     t.peer
         .assert_counts(info_hash(1), peer_id(1), None, (0, 1))
@@ -198,7 +184,7 @@ async fn deny_mode_refuses_a_listed_info_hash() {
     let mut t = Listed::start(AccessMode::Deny, &lines(&[info_hash(1)])).await;
     let reply = announce_reply(&mut t.peer, info_hash(1), 1).await;
     assert_not_allowed(&reply, info_hash(1));
-    assert_eq!(scrape_counts(&mut t.peer, info_hash(1)).await, (0, 0));
+    assert_eq!(t.peer.scrape_counts(info_hash(1)).await, (0, 0));
     t.assert_honest_pair_unaffected().await;
 }
 
@@ -225,8 +211,8 @@ async fn stopped_for_a_refused_info_hash_gets_counts_not_a_failure() {
 #[tokio::test]
 async fn scrape_of_a_refused_info_hash_answers_zeros() {
     let mut t = Listed::start(AccessMode::Allow, &lines(&[honest_swarm()])).await;
-    assert_eq!(scrape_counts(&mut t.peer, info_hash(1)).await, (0, 0));
-    assert_eq!(scrape_counts(&mut t.peer, honest_swarm()).await, (0, 2));
+    assert_eq!(t.peer.scrape_counts(info_hash(1)).await, (0, 0));
+    assert_eq!(t.peer.scrape_counts(honest_swarm()).await, (0, 2));
     t.assert_honest_pair_unaffected().await;
 }
 

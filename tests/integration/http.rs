@@ -1,10 +1,8 @@
 //! The HTTP side: /hls types, caching, CORS and safety; the player; service endpoints.
 
-mod common;
-
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const SECRET: &str = "SECRET-OUTSIDE-THE-SERVED-DIRECTORIES";

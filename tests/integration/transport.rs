@@ -2,11 +2,7 @@
 //! the HTTP layer hands over at the upgrade, how frames are cut out of the byte stream,
 //! and how connections end. Raw frames over TCP, so that the byte boundaries are ours.
 
-mod common;
-
-use std::time::Duration;
-
-use common::*;
+use crate::common::*;
 use p2p_mediastream::protocol::client::announce_text;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -117,14 +113,8 @@ async fn a_client_that_hangs_up_mid_frame_is_cleaned_up() {
 
     // Its slot is freed and its peer leaves the swarm (the swarm, on its shard's thread,
     // hears of it a moment after the session has stopped).
-    let mut stats = app.stats().await;
-    for _ in 0..100 {
-        if websockets(&stats) == 0 && stats["peersCount"] == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        stats = app.stats().await;
-    }
-    assert_eq!(websockets(&stats), 0, "{stats}");
-    assert_eq!(stats["peersCount"], 0, "{stats}");
+    wait_for_stats(&app, |stats| {
+        websockets(stats) == 0 && stats["peersCount"] == 0
+    })
+    .await;
 }

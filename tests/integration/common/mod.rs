@@ -1,0 +1,14 @@
+//! Test support, by role: the server under test (`server`), WebSocket clients (`peers`,
+//! and `raw` for hand-written bytes), bounded waits (`waits`) and test data (`fixtures`).
+
+mod fixtures;
+mod peers;
+mod raw;
+mod server;
+mod waits;
+
+pub use fixtures::*;
+pub use peers::*;
+pub use raw::*;
+pub use server::*;
+pub use waits::*;
