@@ -18,6 +18,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    cluster::settings::ClusterSettings,
     protocol::ParseLimits,
     swarm::{actor::SwarmConfig, state::SwarmLimits},
 };
@@ -33,6 +34,8 @@ pub struct Settings {
     pub http: HttpSettings,
     pub player: PlayerSettings,
     pub access: AccessSettings,
+    /// Several instances sharing their swarms over NATS; off unless `nats_urls` is set.
+    pub cluster: ClusterSettings,
 }
 
 /// Listening socket, process-wide limits, proxies, shutdown.
@@ -452,6 +455,9 @@ impl Settings {
             self.http.hls_path.starts_with('/') && self.http.hls_path.len() > 1,
             "http.hls_path must start with '/' and not be '/'",
         );
+        if let Err(err) = self.cluster.validate() {
+            problems.push(err.to_string());
+        }
         if problems.is_empty() {
             Ok(())
         } else {

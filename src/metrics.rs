@@ -199,6 +199,14 @@ impl Metrics {
         }
     }
 
+    /// Adds metrics that another component keeps (the cluster's), read at each scrape.
+    pub fn register_collector(
+        &mut self,
+        collector: Box<dyn prometheus_client::collector::Collector>,
+    ) {
+        self.registry.register_collector(collector);
+    }
+
     pub fn message_in(&self, kind: &str) {
         if let Some(index) = IN_KINDS.iter().position(|known| *known == kind) {
             self.messages_in[index].inc();

@@ -9,7 +9,7 @@ use actix_web::{dev::ServerHandle, App};
 use log::{info, warn};
 
 use crate::{
-    access,
+    access, cluster,
     config::Settings,
     connection::{registry::ConnectionRegistry, upgrade},
     housekeeping, http,
@@ -17,7 +17,7 @@ use crate::{
     protocol::ParseLimits,
     shared::Shared,
     shutdown,
-    swarm::{actor::SwarmConfig, shard::SwarmDirectory},
+    swarm::{actor::SwarmConfig, route::RemoteSessions, shard::SwarmDirectory},
 };
 
 /// A started server: its bound addresses and the handles to wait for or stop it.
@@ -32,14 +32,19 @@ pub struct Running {
 /// `server` future completes when the server has stopped (after SIGTERM/SIGINT, or
 /// `handle.stop`).
 pub fn start(settings: Settings) -> io::Result<Running> {
-    let metrics = Arc::new(Metrics::new());
+    let mut metrics = Metrics::new();
+    let cluster = cluster::join(&settings.cluster, &mut metrics)?;
+    let metrics = Arc::new(metrics);
+    let remote_sessions = cluster
+        .as_ref()
+        .map(|(node, _)| node.clone() as Arc<dyn RemoteSessions>);
     // Shards start before the HTTP server: the app factory runs once per worker, and
     // starting them there would make one set per worker.
     let directory = SwarmDirectory::start(
         settings.shard_count(),
         SwarmConfig::from(&settings),
         metrics.clone(),
-        None,
+        remote_sessions,
     );
     let parse_limits = ParseLimits::from(&settings.tracker);
 
@@ -75,14 +80,15 @@ pub fn start(settings: Settings) -> io::Result<Running> {
 
     let shared = Arc::new(Shared {
         access,
-        cluster: None,
+        cluster: cluster.as_ref().map(|(node, _)| node.clone()),
         parse_limits,
         directory,
         metrics,
         connections: ConnectionRegistry::new(
             settings.server.max_connections,
             settings.server.max_connections_per_ip,
-            0,
+            // Outside a cluster connection ids need no instance part.
+            cluster.as_ref().map_or(0, |(node, _)| node.self_id()),
         ),
         started_at: Instant::now(),
         bound: addrs.iter().map(ToString::to_string).collect(),
@@ -111,6 +117,9 @@ pub fn start(settings: Settings) -> io::Result<Running> {
     }
     let server = server_builder.run();
     housekeeping::spawn(&shared);
+    if let Some((node, inbound)) = cluster {
+        actix_web::rt::spawn(cluster::inbound::run(shared.clone(), node, inbound));
+    }
     // Only now, with every handler in place, tell the world (and tests) we listen.
     for addr in &addrs {
         info!(

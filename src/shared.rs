@@ -4,11 +4,8 @@
 use std::{sync::Arc, time::Instant};
 
 use crate::{
-    access::AccessList,
-    config::Settings,
-    connection::{registry::ConnectionRegistry, requests::RemoteSwarms},
-    metrics::Metrics,
-    protocol::ParseLimits,
+    access::AccessList, cluster::node::ClusterNode, config::Settings,
+    connection::registry::ConnectionRegistry, metrics::Metrics, protocol::ParseLimits,
     swarm::shard::SwarmDirectory,
 };
 
@@ -19,8 +16,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub connections: ConnectionRegistry,
     pub access: AccessList,
-    /// The swarms of other instances; `None` unless `[cluster]` is configured.
-    pub cluster: Option<Arc<dyn RemoteSwarms>>,
+    /// This instance's side of the cluster; `None` unless `[cluster]` is configured.
+    pub cluster: Option<Arc<ClusterNode>>,
     pub started_at: Instant,
     /// The addresses actually bound (port 0 resolved), for /stats.json.
     pub bound: Vec<String>,

@@ -33,6 +33,20 @@ pub async fn signal(shared: Arc<Shared>) {
     if open > 0 {
         warn!("{open} WebSocket connections still open after the shutdown timeout; dropping them");
     }
+    if let Some(cluster) = &shared.cluster {
+        // After the sessions: their leaves for swarms owned elsewhere went out on the bus.
+        // The bus says `Leaving` (the others drop our peers at once instead of after the
+        // expiry), flushes and stops.
+        let bus = cluster.bus().clone();
+        bus.shutdown();
+        let joined = actix_web::rt::task::spawn_blocking(move || bus.join());
+        if actix_web::rt::time::timeout(Duration::from_secs(2), joined)
+            .await
+            .is_err()
+        {
+            warn!("the cluster bus did not stop within 2 s");
+        }
+    }
 }
 
 #[cfg(unix)]

@@ -51,8 +51,9 @@ pub const WIRE_VERSION: u8 = 1;
 /// a request that already made that extra hop is handled where it lands.
 pub const MAX_HOPS: u8 = 1;
 
-/// One tracker process, for one life: random at every start.
-pub type InstanceId = u64;
+/// One tracker process, for one life: random at every start (the high half of every
+/// `ConnId` of its sockets).
+pub use crate::connection::InstanceId;
 
 /// One WebSocket connection anywhere in the cluster: the instance holding the socket and
 /// the connection number it gave it.

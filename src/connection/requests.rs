@@ -77,12 +77,17 @@ pub trait RemoteSwarms: Send + Sync {
     ) -> BoxFuture<'static, Result<Vec<(InfoHash, SwarmCounts)>, Failure>>;
 }
 
-/// The instance owning the swarm of `info_hash` if it is not this one.
-pub fn remote_owner(shared: &Shared, info_hash: &InfoHash) -> Option<InstanceId> {
+/// The swarms of other instances; `None` outside a cluster.
+pub fn remote_swarms(shared: &Shared) -> Option<&dyn RemoteSwarms> {
     shared
         .cluster
         .as_ref()
-        .and_then(|cluster| cluster.owner(info_hash))
+        .map(|cluster| cluster as &dyn RemoteSwarms)
+}
+
+/// The instance owning the swarm of `info_hash` if it is not this one.
+pub fn remote_owner(shared: &Shared, info_hash: &InfoHash) -> Option<InstanceId> {
+    remote_swarms(shared).and_then(|cluster| cluster.owner(info_hash))
 }
 
 /// A swarm request is retried this often when the swarm it reached had just emptied and
@@ -94,14 +99,21 @@ const SWARM_ATTEMPTS: usize = 3;
 pub struct Failure {
     pub kind: &'static str,
     pub reason: String,
+    /// The swarm's refusal, when the swarm refused (the cluster passes it on as such).
+    pub reject: Option<Reject>,
 }
 
 impl Failure {
-    pub fn unavailable() -> Self {
+    pub fn new(kind: &'static str, reason: String) -> Self {
         Self {
-            kind: "unavailable",
-            reason: "swarm temporarily unavailable; retry".into(),
+            kind,
+            reason,
+            reject: None,
         }
+    }
+
+    pub fn unavailable() -> Self {
+        Self::new("unavailable", "swarm temporarily unavailable; retry".into())
     }
 }
 
@@ -110,6 +122,7 @@ impl From<Reject> for Failure {
         Self {
             kind: reject.kind(),
             reason: reject.to_string(),
+            reject: Some(reject),
         }
     }
 }
@@ -127,7 +140,7 @@ pub async fn announce(
 ) -> Result<(SwarmHandle, AnnounceReply), Failure> {
     let info_hash = request.info_hash;
     if let Some(owner) = remote_owner(&shared, &info_hash) {
-        let cluster = shared.cluster.as_ref().ok_or_else(Failure::unavailable)?;
+        let cluster = remote_swarms(&shared).ok_or_else(Failure::unavailable)?;
         let reply = cluster.announce(owner, conn, request).await?;
         return Ok((SwarmHandle::Remote(owner), reply));
     }
@@ -195,7 +208,7 @@ async fn get_swarm(
 /// The counts of one swarm (zeros if there is none), without creating it.
 pub async fn counts(shared: Arc<Shared>, info_hash: InfoHash) -> SwarmCounts {
     if let Some(owner) = remote_owner(&shared, &info_hash) {
-        let Some(cluster) = shared.cluster.as_ref() else {
+        let Some(cluster) = remote_swarms(&shared) else {
             return SwarmCounts::default();
         };
         let files = cluster.scrape(owner, vec![info_hash]).await;
@@ -226,7 +239,7 @@ pub async fn scrape(
     request: ScrapeRequest,
     limit: usize,
 ) -> Result<Vec<(InfoHash, SwarmCounts)>, Failure> {
-    let (request, remote) = match (request, shared.cluster.as_ref()) {
+    let (request, remote) = match (request, remote_swarms(&shared)) {
         (ScrapeRequest::Some(hashes), Some(cluster)) => {
             let mut here = Vec::new();
             let mut elsewhere: BTreeMap<InstanceId, Vec<InfoHash>> = BTreeMap::new();

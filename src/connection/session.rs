@@ -310,20 +310,22 @@ impl PeerSession {
     fn check_join_limits(&self, info_hash: &InfoHash) -> Result<(), Failure> {
         let ws = &self.shared.settings.ws;
         match self.joined.get(info_hash) {
-            None if self.joined.len() >= ws.max_swarms_per_connection => Err(Failure {
-                kind: "too_many_swarms",
-                reason: format!(
+            None if self.joined.len() >= ws.max_swarms_per_connection => Err(Failure::new(
+                "too_many_swarms",
+                format!(
                     "too many swarms on one connection (limit {})",
                     ws.max_swarms_per_connection
                 ),
-            }),
-            Some(joined) if joined.peer_ids.len() >= ws.max_peer_ids_per_swarm => Err(Failure {
-                kind: "too_many_peer_ids",
-                reason: format!(
-                    "too many peer_ids in one swarm on one connection (limit {})",
-                    ws.max_peer_ids_per_swarm
-                ),
-            }),
+            )),
+            Some(joined) if joined.peer_ids.len() >= ws.max_peer_ids_per_swarm => {
+                Err(Failure::new(
+                    "too_many_peer_ids",
+                    format!(
+                        "too many peer_ids in one swarm on one connection (limit {})",
+                        ws.max_peer_ids_per_swarm
+                    ),
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -374,7 +376,7 @@ impl PeerSession {
             SwarmHandle::Local(swarm) => swarm.clone(),
             SwarmHandle::Remote(owner) => {
                 // The swarm that relayed the offer is on `owner`: the answer goes there.
-                let sent = match self.shared.cluster.as_ref() {
+                let sent = match requests::remote_swarms(&self.shared) {
                     Some(cluster) => cluster.answer(*owner, self.conn, request),
                     None => Err(Failure::unavailable()),
                 };
@@ -484,7 +486,7 @@ impl Actor for PeerSession {
                     peer_ids: joined.peer_ids,
                 }),
                 SwarmHandle::Remote(owner) => {
-                    if let Some(cluster) = self.shared.cluster.as_ref() {
+                    if let Some(cluster) = requests::remote_swarms(&self.shared) {
                         cluster.leave(owner, self.conn, info_hash, joined.peer_ids);
                     }
                 }

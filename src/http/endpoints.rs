@@ -34,9 +34,13 @@ pub async fn readyz(shared: web::Data<Arc<Shared>>) -> HttpResponse {
             }
         }
     }
+    let mut body = json!({"ready": true});
+    if let Some(cluster) = &shared.cluster {
+        body["cluster"] = cluster.readiness();
+    }
     HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(json!({"ready": true}))
+        .json(body)
 }
 
 pub async fn stats(shared: web::Data<Arc<Shared>>) -> HttpResponse {
@@ -51,7 +55,7 @@ pub async fn stats(shared: web::Data<Arc<Shared>>) -> HttpResponse {
                 .collect::<Map<String, Value>>(),
         )
     };
-    let body = json!({
+    let mut body = json!({
         // wt-tracker's fields, so existing dashboards keep working.
         "torrentsCount": metrics.swarms.get().max(0),
         "peersCount": seeders + leechers,
@@ -72,6 +76,9 @@ pub async fn stats(shared: web::Data<Arc<Shared>>) -> HttpResponse {
         "deliveriesDropped": metrics.dropped_mailbox_full.get() + metrics.dropped_closed.get(),
         "uptimeSecs": shared.started_at.elapsed().as_secs(),
     });
+    if let Some(cluster) = &shared.cluster {
+        body["cluster"] = cluster.status();
+    }
     HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(body)

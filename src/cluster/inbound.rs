@@ -1,0 +1,294 @@
+//! What other instances ask of this one, and what the bus tells about the live instances.
+//! The bus thread hands each event over a bounded queue to one task on the system's main
+//! arbiter (`run`); the task never waits on an actor itself: each request that needs a
+//! swarm's reply runs as a task of its own, and relays to local sessions are `try_send`.
+//!
+//! As an owner this instance serves requests for its swarms on behalf of sockets on other
+//! instances (their peers are registered with a `PeerRoute::Remote` route); as the holder
+//! of sockets it delivers what owners relay to them. When the view changes, the peers of
+//! dead instances leave every swarm, swarms that now hash elsewhere close, and every
+//! session re-joins the swarms that moved.
+
+use std::sync::Arc;
+
+use log::{debug, info, warn};
+use tokio::sync::mpsc;
+
+use super::{
+    bus::BusEvent,
+    node::{conn_of, ClusterNode},
+    stats::RouteDrop,
+    wire::{
+        AnnounceReply, AnnounceResult, BusMessage, Deliver, Envelope, ForwardedAnnounce,
+        ForwardedAnswer, ForwardedLeave, Relay, ScrapeQuery, ScrapeReply, MAX_HOPS,
+    },
+};
+use crate::{
+    connection::requests::{self, Failure},
+    protocol::ScrapeRequest,
+    shared::Shared,
+    swarm::{
+        messages::{Answer, Disown, FindSwarm, InstanceGone, Leave},
+        route::{PeerRoute, Undelivered},
+        state::Reject,
+    },
+};
+
+/// Events waiting for the inbound task. Beyond it messages are dropped and counted
+/// (`inbound_full`); membership changes are never dropped (see `queue`).
+pub const INBOUND_QUEUE: usize = 65_536;
+
+/// The two ends of the inbound queue: the bus thread's callback pushes, `run` pops.
+pub fn queue(node_stats: Arc<super::stats::NodeStats>) -> (super::bus::OnEvent, Inbound) {
+    let (messages_tx, messages) = mpsc::channel(INBOUND_QUEUE);
+    // Membership changes are rare and must not be lost (a dead instance's peers would
+    // stay); they get a queue of their own without a bound.
+    let (views_tx, views) = mpsc::unbounded_channel();
+    let on_event: super::bus::OnEvent = Box::new(move |event| match event {
+        BusEvent::Message(envelope) => {
+            if messages_tx.try_send(envelope).is_err() {
+                node_stats.dropped(RouteDrop::InboundFull);
+            }
+        }
+        membership @ BusEvent::Membership { .. } => {
+            let _ = views_tx.send(membership);
+        }
+    });
+    (on_event, Inbound { messages, views })
+}
+
+pub struct Inbound {
+    messages: mpsc::Receiver<Envelope>,
+    views: mpsc::UnboundedReceiver<BusEvent>,
+}
+
+/// Serves the inbound queue until the bus stops.
+pub async fn run(shared: Arc<Shared>, node: Arc<ClusterNode>, mut inbound: Inbound) {
+    loop {
+        tokio::select! {
+            // A view change first: requests after it must be routed by it.
+            biased;
+            Some(event) = inbound.views.recv() => on_view_change(&shared, event),
+            Some(envelope) = inbound.messages.recv() => on_message(&shared, &node, envelope),
+            else => break,
+        }
+    }
+    debug!("cluster: inbound queue closed");
+}
+
+fn on_view_change(shared: &Arc<Shared>, event: BusEvent) {
+    let BusEvent::Membership { joined, gone, view } = event else {
+        return;
+    };
+    for instance in &joined {
+        info!(
+            "cluster: instance {instance:016x} joined ({} live)",
+            view.live.len()
+        );
+    }
+    for instance in &gone {
+        warn!(
+            "cluster: instance {instance:016x} is gone; its peers leave ({} live)",
+            view.live.len()
+        );
+    }
+    let shards = shared.directory.shards();
+    for instance in gone {
+        for shard in shards {
+            shard.do_send(InstanceGone { instance });
+        }
+    }
+    let owned_view = view.clone();
+    let disown = Disown {
+        owned: Arc::new(move |info_hash| owned_view.is_local(info_hash)),
+    };
+    for shard in shards {
+        shard.do_send(disown.clone());
+    }
+    let told = shared.connections.owners_changed();
+    debug!(
+        "cluster: view {} ({} live, bus {}); {told} sessions re-check their swarms",
+        view.generation,
+        view.live.len(),
+        if view.bus_up { "up" } else { "down" }
+    );
+}
+
+fn on_message(shared: &Arc<Shared>, node: &Arc<ClusterNode>, envelope: Envelope) {
+    let kind = envelope.body.kind();
+    node.stats.handled(kind);
+    match envelope.body {
+        BusMessage::Announce(forwarded) => on_announce(shared, node, forwarded),
+        BusMessage::AnnounceReply(AnnounceReply { req_id, result, .. }) => {
+            node.announce_replied(req_id, result)
+        }
+        BusMessage::Answer(forwarded) => on_answer(shared, node, forwarded),
+        BusMessage::Leave(forwarded) => on_leave(shared, forwarded),
+        BusMessage::Deliver(deliver) => on_deliver(shared, node, deliver),
+        BusMessage::Scrape(query) => on_scrape(shared, node, query),
+        BusMessage::ScrapeReply(ScrapeReply { req_id, files, .. }) => {
+            node.scrape_replied(req_id, files)
+        }
+        // Consumed by the bus task's membership view; never handed here.
+        BusMessage::Heartbeat(_) | BusMessage::Leaving => {}
+    }
+}
+
+/// Whether a request for a swarm owned elsewhere (by this instance's view) was passed on:
+/// once at most, so that differing views cannot bounce it around.
+fn passed_on(node: &ClusterNode, info_hash: &crate::protocol::InfoHash, hops: u8) -> Option<u64> {
+    let owner = node.view().owner(info_hash);
+    (owner != node.self_id() && hops < MAX_HOPS).then_some(owner)
+}
+
+fn on_announce(shared: &Arc<Shared>, node: &Arc<ClusterNode>, forwarded: ForwardedAnnounce) {
+    if let Some(owner) = passed_on(node, &forwarded.request.info_hash, forwarded.hops) {
+        node.stats
+            .reforwarded
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let again = ForwardedAnnounce {
+            hops: forwarded.hops + 1,
+            ..forwarded
+        };
+        // Lost if refused: the announcer's request times out and it announces again.
+        let _ = node.send(owner, BusMessage::Announce(again));
+        return;
+    }
+    let shared = shared.clone();
+    let node = node.clone();
+    actix_web::rt::spawn(async move {
+        let ForwardedAnnounce {
+            from,
+            req_id,
+            request,
+            ..
+        } = forwarded;
+        let conn = conn_of(from);
+        let result = match requests::announce_on_shard(
+            &shared,
+            None,
+            conn,
+            PeerRoute::Remote,
+            request,
+        )
+        .await
+        {
+            Ok((_, reply)) => AnnounceResult::Accepted {
+                counts: reply.counts,
+                registered: reply.registered,
+            },
+            Err(failure) => rejection(failure),
+        };
+        let reply = BusMessage::AnnounceReply(AnnounceReply {
+            to: from,
+            req_id,
+            result,
+        });
+        let _ = node.send(from.instance, reply);
+    });
+}
+
+/// The wire form of a failed announce: the swarm's own refusal travels as such (so the
+/// client reads the same reason as on one instance), anything else is "unavailable".
+fn rejection(failure: Failure) -> AnnounceResult {
+    failure
+        .reject
+        .map_or(AnnounceResult::Unavailable, AnnounceResult::Rejected)
+}
+
+fn on_answer(shared: &Arc<Shared>, node: &Arc<ClusterNode>, forwarded: ForwardedAnswer) {
+    if let Some(owner) = passed_on(node, &forwarded.request.info_hash, forwarded.hops) {
+        node.stats
+            .reforwarded
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let again = ForwardedAnswer {
+            hops: forwarded.hops + 1,
+            ..forwarded
+        };
+        let _ = node.send(owner, BusMessage::Answer(again));
+        return;
+    }
+    let shared = shared.clone();
+    let node = node.clone();
+    actix_web::rt::spawn(async move {
+        let info_hash = forwarded.request.info_hash;
+        let conn = conn_of(forwarded.from);
+        let swarm = shared
+            .directory
+            .shard_for(&info_hash)
+            .send(FindSwarm { info_hash })
+            .await
+            .ok()
+            .flatten();
+        let Some(swarm) = swarm else {
+            // No swarm here: whoever made the offer has left (or the swarm moved).
+            let failure = Relay::Failure {
+                info_hash,
+                reason: Reject::OffererGone.to_string(),
+            };
+            let _ = node.send(
+                forwarded.from.instance,
+                BusMessage::Deliver(Deliver {
+                    to: forwarded.from,
+                    message: failure,
+                }),
+            );
+            return;
+        };
+        swarm.addr.do_send(Answer {
+            conn,
+            request: Arc::new(forwarded.request),
+            reply_to: PeerRoute::Remote,
+        });
+    });
+}
+
+fn on_leave(shared: &Arc<Shared>, forwarded: ForwardedLeave) {
+    let shared = shared.clone();
+    actix_web::rt::spawn(async move {
+        let info_hash = forwarded.info_hash;
+        let swarm = shared
+            .directory
+            .shard_for(&info_hash)
+            .send(FindSwarm { info_hash })
+            .await
+            .ok()
+            .flatten();
+        if let Some(swarm) = swarm {
+            swarm.addr.do_send(Leave {
+                conn: conn_of(forwarded.conn),
+                peer_ids: forwarded.peer_ids,
+            });
+        }
+    });
+}
+
+fn on_deliver(shared: &Shared, node: &ClusterNode, deliver: Deliver) {
+    match shared
+        .connections
+        .deliver(conn_of(deliver.to), deliver.message.into())
+    {
+        Ok(()) => {}
+        Err(Undelivered::Full) => node.stats.dropped(RouteDrop::SessionFull),
+        Err(Undelivered::Closed) => node.stats.dropped(RouteDrop::NoSession),
+    }
+}
+
+fn on_scrape(shared: &Arc<Shared>, node: &Arc<ClusterNode>, query: ScrapeQuery) {
+    let shared = shared.clone();
+    let node = node.clone();
+    actix_web::rt::spawn(async move {
+        let limit = shared.settings.tracker.max_scrape_hashes;
+        let asked = ScrapeRequest::Some(query.info_hashes);
+        // An owner that cannot count answers zeros rather than leave the scrape waiting.
+        let files = requests::scrape_here(&shared, asked, limit)
+            .await
+            .unwrap_or_default();
+        let reply = BusMessage::ScrapeReply(ScrapeReply {
+            to: query.from,
+            req_id: query.req_id,
+            files,
+        });
+        let _ = node.send(query.from.instance, reply);
+    });
+}

@@ -1,0 +1,363 @@
+//! ClusterNode: this instance's part in the cluster, as the rest of the process sees it.
+//! It implements the two ports the tracker defines for other instances:
+//! `connection::requests::RemoteSwarms` (sessions reaching swarms owned elsewhere) and
+//! `swarm::route::RemoteSessions` (swarms reaching sessions held elsewhere), on top of the
+//! bus handle. Every call is non-blocking: requests are queued with `try_send` (a full
+//! queue or a lost bus is a refusal, counted), and a request that wants a reply gets a
+//! future that resolves when the owner answers or the reply deadline passes.
+//!
+//! What arrives from other instances is handled by `inbound`.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+    time::{Duration, Instant},
+};
+
+use futures_util::future::BoxFuture;
+use log::debug;
+use tokio::sync::oneshot;
+
+use super::{
+    bus::{BusHandle, SendRefused},
+    members::LiveView,
+    stats::NodeStats,
+    wire::{
+        AnnounceResult, BusMessage, ConnKey, Deliver, ForwardedAnnounce, ForwardedAnswer,
+        ForwardedLeave, Relay, ScrapeQuery,
+    },
+};
+use crate::{
+    connection::{
+        conn_id, instance_of,
+        requests::{Failure, RemoteSwarms},
+        ConnId, InstanceId,
+    },
+    protocol::{AnnounceRequest, AnswerRequest, InfoHash, OutMessage, PeerId, SwarmCounts},
+    swarm::{
+        messages::AnnounceReply,
+        route::{RemoteSessions, Undelivered},
+    },
+};
+
+/// The cluster-wide name of a socket of this or another instance.
+pub fn conn_key(conn: ConnId) -> ConnKey {
+    ConnKey {
+        instance: instance_of(conn),
+        // The low half of the id is the instance's own connection number.
+        conn: conn as u64,
+    }
+}
+
+/// The connection id of a socket named on the bus.
+pub fn conn_of(key: ConnKey) -> ConnId {
+    conn_id(key.instance, key.conn)
+}
+
+/// A request of ours waiting for its reply.
+enum Pending {
+    Announce(oneshot::Sender<AnnounceResult>),
+    Scrape(oneshot::Sender<Vec<(InfoHash, SwarmCounts)>>),
+}
+
+pub struct ClusterNode {
+    bus: BusHandle,
+    self_id: InstanceId,
+    /// How long a request waits for the owner's reply: the expiry, after which an owner
+    /// that does not answer is dead anyway and the request is made again elsewhere.
+    reply_timeout: Duration,
+    next_request: AtomicU64,
+    /// Bounded by the sessions: each waits for at most one reply at a time, and an entry
+    /// leaves at its reply or its deadline.
+    pending: Mutex<HashMap<u64, Pending>>,
+    pub stats: Arc<NodeStats>,
+}
+
+impl ClusterNode {
+    pub fn new(bus: BusHandle, reply_timeout: Duration, stats: Arc<NodeStats>) -> Self {
+        Self {
+            self_id: bus.self_id(),
+            bus,
+            reply_timeout,
+            next_request: AtomicU64::new(1),
+            pending: Mutex::new(HashMap::new()),
+            stats,
+        }
+    }
+
+    pub fn self_id(&self) -> InstanceId {
+        self.self_id
+    }
+
+    pub fn bus(&self) -> &BusHandle {
+        &self.bus
+    }
+
+    pub fn view(&self) -> Arc<LiveView> {
+        self.bus.view()
+    }
+
+    /// Queues `message` for instance `to`, counting it as forwarded.
+    pub fn send(&self, to: InstanceId, message: BusMessage) -> Result<(), SendRefused> {
+        let kind = message.kind();
+        let sent = self.bus.try_send(to, message);
+        if sent.is_ok() {
+            self.stats.forwarded(kind);
+        }
+        sent
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
+        // Entries are plain senders: a panic elsewhere cannot leave the map half-written.
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Registers a request waiting for its reply; returns its id.
+    fn expect_reply(&self, pending: Pending) -> u64 {
+        let req_id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        self.pending().insert(req_id, pending);
+        req_id
+    }
+
+    fn forget(&self, req_id: u64) {
+        self.pending().remove(&req_id);
+    }
+
+    /// The owner answered an announce of ours.
+    pub fn announce_replied(&self, req_id: u64, result: AnnounceResult) {
+        match self.pending().remove(&req_id) {
+            Some(Pending::Announce(waiting)) => {
+                let _ = waiting.send(result);
+            }
+            other => self.late_reply(req_id, other),
+        }
+    }
+
+    /// The owner answered a scrape of ours.
+    pub fn scrape_replied(&self, req_id: u64, files: Vec<(InfoHash, SwarmCounts)>) {
+        match self.pending().remove(&req_id) {
+            Some(Pending::Scrape(waiting)) => {
+                let _ = waiting.send(files);
+            }
+            other => self.late_reply(req_id, other),
+        }
+    }
+
+    /// A reply after its deadline (or of the wrong kind, which a well-behaved peer never
+    /// sends): the request was already answered as unavailable.
+    fn late_reply(&self, req_id: u64, wrong: Option<Pending>) {
+        if let Some(pending) = wrong {
+            // Put back what was not this reply's to take.
+            self.pending().insert(req_id, pending);
+        }
+        self.stats.late_reply();
+        debug!("cluster: reply {req_id} arrived after its deadline");
+    }
+
+    /// Waits for the reply to `req_id` at most the reply deadline; the round trip goes
+    /// into the relay latency histogram.
+    fn await_reply<T: Send + 'static>(
+        self: &Arc<Self>,
+        req_id: u64,
+        reply: oneshot::Receiver<T>,
+    ) -> BoxFuture<'static, Result<T, Failure>> {
+        let node = self.clone();
+        let asked = Instant::now();
+        Box::pin(async move {
+            match tokio::time::timeout(node.reply_timeout, reply).await {
+                Ok(Ok(value)) => {
+                    node.stats.request_round_trip(asked.elapsed());
+                    Ok(value)
+                }
+                _ => {
+                    node.forget(req_id);
+                    node.stats.reply_timed_out();
+                    Err(Failure::unavailable())
+                }
+            }
+        })
+    }
+}
+
+impl ClusterNode {
+    /// The cluster section of `/stats.json` (ids in hex, as in the logs).
+    pub fn status(&self) -> serde_json::Value {
+        use std::sync::atomic::Ordering::Relaxed;
+        let view = self.view();
+        let bus = self.bus.stats();
+        let mut forwarded = serde_json::Map::new();
+        let mut handled = serde_json::Map::new();
+        for (kind, sent, acted) in self.stats.by_kind() {
+            forwarded.insert(kind.to_owned(), sent.into());
+            handled.insert(kind.to_owned(), acted.into());
+        }
+        let mut dropped = serde_json::Map::new();
+        for reason in super::bus::DropReason::ALL {
+            dropped.insert(reason.as_str().to_owned(), bus.dropped_count(reason).into());
+        }
+        for reason in super::stats::RouteDrop::ALL {
+            let count = self.stats.dropped_count(reason);
+            dropped.insert(reason.as_str().to_owned(), count.into());
+        }
+        serde_json::json!({
+            "instance": format!("{:016x}", self.self_id),
+            "busUp": view.bus_up,
+            "connected": bus.is_connected(),
+            "instances": view.live.iter().map(|id| format!("{id:016x}")).collect::<Vec<_>>(),
+            "viewGeneration": view.generation,
+            "heartbeatRttMs": bus.heartbeat_rtt_micros.load(Relaxed) as f64 / 1000.0,
+            "reconnects": bus.reconnects.load(Relaxed),
+            "forwarded": forwarded,
+            "handled": handled,
+            "reforwarded": self.stats.reforwarded.load(Relaxed),
+            "dropped": dropped,
+        })
+    }
+
+    /// What `/readyz` says of the cluster: an instance without its bus stays ready (it
+    /// serves every swarm itself) but says so.
+    pub fn readiness(&self) -> serde_json::Value {
+        let view = self.view();
+        let detail = if view.bus_up {
+            format!("bus up, {} instances", view.live.len())
+        } else {
+            "bus lost: every swarm is served by this instance alone until it returns".to_owned()
+        };
+        serde_json::json!({
+            "busUp": view.bus_up,
+            "instances": view.live.len(),
+            "detail": detail,
+        })
+    }
+}
+
+/// The port `connection::requests` uses; implemented on `Arc<ClusterNode>` because the
+/// reply futures keep the node.
+impl RemoteSwarms for Arc<ClusterNode> {
+    fn owner(&self, info_hash: &InfoHash) -> Option<InstanceId> {
+        let owner = self.view().owner(info_hash);
+        (owner != self.self_id).then_some(owner)
+    }
+
+    fn announce(
+        &self,
+        owner: InstanceId,
+        conn: ConnId,
+        request: AnnounceRequest,
+    ) -> BoxFuture<'static, Result<AnnounceReply, Failure>> {
+        let (reply, replied) = oneshot::channel();
+        let req_id = self.expect_reply(Pending::Announce(reply));
+        let message = BusMessage::Announce(ForwardedAnnounce {
+            from: conn_key(conn),
+            req_id,
+            hops: 0,
+            request,
+        });
+        if self.send(owner, message).is_err() {
+            self.forget(req_id);
+            return Box::pin(async { Err(Failure::unavailable()) });
+        }
+        let replied = self.await_reply(req_id, replied);
+        Box::pin(async move {
+            match replied.await? {
+                AnnounceResult::Accepted { counts, registered } => {
+                    Ok(AnnounceReply { counts, registered })
+                }
+                AnnounceResult::Rejected(reject) => Err(Failure::from(reject)),
+                AnnounceResult::Unavailable => Err(Failure::unavailable()),
+            }
+        })
+    }
+
+    fn answer(
+        &self,
+        owner: InstanceId,
+        conn: ConnId,
+        request: AnswerRequest,
+    ) -> Result<(), Failure> {
+        let message = BusMessage::Answer(ForwardedAnswer {
+            from: conn_key(conn),
+            hops: 0,
+            request,
+        });
+        self.send(owner, message)
+            .map_err(|_| Failure::unavailable())
+    }
+
+    fn leave(&self, owner: InstanceId, conn: ConnId, info_hash: InfoHash, peer_ids: Vec<PeerId>) {
+        let message = BusMessage::Leave(ForwardedLeave {
+            conn: conn_key(conn),
+            info_hash,
+            peer_ids,
+        });
+        // A lost leave is repaired by the owner: the peers expire (peer TTL), or go with
+        // this instance if it dies.
+        let _ = self.send(owner, message);
+    }
+
+    fn scrape(
+        &self,
+        owner: InstanceId,
+        info_hashes: Vec<InfoHash>,
+    ) -> BoxFuture<'static, Result<Vec<(InfoHash, SwarmCounts)>, Failure>> {
+        let (reply, replied) = oneshot::channel();
+        let req_id = self.expect_reply(Pending::Scrape(reply));
+        let message = BusMessage::Scrape(ScrapeQuery {
+            // The reply goes to this instance; the connection number is not needed.
+            from: ConnKey {
+                instance: self.self_id,
+                conn: 0,
+            },
+            req_id,
+            info_hashes,
+        });
+        if self.send(owner, message).is_err() {
+            self.forget(req_id);
+            return Box::pin(async { Err(Failure::unavailable()) });
+        }
+        self.await_reply(req_id, replied)
+    }
+}
+
+/// The port swarms use to reach sessions held by other instances.
+impl RemoteSessions for ClusterNode {
+    fn deliver(&self, to: ConnId, message: OutMessage) -> Result<(), Undelivered> {
+        let instance = instance_of(to);
+        if !self.view().live.contains(&instance) {
+            // Dead or cut off: its peers are being dropped; never queue for it.
+            return Err(Undelivered::Closed);
+        }
+        let Some(relay) = Relay::from_out(&message) else {
+            // Swarms relay only offers, answers and refusals of answers.
+            return Err(Undelivered::Closed);
+        };
+        let message = BusMessage::Deliver(Deliver {
+            to: conn_key(to),
+            message: relay,
+        });
+        match self.send(instance, message) {
+            Ok(()) => Ok(()),
+            Err(SendRefused::QueueFull | SendRefused::BusDown) => Err(Undelivered::Full),
+            Err(SendRefused::Stopped) => Err(Undelivered::Closed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_ids_survive_the_bus() {
+        for (instance, local) in [(0, 1), (7, 42), (u64::MAX, u64::MAX), (0xdead_beef, 0)] {
+            let conn = conn_id(instance, local);
+            let key = conn_key(conn);
+            assert_eq!(key.instance, instance);
+            assert_eq!(key.conn, local);
+            assert_eq!(conn_of(key), conn);
+        }
+    }
+}
