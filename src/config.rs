@@ -303,11 +303,12 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 /// Keys whose environment values are comma-separated lists.
-const LIST_KEYS: [&str; 4] = [
+const LIST_KEYS: [&str; 5] = [
     "server.trusted_proxies",
     "server.extra_binds",
     "ws.allowed_origins",
     "player.ice_servers",
+    "cluster.nats_urls",
 ];
 
 impl Settings {

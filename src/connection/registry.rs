@@ -237,7 +237,7 @@ impl ConnectionRegistry {
     pub fn owners_changed(&self) -> usize {
         let sessions = Self::live_sessions(&self.lock());
         for session in &sessions {
-            session.do_send(OwnersChanged);
+            session.do_send(OwnersChanged::default());
         }
         sessions.len()
     }

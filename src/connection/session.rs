@@ -51,9 +51,17 @@ pub struct CloseSession {
 /// The cluster's view changed: swarms this connection joined may be owned by another
 /// instance now. The session re-joins each swarm that moved at its new owner, so that its
 /// peers are found there before their next announce.
-#[derive(Message, Clone, Copy)]
+#[derive(Message, Clone, Copy, Default)]
 #[rtype(result = "()")]
-pub struct OwnersChanged;
+pub struct OwnersChanged {
+    /// Rounds already tried: views of the live instances differ for up to one expiry, so
+    /// a re-join may be lost on the way (sent to an owner that still forwards to a dead
+    /// one); it is tried again, one expiry later, a few times.
+    pub attempt: u8,
+}
+
+/// Rounds of re-joins after one view change (see `OwnersChanged`).
+const REJOIN_ATTEMPTS: u8 = 4;
 
 pub struct PeerSession {
     conn: ConnId,
@@ -541,7 +549,7 @@ impl Handler<CloseSession> for PeerSession {
 impl Handler<OwnersChanged> for PeerSession {
     type Result = ();
 
-    fn handle(&mut self, _msg: OwnersChanged, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: OwnersChanged, ctx: &mut Self::Context) {
         let moved: Vec<(InfoHash, Vec<PeerId>)> = self
             .joined
             .iter()
@@ -550,6 +558,8 @@ impl Handler<OwnersChanged> for PeerSession {
             })
             .map(|(info_hash, joined)| (*info_hash, joined.peer_ids.clone()))
             .collect();
+        // One retry per round, however many re-joins of it fail.
+        let retry_scheduled = std::rc::Rc::new(std::cell::Cell::new(false));
         for (info_hash, peer_ids) in moved {
             for peer_id in peer_ids {
                 // A plain re-announce without offers: the new owner learns the peer, and
@@ -569,19 +579,27 @@ impl Handler<OwnersChanged> for PeerSession {
                     ctx.address().recipient(),
                     request,
                 );
+                let retry_scheduled = retry_scheduled.clone();
                 ctx.spawn(
                     work.into_actor(self)
-                        .map(move |result, session, _ctx| match result {
+                        .map(move |result, session, ctx| match result {
                             Ok((swarm, reply)) => session.record_membership(
                                 info_hash,
                                 peer_id,
                                 swarm,
                                 reply.registered,
                             ),
-                            Err(failure) => debug!(
-                                "conn={} re-join of {info_hash} failed: {}",
-                                session.conn, failure.reason
-                            ),
+                            Err(failure) => {
+                                debug!(
+                                    "conn={} re-join of {info_hash} failed: {}",
+                                    session.conn, failure.reason
+                                );
+                                let attempt = msg.attempt + 1;
+                                if attempt < REJOIN_ATTEMPTS && !retry_scheduled.replace(true) {
+                                    let later = session.shared.settings.cluster.expiry();
+                                    ctx.notify_later(OwnersChanged { attempt }, later);
+                                }
+                            }
                         }),
                 );
             }

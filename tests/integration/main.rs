@@ -10,6 +10,7 @@ mod common;
 mod abuse;
 mod access_control;
 mod announce;
+mod cluster;
 mod config;
 #[cfg(feature = "fault-injection")]
 mod faults;

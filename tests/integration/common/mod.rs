@@ -1,13 +1,16 @@
-//! Test support, by role: the server under test (`server`), WebSocket clients (`peers`,
-//! and `raw` for hand-written bytes), bounded waits (`waits`) and test data (`fixtures`).
+//! Test support, by role: the server under test (`server`, and `nats` for a cluster of
+//! them), WebSocket clients (`peers`, and `raw` for hand-written bytes), bounded waits
+//! (`waits`) and test data (`fixtures`).
 
 mod fixtures;
+mod nats;
 mod peers;
 mod raw;
 mod server;
 mod waits;
 
 pub use fixtures::*;
+pub use nats::*;
 pub use peers::*;
 pub use raw::*;
 pub use server::*;

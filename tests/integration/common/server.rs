@@ -193,6 +193,16 @@ impl BinaryServer {
         format!("ws://{}/announce", self.addr)
     }
 
+    /// GETs `path` and parses the JSON body.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        reqwest::get(format!("http://{}{path}", self.addr))
+            .await
+            .expect("GET")
+            .json()
+            .await
+            .expect("JSON body")
+    }
+
     /// Sends a signal by name (`TERM`, `HUP`) with kill(1).
     pub fn signal(&self, name: &str) {
         let status = std::process::Command::new("kill")

@@ -1,0 +1,444 @@
+//! Several instances of the real binary sharing their swarms over a real NATS server, all
+//! on loopback: peers of one swarm connected to different instances find each other, the
+//! protocol's rules hold across instances, and the cluster survives an instance that dies
+//! (SIGKILL) or goes silent (SIGSTOP), the loss of NATS itself, and a new instance.
+
+use std::time::Duration;
+
+use p2p_mediastream::{
+    cluster::ring,
+    protocol::{client::TrackerMessage, InfoHash, OfferId, PeerId},
+};
+
+use crate::common::*;
+
+/// Longest wait for the cluster to settle after a change (a few expiries).
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// This instance's random id and its view of the live instances, from /stats.json.
+async fn view(instance: &BinaryServer) -> (u64, Vec<u64>, bool) {
+    let stats = instance.get_json("/stats.json").await;
+    let cluster = &stats["cluster"];
+    let id = |value: &serde_json::Value| {
+        u64::from_str_radix(value.as_str().expect("hex id"), 16).expect("hex id")
+    };
+    let live = cluster["instances"]
+        .as_array()
+        .expect("instances")
+        .iter()
+        .map(id)
+        .collect();
+    (
+        id(&cluster["instance"]),
+        live,
+        cluster["busUp"] == serde_json::Value::Bool(true),
+    )
+}
+
+/// Waits until every one of `instances` sees exactly them (and its bus is up); returns
+/// their ids in the order given.
+async fn settled(instances: &[&BinaryServer]) -> Vec<u64> {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let mut ids = Vec::new();
+        let mut views = Vec::new();
+        for instance in instances {
+            let (id, live, up) = view(instance).await;
+            ids.push(id);
+            views.push((live, up));
+        }
+        let mut expected = ids.clone();
+        expected.sort_unstable();
+        if views.iter().all(|(live, up)| *up && *live == expected) {
+            return ids;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cluster did not settle on {ids:x?}: views {views:x?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The first test swarm (from `info_hash(from)` on) that `owner` owns among `live`.
+fn swarm_owned_by(owner: u64, live: &[u64], from: u32) -> InfoHash {
+    let mut live = live.to_vec();
+    live.sort_unstable();
+    (from..from + 10_000)
+        .map(info_hash)
+        .find(|swarm| ring::owner(swarm, &live) == Some(owner))
+        .expect("some swarm hashes to every instance")
+}
+
+/// Scrapes `swarm` through `peer` until it counts `incomplete` leechers (views and
+/// re-joins take a moment to settle after a change).
+async fn eventually_incomplete(peer: &mut TestPeer, swarm: InfoHash, incomplete: u64) {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let (_, seen) = peer.scrape_counts(swarm).await;
+        if seen == incomplete {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "swarm still counts {seen} leechers, expected {incomplete}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The next message, which must be an offer; returns (from peer, offer_id).
+async fn recv_offer(peer: &mut TestPeer, swarm: InfoHash) -> (PeerId, OfferId) {
+    match peer.recv().await {
+        TrackerMessage::Offer {
+            info_hash,
+            peer_id,
+            offer_id,
+            ..
+        } => {
+            assert_eq!(info_hash, swarm);
+            (peer_id, offer_id)
+        }
+        other => panic!("expected an offer, got {other:?}"),
+    }
+}
+
+/// The next message, which must be an answer; returns (from peer, offer_id, sdp).
+async fn recv_answer(peer: &mut TestPeer) -> (PeerId, OfferId, String) {
+    match peer.recv().await {
+        TrackerMessage::Answer {
+            peer_id,
+            offer_id,
+            sdp,
+            ..
+        } => (peer_id, offer_id, sdp),
+        other => panic!("expected an answer, got {other:?}"),
+    }
+}
+
+/// `offerer` offers once to the swarm (whose only other member is `answerer`), the
+/// offer reaches `answerer`, and its answer comes back: a full offer/answer exchange.
+async fn exchange(
+    swarm: InfoHash,
+    (offerer, offerer_id): (&mut TestPeer, PeerId),
+    (answerer, answerer_id): (&mut TestPeer, PeerId),
+    offer: u32,
+) {
+    offerer
+        .announce(swarm, offerer_id, None, &[(offer_id(offer), "offer-sdp")])
+        .await;
+    offerer.recv_announce_reply().await;
+    let (from, relayed) = recv_offer(answerer, swarm).await;
+    assert_eq!((from, relayed), (offerer_id, offer_id(offer)));
+    answerer
+        .answer(swarm, answerer_id, offerer_id, relayed, "answer-sdp")
+        .await;
+    let (from, answered, sdp) = recv_answer(offerer).await;
+    assert_eq!(
+        (from, answered, sdp.as_str()),
+        (answerer_id, relayed, "answer-sdp")
+    );
+}
+
+#[tokio::test]
+async fn peers_of_one_swarm_on_different_instances_exchange_offers_and_answers() {
+    let nats = NatsServer::start();
+    let (a, b, c) = (
+        cluster_instance(&nats, "a"),
+        cluster_instance(&nats, "b"),
+        cluster_instance(&nats, "c"),
+    );
+    let ids = settled(&[&a, &b, &c]).await;
+    // Owned by c, joined from a and b: every request crosses the bus.
+    let swarm = swarm_owned_by(ids[2], &ids, 1);
+    let mut on_a = TestPeer::connect(&a.ws_url()).await;
+    let mut on_b = TestPeer::connect(&b.ws_url()).await;
+    let mut on_c = TestPeer::connect(&c.ws_url()).await;
+    assert_eq!(on_a.join_swarm(swarm, peer_id(1)).await.incomplete, 1);
+    assert_eq!(on_b.join_swarm(swarm, peer_id(2)).await.incomplete, 2);
+    assert_eq!(on_c.join_swarm(swarm, peer_id(3)).await.incomplete, 3);
+
+    // Two offers from a: one to each other peer, wherever it is connected.
+    on_a.announce(
+        swarm,
+        peer_id(1),
+        None,
+        &[(offer_id(1), "sdp-1"), (offer_id(2), "sdp-2")],
+    )
+    .await;
+    assert_eq!(on_a.recv_announce_reply().await.incomplete, 3);
+    let (from_b, offer_to_b) = recv_offer(&mut on_b, swarm).await;
+    let (from_c, offer_to_c) = recv_offer(&mut on_c, swarm).await;
+    assert_eq!((from_b, from_c), (peer_id(1), peer_id(1)));
+    assert_ne!(offer_to_b, offer_to_c, "each offer goes to one peer");
+
+    on_b.answer(swarm, peer_id(2), peer_id(1), offer_to_b, "from-b")
+        .await;
+    on_c.answer(swarm, peer_id(3), peer_id(1), offer_to_c, "from-c")
+        .await;
+    let mut answers = vec![recv_answer(&mut on_a).await, recv_answer(&mut on_a).await];
+    answers.sort_by_key(|(from, _, _)| from.0);
+    assert_eq!(
+        answers,
+        vec![
+            (peer_id(2), offer_to_b, "from-b".to_owned()),
+            (peer_id(3), offer_to_c, "from-c".to_owned()),
+        ]
+    );
+
+    // The whole swarm, counted the same from every instance.
+    for peer in [&mut on_a, &mut on_b, &mut on_c] {
+        assert_eq!(peer.scrape_counts(swarm).await, (0, 3));
+    }
+    on_b.assert_counts(swarm, peer_id(2), Some("completed"), (1, 2))
+        .await;
+    for peer in [&mut on_a, &mut on_c] {
+        assert_eq!(peer.scrape_counts(swarm).await, (1, 2));
+    }
+    // A swarm nobody joined counts zero everywhere (and is not created by the scrape).
+    assert_eq!(on_a.scrape_counts(info_hash(999_999)).await, (0, 0));
+}
+
+#[tokio::test]
+async fn spoofed_answers_and_stops_from_another_instance_are_refused() {
+    let nats = NatsServer::start();
+    let (a, b, c) = (
+        cluster_instance(&nats, "a"),
+        cluster_instance(&nats, "b"),
+        cluster_instance(&nats, "c"),
+    );
+    let ids = settled(&[&a, &b, &c]).await;
+    let swarm = swarm_owned_by(ids[0], &ids, 100);
+    let mut offerer = TestPeer::connect(&a.ws_url()).await;
+    let mut honest = TestPeer::connect(&b.ws_url()).await;
+    let mut intruder = TestPeer::connect(&c.ws_url()).await;
+    offerer.join_swarm(swarm, peer_id(1)).await;
+    honest.join_swarm(swarm, peer_id(2)).await;
+    intruder.join_swarm(swarm, peer_id(3)).await;
+
+    // One offer, to one random peer: repeat until the honest peer on b has one.
+    let mut relayed = None;
+    for attempt in 1..=20 {
+        offerer
+            .announce(swarm, peer_id(1), None, &[(offer_id(attempt), "sdp")])
+            .await;
+        offerer.recv_announce_reply().await;
+        for frame in honest.drain_json().await {
+            if frame["offer"].is_object() {
+                relayed = Some(
+                    OfferId::from_wire(frame["offer_id"].as_str().expect("id")).expect("offer_id"),
+                );
+            }
+        }
+        intruder.drain_json().await;
+        if relayed.is_some() {
+            break;
+        }
+    }
+    let relayed = relayed.expect("an offer reached the peer on b within 20 announces");
+
+    // The intruder on c answers the offer that went to b: as itself, and as b.
+    for pretending in [peer_id(3), peer_id(2)] {
+        intruder
+            .answer(swarm, pretending, peer_id(1), relayed, "spoof")
+            .await;
+        let failure = intruder.recv_failure_in(swarm).await;
+        assert!(
+            failure["failure reason"]
+                .as_str()
+                .is_some_and(|reason| reason.contains("relayed to")),
+            "{failure}"
+        );
+    }
+    offerer.expect_silence().await;
+
+    // ... and says `stopped` for b's peer_id: b stays.
+    intruder
+        .announce(swarm, peer_id(2), Some("stopped"), &[])
+        .await;
+    intruder.recv_announce_reply().await;
+    assert_eq!(offerer.scrape_counts(swarm).await, (0, 3));
+
+    // The honest answer still goes through.
+    honest
+        .answer(swarm, peer_id(2), peer_id(1), relayed, "honest")
+        .await;
+    let (from, answered, sdp) = recv_answer(&mut offerer).await;
+    assert_eq!(
+        (from, answered, sdp.as_str()),
+        (peer_id(2), relayed, "honest")
+    );
+}
+
+/// Kills (`KILL`) or freezes (`STOP`) instance c, then checks that its peers leave the
+/// swarms of the others and that the swarms it owned work again for the survivors.
+async fn an_instance_lost_by(signal: &str) {
+    let nats = NatsServer::start();
+    let (a, b, c) = (
+        cluster_instance(&nats, "a"),
+        cluster_instance(&nats, "b"),
+        cluster_instance(&nats, "c"),
+    );
+    let ids = settled(&[&a, &b, &c]).await;
+    let owned_by_a = swarm_owned_by(ids[0], &ids, 200);
+    let owned_by_c = swarm_owned_by(ids[2], &ids, 300);
+    let mut on_a = TestPeer::connect(&a.ws_url()).await;
+    let mut on_b = TestPeer::connect(&b.ws_url()).await;
+    let mut on_c = TestPeer::connect(&c.ws_url()).await;
+    for swarm in [owned_by_a, owned_by_c] {
+        on_a.join_swarm(swarm, peer_id(1)).await;
+        on_b.join_swarm(swarm, peer_id(2)).await;
+        on_c.join_swarm(swarm, peer_id(3)).await;
+        assert_eq!(on_a.scrape_counts(swarm).await, (0, 3));
+    }
+
+    c.signal(signal);
+    settled(&[&a, &b]).await;
+    // c's peer left the swarm a owns...
+    eventually_incomplete(&mut on_b, owned_by_a, 2).await;
+    // ... and the swarm c owned lives again on a survivor, rebuilt from re-joins.
+    eventually_incomplete(&mut on_a, owned_by_c, 2).await;
+    exchange(
+        owned_by_c,
+        (&mut on_a, peer_id(1)),
+        (&mut on_b, peer_id(2)),
+        1,
+    )
+    .await;
+    exchange(
+        owned_by_a,
+        (&mut on_b, peer_id(2)),
+        (&mut on_a, peer_id(1)),
+        2,
+    )
+    .await;
+    drop(on_c);
+}
+
+#[tokio::test]
+async fn a_killed_instance_leaves_and_its_swarms_work_again_for_the_survivors() {
+    an_instance_lost_by("KILL").await;
+}
+
+#[tokio::test]
+async fn a_silent_instance_is_treated_as_dead() {
+    an_instance_lost_by("STOP").await;
+}
+
+#[tokio::test]
+async fn without_nats_local_pairs_keep_working_and_cross_pairs_resume_when_it_returns() {
+    let mut nats = NatsServer::start();
+    let (a, b) = (cluster_instance(&nats, "a"), cluster_instance(&nats, "b"));
+    let ids = settled(&[&a, &b]).await;
+    // Both peers of `local` are on a, but b owns it while the bus is up.
+    let local = swarm_owned_by(ids[1], &ids, 400);
+    let cross = swarm_owned_by(ids[1], &ids, 500);
+    let mut first = TestPeer::connect(&a.ws_url()).await;
+    let mut second = TestPeer::connect(&a.ws_url()).await;
+    let mut cross_a = TestPeer::connect(&a.ws_url()).await;
+    let mut cross_b = TestPeer::connect(&b.ws_url()).await;
+    first.join_swarm(local, peer_id(1)).await;
+    second.join_swarm(local, peer_id(2)).await;
+    cross_a.join_swarm(cross, peer_id(3)).await;
+    cross_b.join_swarm(cross, peer_id(4)).await;
+
+    nats.kill();
+    // Each instance notices within the expiry and serves every swarm itself.
+    for instance in [&a, &b] {
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        loop {
+            let ready = instance.get_json("/readyz").await;
+            if ready["cluster"]["busUp"] == serde_json::Value::Bool(false) {
+                assert_eq!(
+                    ready["ready"], true,
+                    "an instance without its bus still serves"
+                );
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "bus loss not noticed: {ready}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    eventually_incomplete(&mut first, local, 2).await;
+    exchange(
+        local,
+        (&mut first, peer_id(1)),
+        (&mut second, peer_id(2)),
+        1,
+    )
+    .await;
+
+    let _nats = NatsServer::start_on(nats.port);
+    settled(&[&a, &b]).await;
+    // The cross pair's sessions re-joined the owner: it counts both again.
+    eventually_incomplete(&mut cross_a, cross, 2).await;
+    exchange(
+        cross,
+        (&mut cross_a, peer_id(3)),
+        (&mut cross_b, peer_id(4)),
+        2,
+    )
+    .await;
+    exchange(
+        local,
+        (&mut second, peer_id(2)),
+        (&mut first, peer_id(1)),
+        3,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_fourth_instance_joins_and_nothing_breaks() {
+    let nats = NatsServer::start();
+    let (a, b, c) = (
+        cluster_instance(&nats, "a"),
+        cluster_instance(&nats, "b"),
+        cluster_instance(&nats, "c"),
+    );
+    settled(&[&a, &b, &c]).await;
+    // Enough swarms that some surely move to the newcomer (each does with chance 1/4; all
+    // 40 stay with chance 1e-5).
+    let swarms: Vec<InfoHash> = (600..640).map(info_hash).collect();
+    let mut on_a = TestPeer::connect(&a.ws_url()).await;
+    let mut on_b = TestPeer::connect(&b.ws_url()).await;
+    let mut on_c = TestPeer::connect(&c.ws_url()).await;
+    for swarm in &swarms {
+        on_a.join_swarm(*swarm, peer_id(1)).await;
+        on_b.join_swarm(*swarm, peer_id(2)).await;
+    }
+
+    let d = cluster_instance(&nats, "d");
+    let ids = settled(&[&a, &b, &c, &d]).await;
+    let (moved, stayed): (Vec<InfoHash>, Vec<InfoHash>) = swarms
+        .iter()
+        .partition(|swarm| ring::owner(swarm, &sorted(&ids)) == Some(ids[3]));
+    assert!(
+        !moved.is_empty(),
+        "no test swarm hashes to the new instance"
+    );
+    let mut on_d = TestPeer::connect(&d.ws_url()).await;
+    let checked = moved.iter().chain(stayed.iter().take(2));
+    for (index, swarm) in checked.enumerate() {
+        // Counted the same from every instance, the new one included.
+        for peer in [&mut on_a, &mut on_c, &mut on_d] {
+            eventually_incomplete(peer, *swarm, 2).await;
+        }
+        exchange(
+            *swarm,
+            (&mut on_a, peer_id(1)),
+            (&mut on_b, peer_id(2)),
+            index as u32 + 1,
+        )
+        .await;
+    }
+}
+
+fn sorted(ids: &[u64]) -> Vec<u64> {
+    let mut ids = ids.to_vec();
+    ids.sort_unstable();
+    ids
+}
