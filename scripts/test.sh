@@ -60,7 +60,7 @@ bash tests/browser/run.sh
 stage "fault injection (a panicking swarm, SIGTERM, restart)"
 cargo test --locked --features fault-injection --test integration faults::
 
-# Last, so that its summary closes the output. tests/cluster_bus.rs starts a real NATS
+# Last, so that its summary closes the output. tests/integration/cluster*.rs start a real NATS
 # server (Debian package nats-server).
 stage "cargo test"
 command -v nats-server >/dev/null 2>&1 || [[ -x /usr/sbin/nats-server ]] || apt_install nats-server

@@ -9,7 +9,7 @@
 //! dead instances leave every swarm, swarms that now hash elsewhere close, and every
 //! session re-joins the swarms that moved.
 
-use std::sync::Arc;
+use std::sync::{atomic::Ordering, Arc};
 
 use log::{debug, info, warn};
 use tokio::sync::mpsc;
@@ -24,11 +24,14 @@ use super::{
     },
 };
 use crate::{
-    connection::requests::{self, Failure},
-    protocol::ScrapeRequest,
+    connection::{
+        requests::{self, Failure},
+        InstanceId,
+    },
+    protocol::{InfoHash, ScrapeRequest},
     shared::Shared,
     swarm::{
-        messages::{Answer, Disown, FindSwarm, InstanceGone, Leave},
+        messages::{Answer, Disown, FindSwarm, InstanceGone, Leave, SwarmRef},
         route::{PeerRoute, Undelivered},
         state::Reject,
     },
@@ -134,24 +137,38 @@ fn on_message(shared: &Arc<Shared>, node: &Arc<ClusterNode>, envelope: Envelope)
     }
 }
 
-/// Whether a request for a swarm owned elsewhere (by this instance's view) was passed on:
-/// once at most, so that differing views cannot bounce it around.
-fn passed_on(node: &ClusterNode, info_hash: &crate::protocol::InfoHash, hops: u8) -> Option<u64> {
+/// The owner to pass a request on to, when this instance's view says another one owns
+/// the swarm: once at most, so that differing views cannot bounce it around.
+fn pass_on_to(node: &ClusterNode, info_hash: &InfoHash, hops: u8) -> Option<InstanceId> {
     let owner = node.view().owner(info_hash);
     (owner != node.self_id() && hops < MAX_HOPS).then_some(owner)
 }
 
+/// Passes a request on to `owner` (see `pass_on_to`). Lost if refused: the requester's
+/// deadline passes and its client announces again.
+fn pass_on(node: &ClusterNode, owner: InstanceId, message: BusMessage) {
+    node.stats.reforwarded.fetch_add(1, Ordering::Relaxed);
+    let _ = node.send(owner, message);
+}
+
+/// The swarm of `info_hash` on this instance, if there is one (never created).
+async fn find_swarm(shared: &Shared, info_hash: InfoHash) -> Option<SwarmRef> {
+    shared
+        .directory
+        .shard_for(&info_hash)
+        .send(FindSwarm { info_hash })
+        .await
+        .ok()
+        .flatten()
+}
+
 fn on_announce(shared: &Arc<Shared>, node: &Arc<ClusterNode>, forwarded: ForwardedAnnounce) {
-    if let Some(owner) = passed_on(node, &forwarded.request.info_hash, forwarded.hops) {
-        node.stats
-            .reforwarded
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if let Some(owner) = pass_on_to(node, &forwarded.request.info_hash, forwarded.hops) {
         let again = ForwardedAnnounce {
             hops: forwarded.hops + 1,
             ..forwarded
         };
-        // Lost if refused: the announcer's request times out and it announces again.
-        let _ = node.send(owner, BusMessage::Announce(again));
+        pass_on(node, owner, BusMessage::Announce(again));
         return;
     }
     let shared = shared.clone();
@@ -197,15 +214,12 @@ fn rejection(failure: Failure) -> AnnounceResult {
 }
 
 fn on_answer(shared: &Arc<Shared>, node: &Arc<ClusterNode>, forwarded: ForwardedAnswer) {
-    if let Some(owner) = passed_on(node, &forwarded.request.info_hash, forwarded.hops) {
-        node.stats
-            .reforwarded
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if let Some(owner) = pass_on_to(node, &forwarded.request.info_hash, forwarded.hops) {
         let again = ForwardedAnswer {
             hops: forwarded.hops + 1,
             ..forwarded
         };
-        let _ = node.send(owner, BusMessage::Answer(again));
+        pass_on(node, owner, BusMessage::Answer(again));
         return;
     }
     let shared = shared.clone();
@@ -213,14 +227,7 @@ fn on_answer(shared: &Arc<Shared>, node: &Arc<ClusterNode>, forwarded: Forwarded
     actix_web::rt::spawn(async move {
         let info_hash = forwarded.request.info_hash;
         let conn = conn_of(forwarded.from);
-        let swarm = shared
-            .directory
-            .shard_for(&info_hash)
-            .send(FindSwarm { info_hash })
-            .await
-            .ok()
-            .flatten();
-        let Some(swarm) = swarm else {
+        let Some(swarm) = find_swarm(&shared, info_hash).await else {
             // No swarm here: whoever made the offer has left (or the swarm moved).
             let failure = Relay::Failure {
                 info_hash,
@@ -246,15 +253,7 @@ fn on_answer(shared: &Arc<Shared>, node: &Arc<ClusterNode>, forwarded: Forwarded
 fn on_leave(shared: &Arc<Shared>, forwarded: ForwardedLeave) {
     let shared = shared.clone();
     actix_web::rt::spawn(async move {
-        let info_hash = forwarded.info_hash;
-        let swarm = shared
-            .directory
-            .shard_for(&info_hash)
-            .send(FindSwarm { info_hash })
-            .await
-            .ok()
-            .flatten();
-        if let Some(swarm) = swarm {
+        if let Some(swarm) = find_swarm(&shared, forwarded.info_hash).await {
             swarm.addr.do_send(Leave {
                 conn: conn_of(forwarded.conn),
                 peer_ids: forwarded.peer_ids,

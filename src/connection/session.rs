@@ -180,13 +180,11 @@ impl PeerSession {
         if self.shared.access.allows(&info_hash) {
             return false;
         }
-        self.fail(
-            ctx,
-            Action::Announce,
-            Some(info_hash),
+        let failure = Failure::new(
             "not_allowed",
             "info_hash not allowed on this tracker".into(),
         );
+        self.fail_announce(ctx, info_hash, failure);
         true
     }
 
@@ -279,13 +277,7 @@ impl PeerSession {
         }
         if !registered_here {
             if let Err(failure) = self.check_join_limits(&info_hash) {
-                self.fail(
-                    ctx,
-                    Action::Announce,
-                    Some(info_hash),
-                    failure.kind,
-                    failure.reason,
-                );
+                self.fail_announce(ctx, info_hash, failure);
                 return;
             }
         }
@@ -303,13 +295,7 @@ impl PeerSession {
                         session.record_membership(info_hash, peer_id, swarm, reply.registered);
                         session.send_announce_response(info_hash, reply.counts, ctx);
                     }
-                    Err(failure) => session.fail(
-                        ctx,
-                        Action::Announce,
-                        Some(info_hash),
-                        failure.kind,
-                        failure.reason,
-                    ),
+                    Err(failure) => session.fail_announce(ctx, info_hash, failure),
                 }),
         );
     }
@@ -389,13 +375,7 @@ impl PeerSession {
                     None => Err(Failure::unavailable()),
                 };
                 if let Err(failure) = sent {
-                    self.fail(
-                        ctx,
-                        Action::Announce,
-                        Some(info_hash),
-                        failure.kind,
-                        failure.reason,
-                    );
+                    self.fail_announce(ctx, info_hash, failure);
                 }
                 return;
             }
@@ -424,12 +404,22 @@ impl PeerSession {
     }
 
     fn reject(&self, ctx: &mut ws::WebsocketContext<Self>, info_hash: InfoHash, reject: Reject) {
+        self.fail_announce(ctx, info_hash, Failure::from(reject));
+    }
+
+    /// A failure of an announce (or answer) about `info_hash`.
+    fn fail_announce(
+        &self,
+        ctx: &mut ws::WebsocketContext<Self>,
+        info_hash: InfoHash,
+        failure: Failure,
+    ) {
         self.fail(
             ctx,
             Action::Announce,
             Some(info_hash),
-            reject.kind(),
-            reject.to_string(),
+            failure.kind,
+            failure.reason,
         );
     }
 

@@ -60,6 +60,15 @@ async fn settled(instances: &[&BinaryServer]) -> Vec<u64> {
     }
 }
 
+/// A nats-server and three instances a, b, c clustered through it, settled; with their ids.
+async fn three_instances() -> (NatsServer, [BinaryServer; 3], Vec<u64>) {
+    let nats = NatsServer::start();
+    let instances = ["a", "b", "c"].map(|name| cluster_instance(&nats, name));
+    let [a, b, c] = &instances;
+    let ids = settled(&[a, b, c]).await;
+    (nats, instances, ids)
+}
+
 /// The first test swarm (from `info_hash(from)` on) that `owner` owns among `live`.
 fn swarm_owned_by(owner: u64, live: &[u64], from: u32) -> InfoHash {
     let mut live = live.to_vec();
@@ -142,13 +151,7 @@ async fn exchange(
 
 #[tokio::test]
 async fn peers_of_one_swarm_on_different_instances_exchange_offers_and_answers() {
-    let nats = NatsServer::start();
-    let (a, b, c) = (
-        cluster_instance(&nats, "a"),
-        cluster_instance(&nats, "b"),
-        cluster_instance(&nats, "c"),
-    );
-    let ids = settled(&[&a, &b, &c]).await;
+    let (_nats, [a, b, c], ids) = three_instances().await;
     // Owned by c, joined from a and b: every request crosses the bus.
     let swarm = swarm_owned_by(ids[2], &ids, 1);
     let mut on_a = TestPeer::connect(&a.ws_url()).await;
@@ -201,13 +204,7 @@ async fn peers_of_one_swarm_on_different_instances_exchange_offers_and_answers()
 
 #[tokio::test]
 async fn spoofed_answers_and_stops_from_another_instance_are_refused() {
-    let nats = NatsServer::start();
-    let (a, b, c) = (
-        cluster_instance(&nats, "a"),
-        cluster_instance(&nats, "b"),
-        cluster_instance(&nats, "c"),
-    );
-    let ids = settled(&[&a, &b, &c]).await;
+    let (_nats, [a, b, c], ids) = three_instances().await;
     let swarm = swarm_owned_by(ids[0], &ids, 100);
     let mut offerer = TestPeer::connect(&a.ws_url()).await;
     let mut honest = TestPeer::connect(&b.ws_url()).await;
@@ -273,13 +270,7 @@ async fn spoofed_answers_and_stops_from_another_instance_are_refused() {
 /// Kills (`KILL`) or freezes (`STOP`) instance c, then checks that its peers leave the
 /// swarms of the others and that the swarms it owned work again for the survivors.
 async fn an_instance_lost_by(signal: &str) {
-    let nats = NatsServer::start();
-    let (a, b, c) = (
-        cluster_instance(&nats, "a"),
-        cluster_instance(&nats, "b"),
-        cluster_instance(&nats, "c"),
-    );
-    let ids = settled(&[&a, &b, &c]).await;
+    let (_nats, [a, b, c], ids) = three_instances().await;
     let owned_by_a = swarm_owned_by(ids[0], &ids, 200);
     let owned_by_c = swarm_owned_by(ids[2], &ids, 300);
     let mut on_a = TestPeer::connect(&a.ws_url()).await;
@@ -393,13 +384,7 @@ async fn without_nats_local_pairs_keep_working_and_cross_pairs_resume_when_it_re
 
 #[tokio::test]
 async fn a_fourth_instance_joins_and_nothing_breaks() {
-    let nats = NatsServer::start();
-    let (a, b, c) = (
-        cluster_instance(&nats, "a"),
-        cluster_instance(&nats, "b"),
-        cluster_instance(&nats, "c"),
-    );
-    settled(&[&a, &b, &c]).await;
+    let (nats, [a, b, c], _) = three_instances().await;
     // Enough swarms that some surely move to the newcomer (each does with chance 1/4; all
     // 40 stay with chance 1e-5).
     let swarms: Vec<InfoHash> = (600..640).map(info_hash).collect();

@@ -11,6 +11,7 @@ mod abuse;
 mod access_control;
 mod announce;
 mod cluster;
+mod cluster_bus;
 mod config;
 #[cfg(feature = "fault-injection")]
 mod faults;

@@ -8,14 +8,12 @@
 //! that asserts how long something took.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
     sync::{mpsc, Arc},
     thread,
     time::{Duration, Instant},
 };
 
+use crate::common::NatsServer;
 use p2p_mediastream::{
     cluster::{
         bus::{self, BusEvent, BusHandle, DropReason, SendRefused},
@@ -27,76 +25,6 @@ use p2p_mediastream::{
 
 /// Long enough for a loaded 2-core CI machine; conditions normally hold in milliseconds.
 const WAIT: Duration = Duration::from_secs(20);
-
-/// Finds `nats-server` on PATH or where Debian installs it.
-fn nats_server_binary() -> PathBuf {
-    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join("nats-server"))
-                .collect()
-        })
-        .unwrap_or_default();
-    candidates.push(PathBuf::from("/usr/sbin/nats-server"));
-    candidates.push(PathBuf::from("/usr/bin/nats-server"));
-    candidates
-        .into_iter()
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "nats-server not found: the cluster bus tests need a real NATS server; \
-                 install it with `apt-get install -y nats-server`"
-            )
-        })
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind a probe port");
-    listener.local_addr().expect("probe address").port()
-}
-
-/// A nats-server child process on 127.0.0.1:port; killed when dropped.
-struct NatsServer {
-    child: Child,
-    port: u16,
-}
-
-impl NatsServer {
-    fn start(port: u16) -> Self {
-        let child = Command::new(nats_server_binary())
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nats-server");
-        let server = Self { child, port };
-        let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
-        wait_for("nats-server to listen", || {
-            TcpStream::connect_timeout(&addr.into(), Duration::from_millis(200)).is_ok()
-        });
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    fn stop(mut self) {
-        self.kill();
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
@@ -220,7 +148,7 @@ fn publish_raw(url: &str, subject: &str, payloads: Vec<Vec<u8>>) {
 
 #[test]
 fn two_instances_see_each_other_and_exchange_an_inbox_message() {
-    let server = NatsServer::start(free_port());
+    let server = NatsServer::start();
     let (a, b) = connected_pair(&server);
     assert_eq!(a.bus.view().live, b.bus.view().live, "both views agree");
 
@@ -243,12 +171,12 @@ fn two_instances_see_each_other_and_exchange_an_inbox_message() {
     b.wait_gone(a_id);
     assert_eq!(b.bus.view().live, vec![b.id()]);
     b.stop();
-    server.stop();
+    drop(server);
 }
 
 #[test]
 fn misaddressed_garbage_and_foreign_messages_are_dropped_and_counted() {
-    let server = NatsServer::start(free_port());
+    let server = NatsServer::start();
     let (a, b) = connected_pair(&server);
     let stats = b.bus.stats().clone();
 
@@ -289,11 +217,11 @@ fn misaddressed_garbage_and_foreign_messages_are_dropped_and_counted() {
 
 #[test]
 fn losing_nats_leaves_each_instance_alone_and_a_restart_brings_the_cluster_back() {
-    let port = free_port();
-    let server = NatsServer::start(port);
+    let mut server = NatsServer::start();
+    let port = server.port;
     let (a, b) = connected_pair(&server);
 
-    server.stop();
+    server.kill();
     wait_for("both buses to go down", || {
         !a.bus.stats().is_bus_up() && !b.bus.stats().is_bus_up()
     });
@@ -306,7 +234,7 @@ fn losing_nats_leaves_each_instance_alone_and_a_restart_brings_the_cluster_back(
     assert!(a.bus.stats().dropped_count(DropReason::BusDown) >= 1);
 
     // Same port, new server process: the buses reconnect by themselves.
-    let server = NatsServer::start(port);
+    let server = NatsServer::start_on(port);
     wait_for("the two instances to see each other again", || {
         a.sees(&b) && b.sees(&a)
     });
@@ -325,5 +253,5 @@ fn losing_nats_leaves_each_instance_alone_and_a_restart_brings_the_cluster_back(
     assert_eq!(b.next_message().body, offer_for(b.id(), 4));
     a.stop();
     b.stop();
-    server.stop();
+    drop(server);
 }
