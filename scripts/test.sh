@@ -42,7 +42,7 @@ cargo clippy --all-targets --locked --features fault-injection -- -D warnings
 
 stage "shellcheck"
 command -v shellcheck >/dev/null 2>&1 || apt_install shellcheck
-shellcheck scripts/*.sh tests/*/*.sh public/build.sh .ci/run
+shellcheck scripts/*.sh tests/*/*.sh player/build.sh .ci/run
 
 stage "cargo build (the binary the Node and browser tests start)"
 cargo build --locked --bins
