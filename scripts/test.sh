@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints (clippy, shellcheck), the deployment checks, the
 # interop test with the real npm `bittorrent-tracker` client, the real-browser P2P test,
-# and the Rust unit, integration, property and fault-injection tests. Installs what it
-# needs (npm packages, Debian packages) or stops with a message saying what is missing.
+# the compose stack built and run for real (podman), and the Rust unit, integration,
+# property and fault-injection tests. Installs what it needs (npm packages, Debian
+# packages) or stops with a message saying what is missing.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -56,6 +57,9 @@ bash tests/interop/run.sh
 
 stage "browser: Chromium viewers sharing the live stream over P2P"
 bash tests/browser/run.sh
+
+stage "compose: the real Dockerfile and docker-compose.yml built and run with podman"
+bash tests/compose/run.sh
 
 stage "fault injection (a panicking swarm, SIGTERM, restart)"
 cargo test --locked --features fault-injection --test faults
