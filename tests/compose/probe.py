@@ -130,6 +130,10 @@ def ws_close(url, seconds):
             if opcode == 0x8:
                 code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
                 print(f"close {code}", flush=True)
+                # Answer like a browser does: a masked close frame echoing the code.
+                mask = os.urandom(4)
+                body = payload[:2]
+                sock.sendall(bytes([0x88, 0x80 | len(body)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(body)))
                 return
             # Pings (0x9) need no answer within the test's short wait; skip other frames.
     except EOFError:
