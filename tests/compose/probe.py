@@ -130,6 +130,7 @@ def ws_close(url, seconds):
             if opcode == 0x8:
                 code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
                 print(f"close {code}", flush=True)
+                print(f"at {time.time():.3f}", file=sys.stderr, flush=True)
                 # Answer like a browser does: a masked close frame echoing the code.
                 mask = os.urandom(4)
                 body = payload[:2]

@@ -102,6 +102,7 @@ done
 service_pid=""
 stack_up=0
 ws_pid=""
+logs_pid=""
 compose=(env DOCKER_HOST="unix://$sock" COMPOSE_HTTP_TIMEOUT=1200
     docker-compose --ansi never -p "$project" -f docker-compose.yml -f tests/compose/podman.override.yml)
 passed=0
@@ -109,7 +110,9 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     stage_end
-    if [[ -n $ws_pid ]]; then kill "$ws_pid" 2>/dev/null || true; fi
+    for pid in "$ws_pid" "$logs_pid"; do
+        if [[ -n $pid ]]; then kill "$pid" 2>/dev/null || true; fi
+    done
     # Also after the test's own `down -v`: harmless then, and it removes whatever a failed
     # check found left over.
     if ((stack_up)); then
@@ -281,6 +284,9 @@ for id in "$tracker" "$testcard" "$stun"; do
         || die "container $(podman inspect --format '{{.Name}}' "$id") is not running; logs: $(podman logs --tail 20 "$id" 2>&1)"
 done
 say "tracker, testcard and stun are running"
+# The services' output, kept with the other logs (the containers are gone after down -v).
+"${compose[@]}" logs -f --no-color -t >"$logs/stack.log" 2>&1 &
+logs_pid=$!
 
 # podman runs health checks from systemd timers, and there is no systemd here: run the
 # containers' own HEALTHCHECKs (`podman healthcheck run`) every 2 s until healthy.
@@ -359,7 +365,7 @@ timeout 120 "${compose[@]}" down -v >"$logs/down.log" 2>&1 || { cat "$logs/down.
 down_seconds=$((SECONDS - down_t0))
 wait "$ws_pid" || true
 ws_pid=""
-ws_result=$(grep -v connected "$logs/ws-close.txt" || true)
+ws_result=$(grep '^close\|^eof\|^timeout' "$logs/ws-close.txt" || true)
 [[ $ws_result == "close 1001" ]] || die "the tracker closed the open WebSocket with '$ws_result', expected 'close 1001'"
 # podman's event log keeps the exit code and the time the container died after `down -v`
 # has removed it.
@@ -373,7 +379,9 @@ stop_seconds=$(awk -v a="$down_since" -v b="$died_at" 'BEGIN { printf "%.1f", b 
 [[ $exit_code == 0 ]] || die "the tracker exited with code $exit_code, expected 0"
 awk -v t="$stop_seconds" -v g="$grace_seconds" 'BEGIN { exit !(t < g) }' \
     || die "the tracker took $stop_seconds s to stop, not within its stop_grace_period of $grace_seconds s"
-say "open WebSocket got close 1001; tracker exited 0 after $stop_seconds s (grace $grace_seconds s); down -v took $down_seconds s"
+close_at=$(sed -n 's/^at //p' "$logs/ws-close.txt")
+close_seconds=$(awk -v a="$down_since" -v b="$close_at" 'BEGIN { printf "%.1f", b - a }')
+say "open WebSocket got close 1001 after $close_seconds s; tracker exited 0 after $stop_seconds s (grace $grace_seconds s); down -v took $down_seconds s"
 
 stage "nothing left: containers, volume, network, mounts"
 left=$(podman ps -a --filter "label=com.docker.compose.project=$project" --format '{{.Names}}')
