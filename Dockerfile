@@ -16,21 +16,17 @@ ARG NODE_VERSION=20
 ARG CARGO_CHEF_VERSION=0.1.78
 
 # ---------------------------------------------------------------------------------------
-# Web player bundle: public/dist/player.js (hls.js + P2P Media Loader).
+# Web player bundle: player/ (sources, npm files) -> public/dist/player.js (hls.js + P2P
+# Media Loader). public/ holds only what the server serves, so it is copied as it is.
 FROM node:${NODE_VERSION}-bookworm-slim AS player
-WORKDIR /src/public
-# public/.npmrc sets ignore-scripts (no native postinstall downloads; not needed to bundle).
-COPY public/package.json public/package-lock.json public/.npmrc ./
+WORKDIR /src/player
+# player/.npmrc sets ignore-scripts (no native postinstall downloads; not needed to bundle).
+COPY player/package.json player/package-lock.json player/.npmrc ./
 RUN npm ci --no-audit --no-fund
-COPY public/ ./
-# Build, then keep only what the server serves in /out (drop the bundle's inputs/tooling).
-RUN npm run build \
-    && test -s dist/player.js \
-    && mkdir /out \
-    && tar -C /src/public -cf - \
-        --exclude=./node_modules --exclude=./src --exclude=./package.json \
-        --exclude=./package-lock.json --exclude=./.npmrc --exclude=./build.sh . \
-      | tar -C /out -xf -
+COPY player/build.sh ./
+COPY player/src ./src
+COPY public /src/public
+RUN npm run build && test -s /src/public/dist/player.js
 
 # ---------------------------------------------------------------------------------------
 # Rust toolchain + cargo-chef.
@@ -66,7 +62,7 @@ RUN groupadd --system --gid 10001 p2p \
 WORKDIR /app
 COPY --from=builder /out/p2p-mediastream /usr/local/bin/p2p-mediastream
 COPY config/default.toml /app/config/default.toml
-COPY --from=player /out/ /app/public/
+COPY --from=player /src/public/ /app/public/
 USER p2p:p2p
 ENV RUST_LOG=info
 EXPOSE 8000

@@ -22,7 +22,7 @@ Options:
   --stagger N      seconds between two joins (default: 4)
   --set KEY=VALUE  player setting passed as a page query parameter, repeatable
                    (liveSyncDurationCount, highDemandTimeWindow, httpDownloadTimeWindow,
-                   p2pDownloadTimeWindow; see public/src/config.js)
+                   p2pDownloadTimeWindow; see player/src/config.js)
   --out FILE       Markdown report (default: docs/p2p-share.md; the SVG goes next to it)
   --note TEXT      a remark for the report, e.g. what else ran on the machine
   --no-write       print the results only
@@ -139,7 +139,7 @@ function renderMarkdown(results, svgName) {
     "",
     "Each run starts N headless Chromium viewers, each its own browser process, that join " +
       `${stagger} s apart and watch until the last one has played for ${seconds} s. The player ` +
-      "(`public/`) reports the bytes it received per source; the share is P2P bytes over all segment " +
+      "(`player/`, served from `public/`) reports the bytes it received per source; the share is P2P bytes over all segment " +
       "bytes of all viewers. Signalling goes through our tracker, ICE uses a STUN-only coturn on " +
       "loopback, everything runs on one machine.",
     "",
@@ -181,7 +181,7 @@ function renderMarkdown(results, svgName) {
       `${TEST_CARD.segment} s segments, ${TEST_CARD.listSize} segments in the live playlist.`,
     `- Player (hls.js 1.7.4, P2P Media Loader 2.3.1): ${Object.entries(settings).map(([k, v]) => `\`${k}: ${v}\``).join(", ")}. ` +
       "The three windows are P2P Media Loader's, in seconds; `liveSyncDurationCount` is hls.js's " +
-      "distance from the live edge in segments. They are the player defaults (`public/src/config.js`) " +
+      "distance from the live edge in segments. They are the player defaults (`player/src/config.js`) " +
       "and can be changed per page with query parameters of the same names.",
     "",
     "## Per viewer",

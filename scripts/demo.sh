@@ -30,7 +30,7 @@ the player, the stream and the tracker. Open the printed URL in two or more brow
 windows to watch viewers share segments. Ctrl-C stops everything.
 
 Before starting it installs ffmpeg with apt when missing, builds the player bundle
-(public/build.sh) when public/dist/player.js is missing or older than its sources, and
+(player/build.sh) when public/dist/player.js is missing or older than its sources, and
 builds the server (cargo build --release) unless P2P_MEDIASTREAM_BIN names a binary.
 
 Options:
@@ -112,8 +112,8 @@ bundle="$repo_root/public/dist/player.js"
 bundle_stale() {
     [[ -s $bundle ]] || return 0
     local newer
-    newer=$(find "$repo_root/public/src" "$repo_root/public/package.json" \
-        "$repo_root/public/package-lock.json" "$repo_root/public/build.sh" \
+    newer=$(find "$repo_root/player/src" "$repo_root/player/package.json" \
+        "$repo_root/player/package-lock.json" "$repo_root/player/build.sh" \
         -newer "$bundle" -print -quit 2>/dev/null)
     [[ -n $newer ]]
 }
@@ -122,10 +122,10 @@ if ((build)) && bundle_stale; then
         say "node/npm are missing (needed once to bundle the player): installing them with apt-get"
         apt_install nodejs npm
     fi
-    say "building the player bundle (public/build.sh)"
-    bash "$repo_root/public/build.sh" || die "public/build.sh failed"
+    say "building the player bundle (player/build.sh)"
+    bash "$repo_root/player/build.sh" || die "player/build.sh failed"
 fi
-[[ -s $bundle ]] || die "missing $bundle; run: public/build.sh"
+[[ -s $bundle ]] || die "missing $bundle; run: player/build.sh"
 
 # --- server binary -----------------------------------------------------------------------
 if [[ -n ${P2P_MEDIASTREAM_BIN:-} ]]; then

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints (clippy, shellcheck), the deployment checks, the
 # interop test with the real npm `bittorrent-tracker` client, the real-browser P2P test,
-# and the Rust unit, integration, property and fault-injection tests. Installs what it
-# needs (npm packages, Debian packages) or stops with a message saying what is missing.
+# the compose stack built and run for real (podman), and the Rust unit, integration,
+# property and fault-injection tests. Installs what it needs (npm packages, Debian
+# packages) or stops with a message saying what is missing.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -42,7 +43,7 @@ cargo clippy --all-targets --locked --features fault-injection -- -D warnings
 
 stage "shellcheck"
 command -v shellcheck >/dev/null 2>&1 || apt_install shellcheck
-shellcheck scripts/*.sh tests/*/*.sh public/build.sh .ci/run
+shellcheck scripts/*.sh tests/*/*.sh player/build.sh .ci/run
 
 stage "cargo build (the binary the Node and browser tests start)"
 cargo build --locked --bins
@@ -56,6 +57,9 @@ bash tests/interop/run.sh
 
 stage "browser: Chromium viewers sharing the live stream over P2P"
 bash tests/browser/run.sh
+
+stage "compose: the real Dockerfile and docker-compose.yml built and run with podman"
+bash tests/compose/run.sh
 
 stage "fault injection (a panicking swarm, SIGTERM, restart)"
 cargo test --locked --features fault-injection --test integration faults::

@@ -74,8 +74,10 @@ async function freeUdpPort() {
  * Each child gets a process group of its own, so stopping one stops its helpers too.
  */
 export class Harness {
-  constructor({ log = console.log } = {}) {
+  /** `chromiumArgs`: extra browser flags (the compose test keeps Chromium's look-ups local). */
+  constructor({ log = console.log, chromiumArgs = [] } = {}) {
     this.log = log;
+    this.chromiumArgs = chromiumArgs;
     this.tmp = fs.mkdtempSync(path.join(os.tmpdir(), "p2p-browser-"));
     this.children = [];
     this.browsers = [];
@@ -205,7 +207,7 @@ export class Harness {
   async launchViewer(name, query = {}) {
     const browser = await within(30_000, `${name}: chromium launch`, chromium.launch({
       executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-      args: CHROMIUM_ARGS,
+      args: [...CHROMIUM_ARGS, ...this.chromiumArgs],
     }));
     this.browsers.push(browser);
     const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });

@@ -23,8 +23,8 @@ if [ ! -d "$here/node_modules" ] || [ "$here/package-lock.json" -nt "$here/node_
 fi
 
 bundle="$repo/public/dist/player.js"
-if [ ! -f "$bundle" ] || [ -n "$(find "$repo/public/src" "$repo/public/package-lock.json" -newer "$bundle" -print -quit)" ]; then
-  bash "$repo/public/build.sh"
+if [ ! -f "$bundle" ] || [ -n "$(find "$repo/player/src" "$repo/player/package-lock.json" "$repo/player/build.sh" -newer "$bundle" -print -quit)" ]; then
+  bash "$repo/player/build.sh"
 fi
 
 if [ -z "${P2P_MEDIASTREAM_BIN:-}" ] && [ -z "${PAGE_URL:-}" ] && [ ! -x "$repo/target/debug/p2p-mediastream" ]; then

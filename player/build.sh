@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Builds the web player bundle: public/dist/player.js (+ .map), minified.
-# Installs the pinned dependencies from package-lock.json first when node_modules is
-# missing or older than the lock file. Usage: public/build.sh
+# Builds the web player bundle into the served folder: public/dist/player.js (+ .map and
+# the licence file), minified. The sources (src/) and npm files live here, in player/, so
+# that public/ holds only what the server serves. Installs the pinned dependencies from
+# package-lock.json first when node_modules is missing or older than the lock file.
+# Usage: player/build.sh
 set -euo pipefail
 cd "$(dirname "$0")"
+out=../public/dist
 
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
   # .npmrc sets ignore-scripts: the native WebRTC addon pulled in through
@@ -24,6 +27,6 @@ npx --no-install esbuild src/player.js \
   --sourcemap \
   --legal-comments=linked \
   --log-level=warning \
-  --outfile=dist/player.js
+  --outfile="$out/player.js"
 
-echo "built public/dist/player.js ($(stat -c %s dist/player.js) bytes)"
+echo "built public/dist/player.js ($(stat -c %s "$out/player.js") bytes)"
