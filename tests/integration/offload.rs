@@ -454,3 +454,41 @@ async fn a_loopback_only_dashboard_refuses_forwarded_clients() {
         200
     );
 }
+
+/// Every metric the Grafana dashboard in deploy/grafana queries is one the server exports.
+#[tokio::test]
+async fn the_grafana_dashboard_queries_only_exported_metrics() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana");
+    let text = std::fs::read_to_string(dir.join("p2p-mediastream-offload.json")).expect("read");
+    let dashboard: Value = serde_json::from_str(&text).expect("JSON");
+    let app = spawn_app();
+    let metrics = app.metrics_text().await;
+    let mut names = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            // Metric names: identifiers right before `{` (every query selects labels).
+            for (index, _) in expr.match_indices('{') {
+                let name: String = expr[..index]
+                    .chars()
+                    .rev()
+                    .take_while(|ch| ch.is_ascii_alphanumeric() || *ch == '_')
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                if !name.is_empty() && name != "by" {
+                    names.insert(name);
+                }
+            }
+        }
+    }
+    assert!(names.len() >= 8, "{names:?}");
+    for name in names {
+        let family = name.strip_suffix("_total").unwrap_or(&name);
+        assert!(
+            metrics.contains(&format!("# TYPE {family} ")),
+            "{name} is not exported:\n{metrics}"
+        );
+    }
+}
