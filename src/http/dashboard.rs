@@ -183,6 +183,8 @@ pub async fn data(req: HttpRequest, shared: web::Data<Arc<Shared>>) -> HttpRespo
         },
         "swarms": swarms_json(&swarms),
         "usage": shared.usage.snapshot(),
+        // [[secondsSinceStart, originBytes, p2pBytes, httpBytes, watchSeconds], ...]
+        "history": shared.usage.history_json(),
         "reportsEnabled": shared.settings.reports.enabled,
         "memory": { "rss": metrics::resident_memory_bytes() },
     });

@@ -11,7 +11,7 @@
 
 pub mod reports;
 
-use std::sync::Mutex;
+use std::{collections::VecDeque, sync::Mutex};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -145,9 +145,26 @@ impl StreamTable {
     }
 }
 
-/// The counters of this module; one per process, in `Metrics`.
+/// How many totals the dashboard's history keeps (5 minutes at one sample per 2 s).
+pub const HISTORY_SAMPLES: usize = 150;
+/// Seconds between two samples of the history.
+pub const HISTORY_INTERVAL_SECS: u64 = 2;
+
+/// The running totals at one moment, for the dashboard's chart.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// Seconds since the server started.
+    pub at: f64,
+    pub origin_bytes: u64,
+    pub p2p_bytes: u64,
+    pub http_bytes: u64,
+    pub watch_seconds: f64,
+}
+
+/// The counters of this module; one per process, in `Shared`.
 pub struct Usage {
     registry: Registry,
+    history: Mutex<VecDeque<Sample>>,
     streams: Mutex<StreamTable>,
     hls_bytes: Family<StreamKind, Counter>,
     hls_requests: Family<StreamKind, Counter>,
@@ -239,6 +256,7 @@ impl Usage {
         );
         Self {
             registry,
+            history: Mutex::new(VecDeque::with_capacity(HISTORY_SAMPLES)),
             streams: Mutex::new(StreamTable::new(max_streams)),
             hls_bytes,
             hls_requests,
@@ -341,6 +359,48 @@ impl Usage {
             "streams": streams,
             "reports": reports,
         })
+    }
+
+    /// Appends the current totals to the history (the oldest go beyond HISTORY_SAMPLES).
+    pub fn record_sample(&self, at: f64) {
+        let total = &self.snapshot()["total"];
+        let sample = Sample {
+            at,
+            origin_bytes: total["origin"]["bytes"].as_u64().unwrap_or(0),
+            p2p_bytes: total["reported"]["p2pBytes"].as_u64().unwrap_or(0),
+            http_bytes: total["reported"]["httpBytes"].as_u64().unwrap_or(0),
+            watch_seconds: total["reported"]["watchSeconds"].as_f64().unwrap_or(0.0),
+        };
+        let mut history = self
+            .history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if history.len() >= HISTORY_SAMPLES {
+            history.pop_front();
+        }
+        history.push_back(sample);
+    }
+
+    /// The history as `[[at, origin, p2p, http, watch], ...]`, oldest first.
+    pub fn history_json(&self) -> Value {
+        let history = self
+            .history
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Value::Array(
+            history
+                .iter()
+                .map(|s| {
+                    json!([
+                        s.at,
+                        s.origin_bytes,
+                        s.p2p_bytes,
+                        s.http_bytes,
+                        s.watch_seconds
+                    ])
+                })
+                .collect(),
+        )
     }
 
     fn reports_by_result(&self) -> Vec<(&'static str, u64)> {
@@ -501,6 +561,25 @@ mod tests {
         assert_eq!(table.names(), ["a", "b"]);
         assert_eq!(table.lookup("b").as_deref(), Some("b"));
         assert_eq!(table.lookup("zzz").as_deref(), Some(OTHER_STREAM));
+    }
+
+    #[test]
+    fn the_history_keeps_the_last_samples() {
+        let usage = Usage::new(1);
+        for at in 0..HISTORY_SAMPLES + 5 {
+            if let Some(bytes) = usage.hls_response("/seg.ts") {
+                bytes.inc_by(10);
+            }
+            usage.record_sample(at as f64);
+        }
+        let history = usage.history_json();
+        let history = history.as_array().expect("array");
+        assert_eq!(history.len(), HISTORY_SAMPLES);
+        assert_eq!(history[0][0], 5.0);
+        assert_eq!(
+            history[HISTORY_SAMPLES - 1][1],
+            10 * (HISTORY_SAMPLES as u64 + 5)
+        );
     }
 
     #[test]
