@@ -41,7 +41,7 @@ const SEGMENT_BYTES = 250_000;
 const harness = new Harness({ log: (line) => console.log(`# ${line}`) });
 /** Subtests that passed; the temp dir (logs) is removed only when all of them did. */
 let checksPassed = 0;
-const CHECKS = 8;
+const CHECKS = 9;
 
 const sum = (rows, key) => rows.reduce((total, row) => total + row[key], 0);
 

@@ -36,6 +36,15 @@ fn app_for(tree: &Tree, change: impl FnOnce(&mut p2p_mediastream::Settings)) -> 
     })
 }
 
+/// A server on a fresh tree whose stream "/" is known (its playlist was served once), so
+/// that reports for it count.
+async fn serving_live(change: impl FnOnce(&mut p2p_mediastream::Settings)) -> (Tree, TestApp) {
+    let tree = tree();
+    let app = app_for(&tree, change);
+    get_body(&app, "/hls/live.m3u8").await;
+    (tree, app)
+}
+
 async fn get(app: &TestApp, path: &str) -> reqwest::Response {
     reqwest::get(app.http_url(path)).await.expect("GET")
 }
@@ -206,9 +215,7 @@ async fn reported(app: &TestApp) -> Value {
 
 #[tokio::test]
 async fn a_good_report_adds_to_its_stream() {
-    let tree = tree();
-    let app = app_for(&tree, |_| {});
-    get_body(&app, "/hls/live.m3u8").await;
+    let (_tree, app) = serving_live(|_| {}).await;
     // Absolute URLs of this server's stream count too.
     let mut absolute = good_report();
     absolute["stream"] = Value::from(app.http_url("/hls/live.m3u8?x=1"));
@@ -251,12 +258,11 @@ async fn a_good_report_adds_to_its_stream() {
 
 #[tokio::test]
 async fn bad_reports_are_refused_with_their_status_and_change_nothing() {
-    let tree = tree();
-    let app = app_for(&tree, |settings| {
+    let (_tree, app) = serving_live(|settings| {
         // This test is about the checks, not the flood limits.
         settings.reports.per_ip_report_burst = 1000;
-    });
-    get_body(&app, "/hls/live.m3u8").await;
+    })
+    .await;
     let with = |key: &str, value: Value| {
         let mut report = good_report();
         report[key] = value;
@@ -333,9 +339,7 @@ async fn bad_reports_are_refused_with_their_status_and_change_nothing() {
 
 #[tokio::test]
 async fn a_flood_from_one_address_is_limited_whatever_it_claims_to_forward() {
-    let tree = tree();
-    let app = app_for(&tree, |_| {});
-    get_body(&app, "/hls/live.m3u8").await;
+    let (_tree, app) = serving_live(|_| {}).await;
     let mut small = good_report();
     small["ms"] = Value::from(0);
     small["p2p"] = Value::from(1000);
@@ -368,9 +372,7 @@ async fn a_flood_from_one_address_is_limited_whatever_it_claims_to_forward() {
 
 #[tokio::test]
 async fn one_address_cannot_claim_more_viewing_than_its_viewers() {
-    let tree = tree();
-    let app = app_for(&tree, |settings| settings.reports.max_viewers_per_ip = 1);
-    get_body(&app, "/hls/live.m3u8").await;
+    let (_tree, app) = serving_live(|settings| settings.reports.max_viewers_per_ip = 1).await;
     let mut long = good_report();
     long["ms"] = Value::from(59_000);
     // One viewer's budget: 60 s plus one grace second; 59 s + 1 s fits, then no more.
