@@ -17,6 +17,9 @@ const PAGE: &str = include_str!("dashboard.html");
 
 /// Swarms read from each shard when looking for the largest.
 const SWARMS_SCANNED_PER_SHARD: usize = 10_000;
+/// How long a shard may take to answer; one that does not is left out, so a stuck shard
+/// cannot hold `/stats.json`, `/metrics` or the dashboard (`/readyz` reports it).
+const SHARD_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// One swarm's peers.
 #[derive(Debug, Clone)]
@@ -52,8 +55,9 @@ pub async fn largest_swarms(shared: &Shared, limit: usize) -> Vec<SwarmRow> {
             info_hashes: None,
             limit: SWARMS_SCANNED_PER_SHARD,
         });
-        // A shard that does not answer is left out (/readyz reports it).
-        let Ok(files) = scrape.await else { continue };
+        let Ok(Ok(files)) = actix_web::rt::time::timeout(SHARD_TIMEOUT, scrape).await else {
+            continue;
+        };
         rows.extend(files.into_iter().map(|(hash, counts)| {
             SwarmRow {
                 info_hash_hex: hash.to_hex(),
