@@ -298,8 +298,8 @@ impl Default for ReportsSettings {
             max_interval_secs: 60,
             max_receive_mbps: 50,
             max_upload_mbps: 200,
-            per_ip_reports_per_sec: 2,
-            per_ip_report_burst: 10,
+            per_ip_reports_per_sec: 10,
+            per_ip_report_burst: 20,
             max_viewers_per_ip: 50,
             max_tracked_ips: 100_000,
         }

@@ -487,7 +487,9 @@ mod tests {
 
     #[test]
     fn the_report_bucket_limits_each_address_alone_and_refills() {
-        let limits = limits();
+        let mut limits = limits();
+        limits.report_burst = 10.0;
+        limits.reports_per_sec = 2.0;
         let mut budgets = Budgets::new(limits);
         let start = Instant::now();
         for _ in 0..10 {

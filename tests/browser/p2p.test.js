@@ -78,7 +78,7 @@ async function finalFigures(viewers) {
       const reporter = window.p2pReporter;
       if (!reporter) return null;
       reporter.stop();
-      await reporter.flush(); // waits for one in flight, if any
+      if (reporter.inFlight) await reporter.inFlight;
       const status = await reporter.flush();
       return { status, acknowledged: { ...window.p2pReport }, own: { ...window.p2pStats } };
     }));

@@ -339,7 +339,11 @@ async fn bad_reports_are_refused_with_their_status_and_change_nothing() {
 
 #[tokio::test]
 async fn a_flood_from_one_address_is_limited_whatever_it_claims_to_forward() {
-    let (_tree, app) = serving_live(|_| {}).await;
+    let (_tree, app) = serving_live(|settings| {
+        settings.reports.per_ip_report_burst = 10;
+        settings.reports.per_ip_reports_per_sec = 2;
+    })
+    .await;
     let mut small = good_report();
     small["ms"] = Value::from(0);
     small["p2p"] = Value::from(1000);
