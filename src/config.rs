@@ -36,6 +36,10 @@ pub struct Settings {
     pub access: AccessSettings,
     /// Several instances sharing their swarms over NATS; off unless `nats_urls` is set.
     pub cluster: ClusterSettings,
+    /// Viewer reports (`POST /api/report`): what players received over P2P and HTTP.
+    pub reports: ReportsSettings,
+    /// The savings dashboard (`/dashboard`, `/dashboard.json`).
+    pub dashboard: DashboardSettings,
 }
 
 /// Listening socket, process-wide limits, proxies, shutdown.
@@ -216,6 +220,9 @@ pub struct HttpSettings {
     pub stats: bool,
     /// Serve `/metrics` (Prometheus). Keep it off the public proxy.
     pub metrics: bool,
+    /// Streams (top-level directories of the HLS tree) counted apart in the `/hls` byte
+    /// counters and viewer reports; more are folded into the stream "other".
+    pub hls_max_streams: usize,
 }
 
 impl Default for HttpSettings {
@@ -227,6 +234,7 @@ impl Default for HttpSettings {
             hls_cors_origin: "*".into(),
             stats: true,
             metrics: true,
+            hls_max_streams: 32,
         }
     }
 }
@@ -251,6 +259,76 @@ impl Default for PlayerSettings {
             ice_servers: vec!["stun:{host}:3478".into()],
             stream_url: "/hls/live.m3u8".into(),
             swarm_id: String::new(),
+        }
+    }
+}
+
+/// Viewer reports: validation limits and the per-address budgets (see docs/reports.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReportsSettings {
+    /// Accept reports at `POST /api/report` (off: the path answers 404).
+    pub enabled: bool,
+    /// Largest report body in bytes (413 above it).
+    pub max_body_bytes: usize,
+    /// Longest interval one report may cover, in seconds.
+    pub max_interval_secs: u64,
+    /// Most a viewer can plausibly receive (P2P + HTTP), in megabits per second of the
+    /// interval a report covers (plus one second of grace per report).
+    pub max_receive_mbps: u64,
+    /// Most a viewer can plausibly upload to its peers, in megabits per second.
+    pub max_upload_mbps: u64,
+    /// Reports per second one client address may send, sustained (429 above it).
+    pub per_ip_reports_per_sec: u32,
+    /// Reports one client address may send at once above the sustained rate.
+    pub per_ip_report_burst: u32,
+    /// Viewers one client address may speak for: the wall time its reports cover together
+    /// may grow at most this many times as fast as the clock (429 above it).
+    pub max_viewers_per_ip: u32,
+    /// Client addresses whose budgets are kept (in memory only, forgotten when idle); new
+    /// addresses are refused with 503 while the table is full.
+    pub max_tracked_ips: usize,
+}
+
+impl Default for ReportsSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_body_bytes: 512,
+            max_interval_secs: 60,
+            max_receive_mbps: 50,
+            max_upload_mbps: 200,
+            per_ip_reports_per_sec: 10,
+            per_ip_report_burst: 20,
+            max_viewers_per_ip: 50,
+            max_tracked_ips: 100_000,
+        }
+    }
+}
+
+/// Who may open the savings dashboard.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DashboardSettings {
+    /// Serve `/dashboard` and `/dashboard.json` (off: 404).
+    pub enabled: bool,
+    /// Only clients on a loopback address (after `server.trusted_proxies`) may open it;
+    /// others get 403.
+    pub loopback_only: bool,
+    /// A shared secret: when set, the dashboard needs `?token=...` or
+    /// `Authorization: Bearer ...` (401 otherwise). "" = no token.
+    pub token: String,
+    /// Swarms listed on the dashboard (and in `tracker_swarm_peers`), largest first.
+    pub max_swarms: usize,
+}
+
+impl Default for DashboardSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            loopback_only: false,
+            token: String::new(),
+            max_swarms: 20,
         }
     }
 }
@@ -455,6 +533,38 @@ impl Settings {
         check(
             self.http.hls_path.starts_with('/') && self.http.hls_path.len() > 1,
             "http.hls_path must start with '/' and not be '/'",
+        );
+        check(
+            self.http.hls_max_streams >= 1,
+            "http.hls_max_streams must be at least 1",
+        );
+        check(
+            (64..=65_536).contains(&self.reports.max_body_bytes),
+            "reports.max_body_bytes must be between 64 and 65536",
+        );
+        check(
+            (1..=3_600).contains(&self.reports.max_interval_secs),
+            "reports.max_interval_secs must be between 1 and 3600",
+        );
+        check(
+            self.reports.max_receive_mbps >= 1 && self.reports.max_upload_mbps >= 1,
+            "reports.max_receive_mbps and reports.max_upload_mbps must be at least 1",
+        );
+        check(
+            self.reports.per_ip_reports_per_sec >= 1 && self.reports.per_ip_report_burst >= 1,
+            "reports.per_ip_reports_per_sec and reports.per_ip_report_burst must be at least 1",
+        );
+        check(
+            self.reports.max_viewers_per_ip >= 1,
+            "reports.max_viewers_per_ip must be at least 1",
+        );
+        check(
+            self.reports.max_tracked_ips >= 1,
+            "reports.max_tracked_ips must be at least 1",
+        );
+        check(
+            self.dashboard.token.chars().all(|ch| ch.is_ascii_graphic()),
+            "dashboard.token must be printable ASCII without spaces",
         );
         if let Err(err) = self.cluster.validate() {
             problems.push(err.to_string());

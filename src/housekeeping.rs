@@ -30,6 +30,22 @@ pub fn spawn(shared: &Arc<Shared>) {
         }
     });
 
+    if shared.settings.dashboard.enabled {
+        // The dashboard's chart of the last minutes, ready when the page opens.
+        let sampler = shared.clone();
+        actix_web::rt::spawn(async move {
+            let mut ticks = actix_web::rt::time::interval(Duration::from_secs(
+                crate::usage::HISTORY_INTERVAL_SECS,
+            ));
+            loop {
+                ticks.tick().await;
+                sampler
+                    .usage
+                    .record_sample(sampler.started_at.elapsed().as_secs_f64());
+            }
+        });
+    }
+
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

@@ -20,6 +20,9 @@
 //! - [`config`]: settings, their embedded defaults, file/env layering and validation.
 //! - [`access`] (info_hash allow/deny list), [`client_ip`] (X-Forwarded-For from trusted
 //!   proxies only), [`metrics`] (counters and gauges), [`shared`] (what every thread reads).
+//! - [`usage`]: origin offload accounting: `/hls` bytes by stream and kind, and the viewer
+//!   reports (`POST /api/report`: schema, plausibility, per-address budgets) summed per
+//!   stream; read by `/metrics`, `/stats.json` and the dashboard (`http::dashboard`).
 //!
 //! # Threads
 //! HTTP workers (one per core by default) run the sessions (a task each), and so all JSON
@@ -40,6 +43,7 @@ pub mod server;
 pub mod shared;
 pub mod shutdown;
 pub mod swarm;
+pub mod usage;
 
 pub use config::Settings;
 pub use server::{run, start, Running};

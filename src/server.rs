@@ -3,7 +3,13 @@
 //! WebSockets). `run` is what the binary calls; tests call `start` inside their own actix
 //! `System` to get the bound addresses.
 
-use std::{io, net::SocketAddr, sync::Arc, time::Duration, time::Instant};
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+    time::Instant,
+};
 
 use actix_web::{dev::ServerHandle, App};
 use log::{info, warn};
@@ -18,6 +24,10 @@ use crate::{
     shared::Shared,
     shutdown,
     swarm::{actor::SwarmConfig, route::RemoteSessions, shard::SwarmDirectory},
+    usage::{
+        reports::{Budgets, Limits},
+        Usage,
+    },
 };
 
 /// A started server: its bound addresses and the handles to wait for or stop it.
@@ -92,6 +102,8 @@ pub fn start(settings: Settings) -> io::Result<Running> {
         ),
         started_at: Instant::now(),
         bound: addrs.iter().map(ToString::to_string).collect(),
+        usage: Usage::new(settings.http.hls_max_streams),
+        report_budgets: Mutex::new(Budgets::new(Limits::from(&settings.reports))),
         settings,
     });
 

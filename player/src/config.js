@@ -61,6 +61,8 @@ export async function loadPlayerConfig() {
     iceServers: server.iceServers ?? [],
     swarmId: server.swarmId,
     p2pDisabled: params.get("p2p") === "0",
+    // Where to send viewer reports; absent when the server does not take them.
+    reportPath: server.reportPath,
     tuning: tuningFrom(params),
   };
 }

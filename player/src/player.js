@@ -7,6 +7,7 @@ import { loadPlayerConfig } from "./config.js";
 import { ViewerStats } from "./stats.js";
 import { drawChart } from "./chart.js";
 import { formatBytes } from "./format.js";
+import { Reporter } from "./report.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -94,6 +95,13 @@ async function main() {
     .join(" ");
 
   const hls = createPlayer(video, config, stats);
+  // Reports to the server (docs/reports.md), when it takes them and plays its own stream.
+  if (config.reportPath && new URL(config.streamUrl, location.href).origin === location.origin) {
+    const reporter = new Reporter(stats, { endpoint: config.reportPath, streamUrl: config.streamUrl });
+    window.p2pReporter = reporter;
+    window.p2pReport = reporter.acknowledged;
+    reporter.start();
+  }
   video.addEventListener("playing", () => setStatus(""));
   video.addEventListener("waiting", () => setStatus("Buffering…"));
   video.play().catch(() => setStatus("Press play to start."));

@@ -7,7 +7,12 @@ use std::{sync::Arc, time::Duration};
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use serde_json::{json, Map, Value};
 
-use crate::{metrics, shared::Shared, swarm::messages::ScrapeShard};
+use crate::{
+    http::dashboard::{largest_swarms, swarm_metrics, swarms_json},
+    metrics,
+    shared::Shared,
+    swarm::messages::ScrapeShard,
+};
 
 /// How long `/readyz` waits for each shard.
 const SHARD_PING_TIMEOUT: Duration = Duration::from_millis(500);
@@ -75,6 +80,9 @@ pub async fn stats(shared: web::Data<Arc<Shared>>) -> HttpResponse {
         "answersRelayed": metrics.answers_relayed.get(),
         "deliveriesDropped": metrics.dropped_mailbox_full.get() + metrics.dropped_closed.get(),
         "uptimeSecs": shared.started_at.elapsed().as_secs(),
+        // Origin bytes by stream and kind, and what viewers reported (docs/reports.md).
+        "usage": shared.usage.snapshot(),
+        "swarms": swarms_json(&largest_swarms(&shared, shared.settings.dashboard.max_swarms).await),
     });
     if let Some(cluster) = &shared.cluster {
         body["cluster"] = cluster.status();
@@ -85,10 +93,16 @@ pub async fn stats(shared: web::Data<Arc<Shared>>) -> HttpResponse {
 }
 
 pub async fn prometheus(shared: web::Data<Arc<Shared>>) -> HttpResponse {
+    let tracker = shared.metrics.render();
+    let mut body = tracker.trim_end_matches("# EOF\n").to_owned();
+    shared.usage.render_into(&mut body);
+    let swarms = largest_swarms(&shared, shared.settings.dashboard.max_swarms).await;
+    swarm_metrics(&swarms, &mut body);
+    body.push_str("# EOF\n");
     HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(shared.metrics.render())
+        .body(body)
 }
 
 /// The host name the page was loaded from, if it is a plausible one (it is echoed to the
@@ -133,6 +147,9 @@ pub async fn player_config(req: HttpRequest, shared: web::Data<Arc<Shared>>) -> 
         "streamUrl": settings.player.stream_url,
         "announceIntervalSecs": settings.tracker.announce_interval_secs,
     });
+    if settings.reports.enabled {
+        body["reportPath"] = Value::from("/api/report");
+    }
     if !settings.player.swarm_id.is_empty() {
         body["swarmId"] = Value::from(settings.player.swarm_id.clone());
     }

@@ -1,10 +1,18 @@
 //! `/hls`: the live stream from `http.hls_dir`, with the MIME types and cache rules HLS
 //! players and CDNs expect (actix-files' guesses are wrong for all three HLS types), CORS
-//! for players on other origins, and ffmpeg's in-progress `*.tmp` files hidden.
+//! for players on other origins, and ffmpeg's in-progress `*.tmp` files hidden. Every
+//! byte of a successful response body is counted by stream and kind as it is sent
+//! (`usage`), so an aborted download counts what actually left.
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
 use actix_files::Files;
 use actix_web::{
-    body::{BoxBody, MessageBody},
+    body::{BodySize, BoxBody, MessageBody},
     dev::{ServiceRequest, ServiceResponse},
     http::{
         header::{self, HeaderValue},
@@ -14,7 +22,10 @@ use actix_web::{
     HttpResponse,
 };
 
-use crate::config::HttpSettings;
+use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
+
+use crate::{config::HttpSettings, shared::Shared};
 
 /// The file service for the HLS directory, mounted inside the `/hls` scope (no listing;
 /// actix-files refuses `..`).
@@ -56,6 +67,7 @@ pub fn media_headers(path: &str) -> Option<(&'static str, &'static str)> {
 /// Middleware for the `/hls` scope.
 pub async fn headers_middleware(
     cors_origin: String,
+    shared: Arc<Shared>,
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
@@ -72,9 +84,25 @@ pub async fn headers_middleware(
         return Ok(req.into_response(response.finish()));
     }
     let path = req.path().to_owned();
-    let mut response = next.call(req).await?.map_into_boxed_body();
+    let relative = req.match_info().unprocessed().to_owned();
+    let is_head = req.method() == Method::HEAD;
+    let response = next.call(req).await?;
     let success = response.status().is_success()
         || response.status() == actix_web::http::StatusCode::NOT_MODIFIED;
+    // Only bodies that leave count: 2xx to GET (200 or 206), not 304, 404 or HEAD.
+    let counter = (response.status().is_success() && !is_head)
+        .then(|| shared.usage.hls_response(&relative))
+        .flatten();
+    let mut response = match counter {
+        Some(counter) => response.map_body(|_, body| {
+            CountingBody {
+                inner: body.boxed(),
+                counter,
+            }
+            .boxed()
+        }),
+        None => response.map_into_boxed_body(),
+    };
     let headers = response.headers_mut();
     if success {
         if let Some((content_type, cache_control)) = media_headers(&path) {
@@ -99,6 +127,31 @@ pub async fn headers_middleware(
         );
     }
     Ok(response)
+}
+
+/// A response body that adds the size of each chunk to `counter` as it is sent.
+struct CountingBody {
+    inner: BoxBody,
+    counter: Counter,
+}
+
+impl MessageBody for CountingBody {
+    type Error = Box<dyn std::error::Error>;
+
+    fn size(&self) -> BodySize {
+        self.inner.size()
+    }
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        let poll = Pin::new(&mut self.inner).poll_next(cx);
+        if let Poll::Ready(Some(Ok(chunk))) = &poll {
+            self.counter.inc_by(chunk.len() as u64);
+        }
+        poll
+    }
 }
 
 #[cfg(test)]

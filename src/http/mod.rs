@@ -1,10 +1,13 @@
 //! Routes of the one HTTP server: the tracker path (426 to a plain GET; upgrades are
-//! taken over by `connection::upgrade`), service endpoints, `/hls` and the player in
+//! taken over by `connection::upgrade`), service endpoints, viewer reports
+//! (`POST /api/report`), the dashboard, `/hls` and the player in
 //! `public/` at "/". Registration order matters: the catch-all file service for "/" comes
 //! last.
 
+pub mod dashboard;
 pub mod endpoints;
 pub mod hls;
+pub mod report;
 
 use std::sync::Arc;
 
@@ -33,12 +36,23 @@ pub fn configure(cfg: &mut web::ServiceConfig, shared: &Arc<Shared>) {
     if settings.http.metrics {
         cfg.route("/metrics", web::get().to(endpoints::prometheus));
     }
+    if settings.reports.enabled {
+        cfg.route("/api/report", web::post().to(report::report));
+    } else {
+        // Not the player's directory's 405: the endpoint does not exist.
+        cfg.route("/api/report", web::to(report::disabled));
+    }
+    if settings.dashboard.enabled {
+        cfg.route("/dashboard", web::get().to(dashboard::page))
+            .route("/dashboard.json", web::get().to(dashboard::data));
+    }
 
     let cors_origin = settings.http.hls_cors_origin.clone();
+    let hls_shared = shared.clone();
     cfg.service(
         web::scope(&settings.http.hls_path)
             .wrap(middleware::from_fn(move |req, next| {
-                hls::headers_middleware(cors_origin.clone(), req, next)
+                hls::headers_middleware(cors_origin.clone(), hls_shared.clone(), req, next)
             }))
             .service(hls::files(&settings.http)),
     );

@@ -205,6 +205,13 @@ export class Harness {
 
   /** Opens the player in a new Chromium process; `query` goes into the page URL. */
   async launchViewer(name, query = {}) {
+    const params = new URLSearchParams(query);
+    if (process.env.TRACKER_URL) params.set("tracker", process.env.TRACKER_URL);
+    return this.openPage(name, `/${params.size ? `?${params}` : ""}`);
+  }
+
+  /** Opens `pathAndQuery` of the server in a new Chromium process, its console logged. */
+  async openPage(name, pathAndQuery) {
     const browser = await within(30_000, `${name}: chromium launch`, chromium.launch({
       executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
       args: [...CHROMIUM_ARGS, ...this.chromiumArgs],
@@ -217,9 +224,7 @@ export class Harness {
     page.on("response", (response) => {
       if (response.status() >= 400) consoleLog.write(`[http ${response.status()}] ${response.url()}\n`);
     });
-    const params = new URLSearchParams(query);
-    if (process.env.TRACKER_URL) params.set("tracker", process.env.TRACKER_URL);
-    const url = `${this.baseUrl}/${params.size ? `?${params}` : ""}`;
+    const url = `${this.baseUrl}${pathAndQuery}`;
     await within(30_000, `${name}: load ${url}`, page.goto(url));
     return { name, browser, page, url };
   }
@@ -262,9 +267,10 @@ function killGroup(child, signal) {
 /**
  * One viewing session: `count` viewers join `staggerSeconds` apart, and the run goes on until
  * the last one has watched `watchSeconds`. Figures are sampled every 2 s. Returns one row per
- * viewer (final figures, peak peers, position advance) plus totals.
+ * viewer (final figures, peak peers, position advance) plus totals. `beforeClose(viewers)`,
+ * if given, runs while the viewers' pages are still open; its result is `session.extra`.
  */
-export async function watchSession(harness, { count, watchSeconds, staggerSeconds, query = {} }) {
+export async function watchSession(harness, { count, watchSeconds, staggerSeconds, query = {}, beforeClose }) {
   const viewers = [];
   const sample = async () => {
     for (const viewer of viewers) {
@@ -325,6 +331,7 @@ export async function watchSession(harness, { count, watchSeconds, staggerSecond
   const p2p = rows.reduce((sum, row) => sum + row.p2pBytes, 0);
   const http = rows.reduce((sum, row) => sum + row.httpBytes, 0);
   const settings = viewers.find((v) => v.last?.config)?.last.config.tuning ?? null;
+  const extra = beforeClose ? await beforeClose(viewers) : undefined;
   await harness.closeViewers();
   return {
     count,
@@ -336,6 +343,7 @@ export async function watchSession(harness, { count, watchSeconds, staggerSecond
     maxStallSeconds: Math.max(0, ...rows.map((row) => row.stallSeconds)),
     totalStalls: rows.reduce((sum, row) => sum + row.stallCount, 0),
     settings,
+    extra,
   };
 }
 

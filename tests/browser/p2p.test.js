@@ -1,11 +1,17 @@
 // Real-browser test: several Chromium viewers watch the live test card through our server
 // and share its segments over WebRTC, signalled by our tracker, with STUN from coturn.
+// Before they leave, each sends its last report, and the savings dashboard is opened in
+// Chromium too: its figures must agree with what the viewers say about themselves, and the
+// origin bytes the server counted with the HTTP bytes the viewers received.
 // Run with ./run.sh (installs what is missing). Knobs: VIEWERS (default 4),
-// WATCH_SECONDS (default 90, after the last join), STAGGER_SECONDS (default 4).
+// WATCH_SECONDS (default 90, after the last join), STAGGER_SECONDS (default 4),
+// ARTIFACTS_DIR (where the dashboard screenshot goes; default target/browser-artifacts).
 
 import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
 import { after, before, test } from "node:test";
-import { Harness, formatTable, watchSession } from "./harness.js";
+import { Harness, REPO, formatTable, watchSession, within } from "./harness.js";
 
 const VIEWERS = Number(process.env.VIEWERS || 4);
 const WATCH_SECONDS = Number(process.env.WATCH_SECONDS || 90);
@@ -17,10 +23,73 @@ const MAX_STALL_SECONDS = 2;
 /** A playing viewer's position must keep up with the wall clock (allowing for start-up jitter). */
 const MIN_PLAYBACK_RATE = 0.75;
 
+const ARTIFACTS_DIR = process.env.ARTIFACTS_DIR || path.join(REPO, "target/browser-artifacts");
+/**
+ * The viewers' own byte counts against the dashboard's sums of their reports: each page
+ * reads its own figures right after its last report was answered, so only what arrived
+ * during that round trip differs.
+ */
+const OWN_FIGURES_TOLERANCE = 0.02;
+/**
+ * Origin segment bytes against the viewers' HTTP bytes: viewers keep loading while the
+ * figures are read one after the other, so the server's count must lie between the sum
+ * read before it and the sum read after it, give or take this share and one segment.
+ */
+const ORIGIN_TOLERANCE = 0.05;
+const SEGMENT_BYTES = 250_000;
+
 const harness = new Harness({ log: (line) => console.log(`# ${line}`) });
 /** Subtests that passed; the temp dir (logs) is removed only when all of them did. */
 let checksPassed = 0;
-const CHECKS = 5;
+const CHECKS = 9;
+
+const sum = (rows, key) => rows.reduce((total, row) => total + row[key], 0);
+
+async function dashboardJson() {
+  const response = await fetch(`${harness.baseUrl}/dashboard.json`);
+  assert.equal(response.status, 200, "GET /dashboard.json");
+  return response.json();
+}
+
+/**
+ * While the viewers are still open: stop their report timers, have each send its last
+ * report, read their own figures around the server's, and open the dashboard in Chromium.
+ */
+async function finalFigures(viewers) {
+  // The dashboard first, while reports still come in every 10 s: its rates need them.
+  const page = await harness.openPage("dashboard", "/dashboard");
+  await within(40_000, "dashboard: 8 refreshes", page.page.waitForFunction(
+    () => window.dashboard?.refreshes >= 8, null, { polling: 500, timeout: 40_000 }));
+  const shown = await page.page.evaluate(() => ({
+    data: window.dashboard.data,
+    text: Object.fromEntries(["viewers", "originRate", "audienceRate", "share", "saved"]
+      .map((id) => [id, document.getElementById(id).textContent])),
+    streamRows: document.querySelectorAll("#streams tr").length,
+    swarmRows: document.querySelectorAll("#swarms tr").length,
+  }));
+  fs.mkdirSync(ARTIFACTS_DIR, { recursive: true });
+  const screenshot = path.join(ARTIFACTS_DIR, "dashboard.png");
+  await page.page.screenshot({ path: screenshot, fullPage: true });
+
+  // Then every viewer's last report, with the timers stopped so that nothing else arrives.
+  const finals = [];
+  for (const viewer of viewers) {
+    const final = await within(20_000, `${viewer.name}: last report`, viewer.page.evaluate(async () => {
+      const reporter = window.p2pReporter;
+      if (!reporter) return null;
+      reporter.stop();
+      if (reporter.inFlight) await reporter.inFlight;
+      const status = await reporter.flush();
+      return { status, acknowledged: { ...window.p2pReport }, own: { ...window.p2pStats } };
+    }));
+    assert.ok(final, `${viewer.name} has no reporter (is reportPath in /config.json?)`);
+    finals.push({ name: viewer.name, ...final });
+  }
+  const ownBefore = (await Promise.all(viewers.map((v) => Harness.readStats(v)))).filter(Boolean);
+  const server = await dashboardJson();
+  const ownAfter = (await Promise.all(viewers.map((v) => Harness.readStats(v)))).filter(Boolean);
+  return { finals, ownBefore, ownAfter, server, shown, screenshot };
+}
 
 before(async () => {
   // Below 4 viewers the ceiling (N-1)/N leaves too little room above MIN_P2P_SHARE.
@@ -41,6 +110,7 @@ test(`${VIEWERS} Chromium viewers share the live stream over P2P`, {
     count: VIEWERS,
     watchSeconds: WATCH_SECONDS,
     staggerSeconds: STAGGER_SECONDS,
+    beforeClose: finalFigures,
   });
   console.log(formatTable(session));
   console.log(`# P2P share over all viewers: ${session.p2pShare.toFixed(1)} % ` +
@@ -74,6 +144,67 @@ test(`${VIEWERS} Chromium viewers share the live stream over P2P`, {
       assert.ok(row.stallSeconds <= MAX_STALL_SECONDS,
         `${row.name} stalled ${row.stallCount} times, ${row.stallSeconds.toFixed(1)} s in total`);
     }
+    checksPassed += 1;
+  });
+
+  const { finals, ownBefore, ownAfter, server, shown, screenshot } = session.extra;
+  const acknowledged = finals.map((final) => final.acknowledged);
+  const reported = server.usage.total.reported;
+  const origin = server.usage.total.origin;
+  const mb = (bytes) => (bytes / 1e6).toFixed(3);
+  console.log(`# dashboard: P2P ${mb(reported.p2pBytes)} MB, HTTP ${mb(reported.httpBytes)} MB reported ` +
+    `(${reported.p2pShare.toFixed(1)} % P2P), origin segments ${mb(origin.segmentBytes)} MB, ` +
+    `playlists ${mb(origin.playlistBytes)} MB; reports ${JSON.stringify(server.usage.reports)}`);
+  console.log(`# viewers: acknowledged P2P ${mb(sum(acknowledged, "p2pBytes"))} MB, HTTP ${mb(sum(acknowledged, "httpBytes"))} MB; ` +
+    `own P2P ${mb(sum(finals.map((f) => f.own), "p2pBytes"))} MB, own HTTP ${mb(sum(ownBefore, "httpBytes"))}..${mb(sum(ownAfter, "httpBytes"))} MB`);
+  console.log(`# dashboard page: ${JSON.stringify(shown.text)}; screenshot ${screenshot}`);
+
+  await t.test("every viewer's reports were accepted", () => {
+    for (const final of finals) {
+      assert.equal(final.status, 204, `${final.name}: last report answered ${final.status}`);
+      assert.ok(final.acknowledged.reports >= 2, `${final.name}: ${final.acknowledged.reports} reports accepted`);
+      assert.equal(final.acknowledged.refused, 0, `${final.name}: ${final.acknowledged.refused} reports refused`);
+    }
+    assert.equal(server.usage.reports.accepted, sum(acknowledged, "reports"), "accepted reports");
+    checksPassed += 1;
+  });
+
+  await t.test("the dashboard's figures agree with what the viewers report themselves", () => {
+    // The server sums exactly what it accepted.
+    assert.equal(reported.p2pBytes, sum(acknowledged, "p2pBytes"), "P2P bytes: server vs acknowledged");
+    assert.equal(reported.httpBytes, sum(acknowledged, "httpBytes"), "HTTP bytes: server vs acknowledged");
+    assert.equal(reported.uploadedBytes, sum(acknowledged, "uploadBytes"), "uploaded bytes");
+    assert.equal(reported.stalls, sum(acknowledged, "stalls"), "stalls");
+    assert.equal(reported.startups, VIEWERS, "one start-up time per viewer");
+    // And what they accepted is what the viewers count themselves.
+    for (const key of ["p2pBytes", "httpBytes"]) {
+      const own = sum(finals.map((final) => final.own), key);
+      assert.ok(Math.abs(reported[key] - own) <= OWN_FIGURES_TOLERANCE * own,
+        `${key}: dashboard ${reported[key]}, viewers' own ${own}`);
+    }
+    const swarm = server.swarms[0];
+    assert.equal(swarm?.peers, VIEWERS, `largest swarm: ${JSON.stringify(server.swarms)}`);
+    checksPassed += 1;
+  });
+
+  await t.test("the origin bytes the server counted match the HTTP bytes the viewers received", () => {
+    const low = sum(ownBefore, "httpBytes") * (1 - ORIGIN_TOLERANCE) - SEGMENT_BYTES;
+    const high = sum(ownAfter, "httpBytes") * (1 + ORIGIN_TOLERANCE) + SEGMENT_BYTES;
+    assert.ok(origin.segmentBytes >= low && origin.segmentBytes <= high,
+      `origin segment bytes ${origin.segmentBytes} outside [${Math.round(low)}, ${Math.round(high)}]`);
+    checksPassed += 1;
+  });
+
+  await t.test("the dashboard opens in Chromium and shows non-zero figures", () => {
+    const total = shown.data.usage.total;
+    assert.ok(total.reported.p2pBytes > 0 && total.origin.segmentBytes > 0, JSON.stringify(total));
+    assert.equal(shown.data.tracker.peers, VIEWERS, "viewers shown");
+    assert.ok(shown.streamRows >= 1, "no stream row");
+    assert.ok(shown.swarmRows >= 1, "no swarm row");
+    for (const [id, text] of Object.entries(shown.text)) {
+      assert.ok(text !== "–" && text !== "" && !/^0(\.0)? (B|%)/.test(text), `#${id} shows ${JSON.stringify(text)}`);
+    }
+    assert.ok(fs.statSync(screenshot).size > 10_000, "screenshot written");
     checksPassed += 1;
   });
 

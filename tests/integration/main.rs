@@ -18,6 +18,7 @@ mod faults;
 mod http;
 mod limits;
 mod malformed;
+mod offload;
 mod reload;
 mod scrape;
 mod signalling;
