@@ -299,7 +299,8 @@ export class Harness {
     const conf = template
       .replaceAll("@PREFIX@", prefix)
       .replaceAll("@PORT@", String(port))
-      .replaceAll("@UPSTREAM_SERVERS@", servers);
+      .replaceAll("@UPSTREAM_SERVERS@", servers)
+      .replaceAll("@USER@", os.userInfo().username);
     const leftover = conf.match(/@[A-Z_]+@/);
     if (leftover) throw new Error(`nginx-cluster.conf: placeholder ${leftover[0]} not filled in`);
     const confPath = path.join(prefix, "nginx.conf");
