@@ -52,7 +52,12 @@ export P2P_MEDIASTREAM_BIN="$root/target/debug/p2p-mediastream"
 stage "deployment files (docker-compose config, Dockerfile sources)"
 bash scripts/check-compose.sh
 
-stage "interop: the npm bittorrent-tracker client against our tracker"
+# The cluster cases (interop, browser, tests/cluster_bus.rs, tests/integration/cluster.rs)
+# start a real NATS server (Debian package nats-server); the browser's cluster case puts
+# nginx in front of two instances (tests/browser/setup.sh installs it).
+command -v nats-server >/dev/null 2>&1 || [[ -x /usr/sbin/nats-server ]] || apt_install nats-server
+
+stage "interop: the npm bittorrent-tracker client against our tracker (one instance, then two clustered)"
 bash tests/interop/run.sh
 
 stage "browser: Chromium viewers sharing the live stream over P2P"
@@ -65,7 +70,6 @@ stage "fault injection (a panicking swarm, SIGTERM, restart)"
 cargo test --locked --features fault-injection --test integration faults::
 
 # Last, so that its summary closes the output. tests/integration/cluster*.rs start a real NATS
-# server (Debian package nats-server).
+# server (Debian package nats-server, installed before the interop stage).
 stage "cargo test"
-command -v nats-server >/dev/null 2>&1 || [[ -x /usr/sbin/nats-server ]] || apt_install nats-server
 cargo test --locked --all-targets

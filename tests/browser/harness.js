@@ -15,6 +15,7 @@
 import { spawn } from "node:child_process";
 import dgram from "node:dgram";
 import fs from "node:fs";
+import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -67,6 +68,57 @@ async function freeUdpPort() {
   const { port } = socket.address();
   await new Promise((resolve) => socket.close(resolve));
   return port;
+}
+
+async function freeTcpPort() {
+  const server = net.createServer();
+  await new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", resolve);
+  });
+  const { port } = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/** `name` on PATH, else in /usr/sbin (Debian puts nginx and nats-server there); null if neither. */
+function findExecutable(name) {
+  const dirs = (process.env.PATH || "").split(path.delimiter).filter(Boolean).concat(["/usr/sbin"]);
+  for (const dir of dirs) {
+    const candidate = path.join(dir, name);
+    try {
+      fs.accessSync(candidate, fs.constants.X_OK);
+      return candidate;
+    } catch {
+      // not here
+    }
+  }
+  return null;
+}
+
+/** Waits until 127.0.0.1:`port` accepts TCP connections (or `child` exits, or `ms` pass). */
+async function waitForPort(port, ms, what, child) {
+  await within(ms, `${what} to listen on 127.0.0.1:${port}`, (async () => {
+    for (;;) {
+      const open = await new Promise((resolve) => {
+        const socket = net.connect(port, "127.0.0.1");
+        const done = (ok) => { socket.destroy(); resolve(ok); };
+        socket.setTimeout(1_000, () => done(false));
+        socket.once("connect", () => done(true));
+        socket.once("error", () => done(false));
+      });
+      if (open) return;
+      if (child.exitCode !== null) throw new Error(`${what} exited (code ${child.exitCode}), see ${child.logPath}`);
+      await sleep(100);
+    }
+  })());
+}
+
+/** GET `url` as JSON, bounded; null when it fails. */
+export async function getJson(url) {
+  return fetch(url, { signal: AbortSignal.timeout(5_000) })
+    .then((res) => (res.ok ? res.json() : null))
+    .catch(() => null);
 }
 
 /**
@@ -174,6 +226,18 @@ export class Harness {
       this.log(`server: using PAGE_URL ${this.baseUrl}`);
       return this.baseUrl;
     }
+    const { child, baseUrl } = await this.spawnServer("server");
+    this.server = child;
+    this.baseUrl = baseUrl;
+    return this.baseUrl;
+  }
+
+  /**
+   * Starts one instance of our binary on a free loopback port, serving the test card and the
+   * player, with `env` added (the cluster settings, say); logs to <tmp>/<name>.log. Resolves
+   * to { child, baseUrl } once it listens.
+   */
+  async spawnServer(name, extraEnv = {}) {
     const bin = process.env.P2P_MEDIASTREAM_BIN || path.join(REPO, "target/debug/p2p-mediastream");
     if (!fs.existsSync(bin)) throw new Error(`server binary not found: ${bin} (build it or set P2P_MEDIASTREAM_BIN)`);
     const env = {
@@ -184,23 +248,81 @@ export class Harness {
       TRACKER__HTTP__PUBLIC_DIR: path.join(REPO, "public"),
       TRACKER__PLAYER__ICE_SERVERS: `stun:127.0.0.1:${this.stunPort}`,
       RUST_LOG: process.env.RUST_LOG || "info",
+      ...extraEnv,
     };
-    this.server = this.spawnLogged("server.log", bin, [], { env, pipeStderr: true });
-    const serverLog = fs.createWriteStream(this.server.logPath, { flags: "a" });
-    this.server.stdout.pipe(serverLog);
-    this.baseUrl = await within(30_000, `"listening on" from ${bin}`, new Promise((resolve, reject) => {
+    const child = this.spawnLogged(`${name}.log`, bin, [], { env, pipeStderr: true });
+    const serverLog = fs.createWriteStream(child.logPath, { flags: "a" });
+    child.stdout.pipe(serverLog);
+    const baseUrl = await within(30_000, `"listening on" from ${bin} (${name})`, new Promise((resolve, reject) => {
       let seen = "";
-      this.server.stderr.on("data", (chunk) => {
+      child.stderr.on("data", (chunk) => {
         serverLog.write(chunk);
         seen += chunk;
         const match = seen.match(/listening on (http:\/\/[\d.]+:\d+)/);
         if (match) resolve(match[1]);
       });
-      this.server.exited.then(({ code, signal }) =>
-        reject(new Error(`server exited (code ${code}, signal ${signal}), see ${this.server.logPath}`)));
+      child.exited.then(({ code, signal }) =>
+        reject(new Error(`${name} exited (code ${code}, signal ${signal}), see ${child.logPath}`)));
     }));
-    this.log(`server: ${bin} at ${this.baseUrl}`);
-    return this.baseUrl;
+    this.log(`${name}: ${bin} at ${baseUrl}`);
+    return { child, baseUrl };
+  }
+
+  /**
+   * Starts a NATS server (Debian package nats-server) on a free loopback port and returns its
+   * URL once it accepts connections.
+   */
+  async startNats() {
+    const bin = findExecutable("nats-server");
+    if (!bin) {
+      throw new Error("nats-server not found (on PATH or in /usr/sbin): the cluster case needs a real NATS " +
+        "server; install it with `apt-get install -y nats-server` (setup.sh does)");
+    }
+    const port = await freeTcpPort();
+    const child = this.spawnLogged("nats-server.log", bin, ["-a", "127.0.0.1", "-p", String(port)]);
+    await waitForPort(port, 10_000, "nats-server", child);
+    this.log(`nats-server: nats://127.0.0.1:${port}`);
+    return `nats://127.0.0.1:${port}`;
+  }
+
+  /**
+   * Starts nginx (a child, not a daemon) on a free loopback port in front of `backends`
+   * (base URLs), with the config generated from nginx-cluster.conf next to this file, and
+   * returns its base URL once it proxies /healthz.
+   */
+  async startNginx(backends) {
+    const bin = findExecutable("nginx");
+    if (!bin) throw new Error("nginx not found (on PATH or in /usr/sbin): install it with `apt-get install -y nginx` (setup.sh does)");
+    const prefix = this.file("nginx");
+    fs.mkdirSync(prefix, { recursive: true });
+    const port = await freeTcpPort();
+    const servers = backends.map((url) => `server ${new URL(url).host};`).join("\n        ");
+    const template = fs.readFileSync(path.join(path.dirname(fileURLToPath(import.meta.url)), "nginx-cluster.conf"), "utf8");
+    const conf = template
+      .replaceAll("@PREFIX@", prefix)
+      .replaceAll("@PORT@", String(port))
+      .replaceAll("@UPSTREAM_SERVERS@", servers)
+      .replaceAll("@USER@", os.userInfo().username);
+    const leftover = conf.match(/@[A-Z_]+@/);
+    if (leftover) throw new Error(`nginx-cluster.conf: placeholder ${leftover[0]} not filled in`);
+    const confPath = path.join(prefix, "nginx.conf");
+    fs.writeFileSync(confPath, conf);
+    const args = ["-c", confPath, "-p", prefix, "-e", path.join(prefix, "error.log"), "-g", "daemon off;"];
+    const child = this.spawnLogged("nginx.log", bin, args);
+    await waitForPort(port, 10_000, "nginx", child);
+    const baseUrl = `http://127.0.0.1:${port}`;
+    await within(10_000, "nginx to proxy /healthz", (async () => {
+      for (;;) {
+        const ok = await fetch(`${baseUrl}/healthz`, { signal: AbortSignal.timeout(2_000) })
+          .then((res) => res.ok).catch(() => false);
+        if (ok) return;
+        if (child.exitCode !== null) throw new Error(`nginx exited, see ${child.logPath} and ${prefix}/error.log`);
+        await sleep(200);
+      }
+    })());
+    this.nginxAccessLog = path.join(prefix, "access.log");
+    this.log(`nginx: ${baseUrl} -> ${backends.join(", ")} (config ${confPath})`);
+    return baseUrl;
   }
 
   /** Opens the player in a new Chromium process; `query` goes into the page URL. */
@@ -266,11 +388,12 @@ function killGroup(child, signal) {
 
 /**
  * One viewing session: `count` viewers join `staggerSeconds` apart, and the run goes on until
- * the last one has watched `watchSeconds`. Figures are sampled every 2 s. Returns one row per
+ * the last one has watched `watchSeconds`. Figures are sampled every 2 s (and `onSample`, if
+ * given, is awaited after each sample with the number of viewers so far). Returns one row per
  * viewer (final figures, peak peers, position advance) plus totals. `beforeClose(viewers)`,
  * if given, runs while the viewers' pages are still open; its result is `session.extra`.
  */
-export async function watchSession(harness, { count, watchSeconds, staggerSeconds, query = {}, beforeClose }) {
+export async function watchSession(harness, { count, watchSeconds, staggerSeconds, query = {}, onSample = null, beforeClose }) {
   const viewers = [];
   const sample = async () => {
     for (const viewer of viewers) {
@@ -282,6 +405,7 @@ export async function watchSession(harness, { count, watchSeconds, staggerSecond
         viewer.playStart = { wall: Date.now(), currentTime: stats.currentTime };
       }
     }
+    if (onSample) await onSample(viewers.length);
   };
   for (let i = 0; i < count; i++) {
     if (i > 0) await sleep(staggerSeconds * 1000);

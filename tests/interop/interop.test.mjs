@@ -14,11 +14,16 @@
 //                        cases are reported as TODO, not failures
 //   INTEROP_STEP_TIMEOUT_MS  bound on every single wait (default 15000; WebRTC connect gets 2x)
 //   INTEROP_SERVER_START_TIMEOUT_MS  bound on the server's "listening on" line (default 30000)
+//
+// Case f also starts a nats-server (Debian package nats-server, on PATH or in /usr/sbin) on a
+// free loopback port and two more instances clustered through it; it is skipped with
+// TRACKER_URL.
 
 import { test, before, after, beforeEach } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { existsSync } from 'node:fs'
+import net from 'node:net'
 import { register } from 'node:module'
 import { randomBytes, randomInt } from 'node:crypto'
 import path from 'node:path'
@@ -93,6 +98,11 @@ function diagnostics () {
     out.push('--- tracker stderr (last 40 lines) ---', ...server.stderr.trimEnd().split('\n').slice(-40))
     if (server.exit) out.push(`--- tracker process EXITED: ${JSON.stringify(server.exit)} ---`)
   }
+  for (const p of spawned) {
+    if (p === server || !p.label) continue
+    out.push(`--- ${p.label} stderr (last 40 lines) ---`, ...p.stderr.trimEnd().split('\n').slice(-40))
+    if (p.exit) out.push(`--- ${p.label} EXITED: ${JSON.stringify(p.exit)} ---`)
+  }
   return out.join('\n')
 }
 // Runs a test body; on failure prints the frame log and the server's stderr.
@@ -148,21 +158,21 @@ async function act (c, name, what, action) {
 // request: same host, same path `/announce`, but a separate WebSocket connection.
 
 let socketCounter = 0
-function ownSocketUrl () {
+function ownSocketUrl (trackerUrl = TRACKER_URL) {
   const k = socketCounter++
-  const slash = TRACKER_URL.indexOf('/', TRACKER_URL.indexOf('://') + 3)
-  if (slash < 0) return TRACKER_URL + '/' + './'.repeat(k)
-  return TRACKER_URL.slice(0, slash + 1) + './'.repeat(k) + TRACKER_URL.slice(slash + 1)
+  const slash = trackerUrl.indexOf('/', trackerUrl.indexOf('://') + 3)
+  if (slash < 0) return trackerUrl + '/' + './'.repeat(k)
+  return trackerUrl.slice(0, slash + 1) + './'.repeat(k) + trackerUrl.slice(slash + 1)
 }
 
 const live = [] // everything to tear down after each test
 
-function newClient (label, infoHash, peerId) {
+function newClient (label, infoHash, peerId, trackerUrl = TRACKER_URL) {
   const c = {
     label,
     infoHash,
     peerId,
-    url: ownSocketUrl(),
+    url: ownSocketUrl(trackerUrl),
     warnings: [],
     errors: [],
     peers: [],
@@ -297,7 +307,7 @@ function parseJson (text, what) {
 // ---------------------------------------------------------------------------------------------
 // The tracker under test.
 
-async function startServer () {
+function trackerBinary () {
   const bin = process.env.P2P_MEDIASTREAM_BIN
     ? path.resolve(process.env.P2P_MEDIASTREAM_BIN)
     : path.resolve(HERE, '../../target/debug/p2p-mediastream')
@@ -305,6 +315,13 @@ async function startServer () {
     throw new Error(`tracker binary not found: ${bin}\n` +
       'Build it (cargo build), or set P2P_MEDIASTREAM_BIN=/path/to/p2p-mediastream, or TRACKER_URL=ws://127.0.0.1:PORT/announce')
   }
+  return bin
+}
+
+// Spawns the tracker on 127.0.0.1 with an OS-chosen port (plus `env`); resolves to
+// { proc, bin, stderr, exit, url, base } once it prints its "listening on" line.
+async function spawnTracker (env = {}, label = null) {
+  const bin = trackerBinary()
   const proc = spawn(bin, [], {
     cwd: REPO,
     env: {
@@ -312,28 +329,30 @@ async function startServer () {
       TRACKER__SERVER__HOST: '127.0.0.1',
       TRACKER__SERVER__PORT: '0',
       RUST_LOG: 'info',
-      NO_COLOR: '1'
+      NO_COLOR: '1',
+      ...env
     },
     stdio: ['ignore', 'ignore', 'pipe']
   })
-  server = { proc, bin, stderr: '', exit: null }
+  const tracker = { proc, bin, label, stderr: '', exit: null, url: null, base: null }
+  spawned.push(tracker)
   proc.stderr.setEncoding('utf8')
   proc.stderr.on('data', chunk => {
-    server.stderr += chunk
-    if (server.stderr.length > 1_000_000) server.stderr = server.stderr.slice(-500_000)
+    tracker.stderr += chunk
+    if (tracker.stderr.length > 1_000_000) tracker.stderr = tracker.stderr.slice(-500_000)
   })
-  proc.on('exit', (code, signal) => { server.exit = { code, signal } })
+  proc.on('exit', (code, signal) => { tracker.exit = { code, signal } })
 
   const port = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => fail(`no "listening on http://127.0.0.1:PORT" line on its stderr within ${START_MS} ms`), START_MS)
     function fail (why) {
       clearTimeout(timer)
       proc.stderr.removeListener('data', check)
-      reject(new Error(`tracker ${bin}: ${why}\n--- its stderr ---\n${server.stderr}`))
+      reject(new Error(`tracker ${bin}: ${why}\n--- its stderr ---\n${tracker.stderr}`))
     }
     function check () {
       // eslint-disable-next-line no-control-regex
-      const m = server.stderr.replace(/\x1b\[[0-9;]*m/g, '').match(/listening on http:\/\/127\.0\.0\.1:(\d+)/)
+      const m = tracker.stderr.replace(/\x1b\[[0-9;]*m/g, '').match(/listening on http:\/\/127\.0\.0\.1:(\d+)/)
       if (m) {
         clearTimeout(timer)
         proc.stderr.removeListener('data', check)
@@ -346,20 +365,36 @@ async function startServer () {
     check()
   })
   assert.ok(port > 0 && port < 65536, `bad port ${port}`)
-  return `ws://127.0.0.1:${port}/announce`
+  tracker.base = `http://127.0.0.1:${port}`
+  tracker.url = `ws://127.0.0.1:${port}/announce`
+  return tracker
 }
 
-async function stopServer () {
-  if (!server || server.exit) return
-  const exited = new Promise(resolve => server.proc.once('exit', resolve))
-  server.proc.kill('SIGTERM')
-  const timer = setTimeout(() => { if (!server.exit) server.proc.kill('SIGKILL') }, 5000)
+async function startServer () {
+  server = await spawnTracker()
+  return server.url
+}
+
+// Every process the test spawned (trackers, nats-server): stopped in `after`, and killed
+// if the test process exits first.
+const spawned = []
+
+// SIGTERM, SIGKILL after 5 s; resolves once the process is gone.
+async function stopProcess (p) {
+  if (!p || p.exit) return
+  const exited = new Promise(resolve => p.proc.once('exit', resolve))
+  p.proc.kill('SIGTERM')
+  const timer = setTimeout(() => { if (!p.exit) p.proc.kill('SIGKILL') }, 5000)
   await exited
   clearTimeout(timer)
 }
 
+async function stopServer () {
+  await stopProcess(server)
+}
+
 process.on('exit', () => {
-  if (server && !server.exit) server.proc.kill('SIGKILL')
+  for (const p of spawned) if (!p.exit) p.proc.kill('SIGKILL')
 })
 
 before(async () => {
@@ -378,6 +413,7 @@ async function teardown () {
 after(async () => {
   await teardown()
   await stopServer()
+  for (const p of spawned.splice(0).reverse()) await stopProcess(p)
   if (server) console.error(`# tracker stopped: ${JSON.stringify(server.exit)}`)
 })
 
@@ -441,6 +477,45 @@ test('b. scrape: client.scrape() for one info_hash, Client.scrape() for several'
   }
 }))
 
+// A starts alone, then B: B's offer is relayed to A, A's answer to B, the WebRTC data channel
+// opens and a message goes each way. Each side sees exactly one peer.
+async function meetOverWebRTC (a, b) {
+  const [pa, pb] = [a.peerId, b.peerId]
+  assert.notEqual(a.client._trackers[0].socket, b.client._trackers[0].socket, 'A and B must have separate WebSockets, like two browsers')
+
+  assertCounts(await act(a, 'update', 'response to start', () => a.client.start()), a, 0, 1, 'started alone')
+
+  // B's start carries 5 offers; the swarm has one other peer (A), so exactly one is relayed
+  // to A, A answers through the tracker, and the answer reaches B.
+  const peerAtA = nextEvent(a.client, 'peer', "A: a 'peer' from B's relayed offer", CONNECT_MS)
+  const peerAtB = nextEvent(b.client, 'peer', "B: a 'peer' from A's relayed answer", CONNECT_MS)
+  assertCounts(await act(b, 'update', 'response to start', () => b.client.start()), b, 0, 2, 'started as the second leecher')
+
+  const pA = await peerAtA
+  assert.equal(pA.initiator, false, "A's peer must come from an offer (non-initiator)")
+  assert.equal(pA.id, pb.hex, "A: the relayed offer must carry B's peer_id, byte-exact")
+  const pB = await peerAtB
+  assert.equal(pB.initiator, true, "B's peer must be one of its own offers, answered")
+  assert.equal(pB.id, pa.hex, "B: the relayed answer must carry A's peer_id, byte-exact")
+
+  await Promise.all([connected(pA, 'A'), connected(pB, 'B')])
+
+  const nonce = randomBytes(8).toString('hex')
+  let got = nextEvent(pA, 'data', 'A: the message B sent over the data channel')
+  pB.send(`hello A, from B ${nonce}`)
+  assert.equal(Buffer.from(await got).toString('utf8'), `hello A, from B ${nonce}`)
+  got = nextEvent(pB, 'data', 'B: the message A sent over the data channel')
+  pA.send(`hello B, from A ${nonce}`)
+  assert.equal(Buffer.from(await got).toString('utf8'), `hello B, from A ${nonce}`)
+
+  // Each offer of an announce goes to a different peer: with one other peer, A got one.
+  await sleep(500)
+  assert.equal(a.peers.length, 1, `A should have got exactly one offer, got ${a.peers.length}`)
+  assert.equal(b.peers.length, 1, `B should have got exactly one answer, got ${b.peers.length}`)
+  assert.deepEqual([...a.peerErrors, ...b.peerErrors], [], 'peer errors')
+  assertNoClientTrouble(a, b)
+}
+
 // ---------------------------------------------------------------------------------------------
 // c. two clients meet over WebRTC through the tracker
 
@@ -451,41 +526,7 @@ for (const kind of ['ascii', 'binary']) {
   test(`c. two clients connect over WebRTC through the tracker (${kind} info_hash and peer_ids)`, { timeout: 10 * STEP_MS }, withDiagnostics(async () => {
     try {
       const [ih, pa, pb] = ids()
-      const a = newClient('A', ih, pa)
-      const b = newClient('B', ih, pb)
-      assert.notEqual(a.client._trackers[0].socket, b.client._trackers[0].socket, 'A and B must have separate WebSockets, like two browsers')
-
-      assertCounts(await act(a, 'update', 'response to start', () => a.client.start()), a, 0, 1, 'started alone')
-
-      // B's start carries 5 offers; the swarm has one other peer (A), so exactly one is relayed
-      // to A, A answers through the tracker, and the answer reaches B.
-      const peerAtA = nextEvent(a.client, 'peer', "A: a 'peer' from B's relayed offer", CONNECT_MS)
-      const peerAtB = nextEvent(b.client, 'peer', "B: a 'peer' from A's relayed answer", CONNECT_MS)
-      assertCounts(await act(b, 'update', 'response to start', () => b.client.start()), b, 0, 2, 'started as the second leecher')
-
-      const pA = await peerAtA
-      assert.equal(pA.initiator, false, "A's peer must come from an offer (non-initiator)")
-      assert.equal(pA.id, pb.hex, "A: the relayed offer must carry B's peer_id, byte-exact")
-      const pB = await peerAtB
-      assert.equal(pB.initiator, true, "B's peer must be one of its own offers, answered")
-      assert.equal(pB.id, pa.hex, "B: the relayed answer must carry A's peer_id, byte-exact")
-
-      await Promise.all([connected(pA, 'A'), connected(pB, 'B')])
-
-      const nonce = randomBytes(8).toString('hex')
-      let got = nextEvent(pA, 'data', 'A: the message B sent over the data channel')
-      pB.send(`hello A, from B ${nonce}`)
-      assert.equal(Buffer.from(await got).toString('utf8'), `hello A, from B ${nonce}`)
-      got = nextEvent(pB, 'data', 'B: the message A sent over the data channel')
-      pA.send(`hello B, from A ${nonce}`)
-      assert.equal(Buffer.from(await got).toString('utf8'), `hello B, from A ${nonce}`)
-
-      // Each offer of an announce goes to a different peer: with one other peer, A got one.
-      await sleep(500)
-      assert.equal(a.peers.length, 1, `A should have got exactly one offer, got ${a.peers.length}`)
-      assert.equal(b.peers.length, 1, `B should have got exactly one answer, got ${b.peers.length}`)
-      assert.deepEqual([...a.peerErrors, ...b.peerErrors], [], 'peer errors')
-      assertNoClientTrouble(a, b)
+      await meetOverWebRTC(newClient('A', ih, pa), newClient('B', ih, pb))
     } finally {
       await teardown()
     }
@@ -582,6 +623,131 @@ test('e. malformed announces get a failure reason with action "announce", and th
     assert.equal(r.ws.readyState, WebSocket.OPEN)
   } finally {
     await teardown()
+  }
+}))
+
+// ---------------------------------------------------------------------------------------------
+// f. two instances clustered over a real NATS server: a client on each, one swarm
+
+// Fast heartbeats, so that the two instances see each other within a second.
+const CLUSTER_ENV = {
+  TRACKER__CLUSTER__HEARTBEAT_INTERVAL_MS: '100',
+  TRACKER__CLUSTER__EXPIRY_MS: '600',
+  TRACKER__CLUSTER__RECONNECT_MAX_DELAY_MS: '200'
+}
+
+function natsServerBinary () {
+  const dirs = (process.env.PATH || '').split(path.delimiter).filter(Boolean).concat(['/usr/sbin'])
+  for (const dir of dirs) {
+    const candidate = path.join(dir, 'nats-server')
+    if (existsSync(candidate)) return candidate
+  }
+  throw new Error('nats-server not found (on PATH or in /usr/sbin): the cluster case needs a real NATS server. ' +
+    'Install it with `apt-get install -y nats-server` (scripts/test.sh does), or run the other cases alone with ' +
+    "`tests/interop/run.sh --test-name-pattern='^[a-e]'`")
+}
+
+function freeTcpPort () {
+  return new Promise((resolve, reject) => {
+    const probe = net.createServer()
+    probe.once('error', reject)
+    probe.listen(0, '127.0.0.1', () => {
+      const { port } = probe.address()
+      probe.close(() => resolve(port))
+    })
+  })
+}
+
+function canConnect (port) {
+  return new Promise(resolve => {
+    const socket = net.connect(port, '127.0.0.1')
+    const done = ok => { socket.destroy(); resolve(ok) }
+    socket.setTimeout(1000, () => done(false))
+    socket.once('connect', () => done(true))
+    socket.once('error', () => done(false))
+  })
+}
+
+// A nats-server on a free loopback port; resolves once it accepts connections.
+async function startNats () {
+  const bin = natsServerBinary()
+  const port = await freeTcpPort()
+  const proc = spawn(bin, ['-a', '127.0.0.1', '-p', String(port)], { stdio: ['ignore', 'ignore', 'pipe'] })
+  const nats = { proc, bin, label: 'nats-server', stderr: '', exit: null, url: `nats://127.0.0.1:${port}` }
+  spawned.push(nats)
+  proc.stderr.setEncoding('utf8')
+  proc.stderr.on('data', chunk => { nats.stderr = (nats.stderr + chunk).slice(-100_000) })
+  proc.on('exit', (code, signal) => { nats.exit = { code, signal } })
+  proc.on('error', err => { nats.stderr += `spawn error: ${err.message}\n` })
+  await waitForAsync(async () => !nats.exit && await canConnect(port),
+    () => `${bin} to accept connections on 127.0.0.1:${port}` + (nats.exit ? ` (it exited: ${JSON.stringify(nats.exit)}; stderr: ${nats.stderr})` : ''),
+    START_MS)
+  return nats
+}
+
+async function waitForAsync (predicate, what, ms = STEP_MS) {
+  const deadline = Date.now() + ms
+  while (!(await predicate())) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what()}`)
+    await sleep(50)
+  }
+}
+
+async function statsOf (tracker) {
+  const res = await fetch(`${tracker.base}/stats.json`, { signal: AbortSignal.timeout(STEP_MS) })
+  assert.equal(res.status, 200, `${tracker.label}: GET /stats.json`)
+  return res.json()
+}
+
+// The `cluster` section of an instance's /stats.json (null when clustering is off).
+async function clusterOf (tracker) {
+  return (await statsOf(tracker)).cluster ?? null
+}
+
+const sum = (views, field, kind) => views.reduce((total, view) => total + (view[field][kind] ?? 0), 0)
+
+test('f. cluster: two clients on two instances clustered over NATS connect over WebRTC', {
+  timeout: 12 * STEP_MS,
+  skip: process.env.TRACKER_URL && 'TRACKER_URL is set: the cluster case spawns its own instances'
+}, withDiagnostics(async () => {
+  try {
+    const nats = await startNats()
+    const env = { ...CLUSTER_ENV, TRACKER__CLUSTER__NATS_URLS: nats.url }
+    const one = await spawnTracker({ ...env, TRACKER__CLUSTER__INSTANCE_ID: 'interop-1' }, 'instance 1')
+    const two = await spawnTracker({ ...env, TRACKER__CLUSTER__INSTANCE_ID: 'interop-2' }, 'instance 2')
+    console.error(`# cluster: ${nats.url}, instance 1 ${one.url}, instance 2 ${two.url}`)
+
+    // Both instances up on the bus, each seeing exactly the two of them.
+    let views = []
+    await waitForAsync(async () => {
+      views = [await clusterOf(one), await clusterOf(two)]
+      assert.ok(views.every(Boolean), 'an instance has no "cluster" section in /stats.json: clustering is off')
+      const ids = views.map(view => view.instance).sort()
+      return views.every(view => view.busUp === true && JSON.stringify([...view.instances].sort()) === JSON.stringify(ids))
+    }, () => `both instances to see each other on the bus: ${JSON.stringify(views.map(v => v && { instance: v.instance, busUp: v.busUp, instances: v.instances }))}`)
+
+    // One swarm, one client on each instance: whichever owns the swarm, the other one's
+    // requests cross the bus (its announce is forwarded, and an offer or answer is delivered).
+    const ih = asciiId('interop-f-')
+    const a = newClient('A', ih, asciiId('-IT0001-'), one.url)
+    const b = newClient('B', ih, asciiId('-IT0001-'), two.url)
+    await meetOverWebRTC(a, b)
+
+    views = [await clusterOf(one), await clusterOf(two)]
+    const owner = views.findIndex(view => (view.handled.announce ?? 0) > 0)
+    console.error(`# cluster: the swarm is owned by instance ${owner + 1}; forwarded ` +
+      views.map((view, i) => `by instance ${i + 1} ${JSON.stringify(view.forwarded)}`).join(', '))
+    assert.ok(sum(views, 'forwarded', 'announce') >= 1, 'no announce crossed the bus: the two clients met without the cluster?')
+    assert.ok(sum(views, 'handled', 'announce') >= 1, 'no instance handled a forwarded announce')
+    assert.ok(sum(views, 'forwarded', 'deliver') >= 1, 'no offer or answer was delivered over the bus')
+    for (const [i, view] of views.entries()) {
+      const dropped = Object.entries(view.dropped).filter(([, count]) => count > 0)
+      assert.deepEqual(dropped, [], `instance ${i + 1} dropped cluster messages`)
+    }
+  } finally {
+    await teardown()
+    // The instances first (they leave the bus), then NATS.
+    for (const p of spawned.filter(p => p !== server).reverse()) await stopProcess(p)
   }
 }))
 
