@@ -126,6 +126,7 @@ cleanup() {
         wait "$service_pid" 2>/dev/null || true
     fi
     rm -f "$sock"
+    rmdir "$run_dir" 2>/dev/null || true
     if ((${#timings[@]})); then
         printf '\ncompose-test: stage durations\n' >&2
         printf '  %s\n' "${timings[@]}" >&2
@@ -201,10 +202,13 @@ ensure_base() {
         say "cached: $base_image (stand-in, recipe $hash)"
         return 0
     fi
-    say "building the stand-in $base_image with debootstrap (about 30 s)"
+    say "building the stand-in $base_image with debootstrap (30 s to 2 min, once)"
     rootfs=$(mktemp -d "${TMPDIR:-/tmp}/p2pms-rootfs.XXXXXX")
     if ! debootstrap --variant=minbase bookworm "$rootfs" http://deb.debian.org/debian >"$logs/debootstrap.log" 2>&1; then
-        rm -rf "$rootfs"
+        # A failed debootstrap may leave its /proc and /sys mounts in the tree: unmount
+        # them before removing it, and never cross into another file system.
+        grep -o " $rootfs/[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+        rm -rf --one-file-system "$rootfs"
         die "debootstrap failed, see $logs/debootstrap.log"
     fi
     printf '%s\n' "deb http://deb.debian.org/debian bookworm main" \
@@ -214,7 +218,7 @@ ensure_base() {
     tar -C "$rootfs" -c . | podman import --change "LABEL $recipe_label=$hash" \
         --change 'CMD ["bash"]' - "$base_image" >"$logs/import.log" 2>&1 \
         || die "podman import of the base image failed, see $logs/import.log"
-    rm -rf "$rootfs"
+    rm -rf --one-file-system "$rootfs"
 }
 
 # ensure_standin NAME IMAGE [HOST_INPUT_FINGERPRINT] -- [podman build -v ...]
