@@ -223,15 +223,17 @@ ensure_base() {
 
 # ensure_standin NAME IMAGE [HOST_INPUT_FINGERPRINT] -- [podman build -v ...]
 ensure_standin() {
-    local recipe=$1 image=$2 fingerprint=$3 hash
+    local recipe=$1 image=$2 fingerprint=$3 hash host_tool
     shift 4
+    host_tool=""
+    [[ -z $fingerprint ]] || host_tool=", with this machine's ${fingerprint%%$'\n'*}"
     hash=$( { cat "$here/standins/$recipe.Dockerfile"; echo "$base_recipe"; echo "$fingerprint"; sha256sum "$host_ca"; } \
         | sha256sum | cut -c1-16)
     if [[ $(image_recipe "$image") == "$hash" ]]; then
-        say "cached: $image (stand-in $recipe, recipe $hash)"
+        say "cached: $image (stand-in $recipe$host_tool, recipe $hash)"
         return 0
     fi
-    say "building the stand-in $image from tests/compose/standins/$recipe.Dockerfile"
+    say "building the stand-in $image from tests/compose/standins/$recipe.Dockerfile$host_tool"
     podman build --quiet --build-arg "BASE=$base_image" --label "$recipe_label=$hash" \
         -v "$host_ca:/host/ca-bundle.crt:ro" "$@" \
         -f "$here/standins/$recipe.Dockerfile" -t "$image" "$here/standins" >"$logs/standin-$recipe.log" 2>&1 \
@@ -250,7 +252,7 @@ while read -r image; do
         docker.io/library/rust:*)
             ensure_standin rust "$image" "$(rustc -Vv; cargo -V)" -- -v "$rust_sysroot:/host/toolchain:ro" ;;
         docker.io/library/node:*)
-            ensure_standin node "$image" "$(node -v; npm -v)" -- -v "$node_bin:/host/node:ro" -v "$npm_dir:/host/npm:ro" ;;
+            ensure_standin node "$image" "node $(node -v), npm $(npm -v)" -- -v "$node_bin:/host/node:ro" -v "$npm_dir:/host/npm:ro" ;;
         docker.io/jrottenberg/ffmpeg:*) ensure_standin ffmpeg "$image" "" -- ;;
         docker.io/coturn/coturn:*) ensure_standin coturn "$image" "" -- ;;
         *) die "the Dockerfile or docker-compose.yml names $image, which has no stand-in in tests/compose/standins/ (no registry here): add one" ;;
