@@ -126,6 +126,7 @@ cleanup() {
         wait "$service_pid" 2>/dev/null || true
     fi
     rm -f "$sock"
+    rmdir "$run_dir" 2>/dev/null || true
     if ((${#timings[@]})); then
         printf '\ncompose-test: stage durations\n' >&2
         printf '  %s\n' "${timings[@]}" >&2
@@ -201,10 +202,13 @@ ensure_base() {
         say "cached: $base_image (stand-in, recipe $hash)"
         return 0
     fi
-    say "building the stand-in $base_image with debootstrap (about 30 s)"
+    say "building the stand-in $base_image with debootstrap (30 s to 2 min, once)"
     rootfs=$(mktemp -d "${TMPDIR:-/tmp}/p2pms-rootfs.XXXXXX")
     if ! debootstrap --variant=minbase bookworm "$rootfs" http://deb.debian.org/debian >"$logs/debootstrap.log" 2>&1; then
-        rm -rf "$rootfs"
+        # A failed debootstrap may leave its /proc and /sys mounts in the tree: unmount
+        # them before removing it, and never cross into another file system.
+        grep -o " $rootfs/[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
+        rm -rf --one-file-system "$rootfs"
         die "debootstrap failed, see $logs/debootstrap.log"
     fi
     printf '%s\n' "deb http://deb.debian.org/debian bookworm main" \
@@ -214,20 +218,22 @@ ensure_base() {
     tar -C "$rootfs" -c . | podman import --change "LABEL $recipe_label=$hash" \
         --change 'CMD ["bash"]' - "$base_image" >"$logs/import.log" 2>&1 \
         || die "podman import of the base image failed, see $logs/import.log"
-    rm -rf "$rootfs"
+    rm -rf --one-file-system "$rootfs"
 }
 
 # ensure_standin NAME IMAGE [HOST_INPUT_FINGERPRINT] -- [podman build -v ...]
 ensure_standin() {
-    local recipe=$1 image=$2 fingerprint=$3 hash
+    local recipe=$1 image=$2 fingerprint=$3 hash host_tool
     shift 4
+    host_tool=""
+    [[ -z $fingerprint ]] || host_tool=", with this machine's ${fingerprint%%$'\n'*}"
     hash=$( { cat "$here/standins/$recipe.Dockerfile"; echo "$base_recipe"; echo "$fingerprint"; sha256sum "$host_ca"; } \
         | sha256sum | cut -c1-16)
     if [[ $(image_recipe "$image") == "$hash" ]]; then
-        say "cached: $image (stand-in $recipe, recipe $hash)"
+        say "cached: $image (stand-in $recipe$host_tool, recipe $hash)"
         return 0
     fi
-    say "building the stand-in $image from tests/compose/standins/$recipe.Dockerfile"
+    say "building the stand-in $image from tests/compose/standins/$recipe.Dockerfile$host_tool"
     podman build --quiet --build-arg "BASE=$base_image" --label "$recipe_label=$hash" \
         -v "$host_ca:/host/ca-bundle.crt:ro" "$@" \
         -f "$here/standins/$recipe.Dockerfile" -t "$image" "$here/standins" >"$logs/standin-$recipe.log" 2>&1 \
@@ -246,7 +252,7 @@ while read -r image; do
         docker.io/library/rust:*)
             ensure_standin rust "$image" "$(rustc -Vv; cargo -V)" -- -v "$rust_sysroot:/host/toolchain:ro" ;;
         docker.io/library/node:*)
-            ensure_standin node "$image" "$(node -v; npm -v)" -- -v "$node_bin:/host/node:ro" -v "$npm_dir:/host/npm:ro" ;;
+            ensure_standin node "$image" "node $(node -v), npm $(npm -v)" -- -v "$node_bin:/host/node:ro" -v "$npm_dir:/host/npm:ro" ;;
         docker.io/jrottenberg/ffmpeg:*) ensure_standin ffmpeg "$image" "" -- ;;
         docker.io/coturn/coturn:*) ensure_standin coturn "$image" "" -- ;;
         *) die "the Dockerfile or docker-compose.yml names $image, which has no stand-in in tests/compose/standins/ (no registry here): add one" ;;
