@@ -831,6 +831,23 @@ mod tests {
         );
     }
 
+    /// A run in which nothing was counted but `by_target`.
+    fn empty_run(config: &Config, by_target: Vec<TargetTally>) -> Report {
+        build(Inputs {
+            config,
+            swarms: summary(),
+            total: Tally::default(),
+            by_target,
+            window: Tally::default(),
+            outcome: &WorkerOutcome::default(),
+            window_secs: 10.0,
+            client: ProcessReport::default(),
+            server: None,
+            host: HostReport::default(),
+            notes: Vec::new(),
+        })
+    }
+
     #[test]
     fn traffic_is_shown_by_target() {
         let mut argv = vec![
@@ -840,7 +857,6 @@ mod tests {
         ];
         argv.push("-q");
         let config = Args::parse_from(argv).into_config().expect("valid config");
-        let outcome = WorkerOutcome::default();
         let survivor = TargetTally {
             announces_sent: 100,
             offers_expected: 400,
@@ -848,19 +864,7 @@ mod tests {
             answers_sent: 390,
             answers_received: 396,
         };
-        let report = build(Inputs {
-            config: &config,
-            swarms: summary(),
-            total: Tally::default(),
-            by_target: vec![survivor, TargetTally::default()],
-            window: Tally::default(),
-            outcome: &outcome,
-            window_secs: 10.0,
-            client: ProcessReport::default(),
-            server: None,
-            host: HostReport::default(),
-            notes: Vec::new(),
-        });
+        let report = empty_run(&config, vec![survivor, TargetTally::default()]);
         assert_eq!(report.by_target.len(), 2);
         assert_eq!(report.by_target[0].url, "ws://127.0.0.1:9/a");
         assert_eq!(report.by_target[0].completion_ratio, Some(0.99));
@@ -877,20 +881,7 @@ mod tests {
     #[test]
     fn an_empty_run_does_not_pass() {
         let config = config(&["--max-p99-ms", "1000", "--max-error-rate", "1"]);
-        let outcome = WorkerOutcome::default();
-        let report = build(Inputs {
-            config: &config,
-            swarms: summary(),
-            total: Tally::default(),
-            by_target: Vec::new(),
-            window: Tally::default(),
-            outcome: &outcome,
-            window_secs: 10.0,
-            client: ProcessReport::default(),
-            server: None,
-            host: HostReport::default(),
-            notes: Vec::new(),
-        });
+        let report = empty_run(&config, Vec::new());
         assert!(!report.passed);
         assert!(report.checks.iter().all(|c| !c.passed && c.value.is_none()));
     }
