@@ -53,11 +53,13 @@ RESULTS = BENCH / "cluster"
 CHILDREN_FILE = BENCH / ".bench-cluster.children"
 DOC = REPO / "docs" / "benchmarks-cluster.md"
 CHART = REPO / "docs" / "benchmarks-cluster-kill.svg"
-LOCAL_OPTIONS = ("--nats-server",)
+LOCAL_OPTIONS = ("--nats-server", "--render-only")
 # Bus message kinds that are no client's request: the cluster's own upkeep.
 UPKEEP = ("heartbeat", "leaving")
 TARGET_P99_MS = 1.0
 TARGET_BUS_RATE = 20_000
+# A run with an offer->answer p99 above this is saturated (as in docs/benchmarks.md: 10 ms).
+SATURATED_P99_MS = 10.0
 
 log = make_log("bench-cluster")
 children = Children(CHILDREN_FILE, log)
@@ -405,6 +407,18 @@ def render(summary: dict) -> str:
 
     w("## Results\n")
     w(f"Median over the repeats ({args['repeats']} of each), min–max in brackets.\n")
+    sat = [r for r in runs if r["ok"] and r["step"] != "kill"
+           and ((r["figures"].get("p99") or 0) > SATURATED_P99_MS
+                or min(r["figures"].get("offer_delivery") or 0, r["figures"].get("answer_delivery") or 0) < 0.99)]
+    if sat:
+        w(f"**Read this first.** {len(sat)} of the {sum(1 for r in runs if r['ok'] and r['step'] != 'kill')} runs "
+          f"were saturated (offer→answer p99 above {SATURATED_P99_MS:g} ms, or delivery below 0.99): "
+          + ", ".join(f"{r['step']}@{r['rate']:g} r{r['repeat']}" for r in sat) + ". "
+          "Where the server-side processes used well under one core and the host was ~100 % busy, they waited "
+          "for a CPU that other work held: the latencies and delivery of those runs measure the machine, not "
+          "the tracker, and a delivery below 1 there comes from relays later than the tester's 3 s drain. "
+          "The structural figures hold through that noise: bus messages per client message (counted, not "
+          "timed), and CPU per message (CPU time, not wall time, though contention inflates it somewhat).\n")
     w("| | " + " | ".join(f"single @{r:g}/s | cluster @{r:g}/s" for r in rates) + " |")
     w("|---|" + "---|---|" * len(rates))
     rows = [("offer→answer p50 (ms)", "p50", 2), ("offer→answer p99 (ms)", "p99", 2),
@@ -436,6 +450,14 @@ def render(summary: dict) -> str:
         w(f"| {r:g}/s | {f(spread(col('cluster', r, 'bus_per_sec'))[0], 0)} | {f(added[r]['p50'])} | "
           f"{f(added[r]['p99'])} | {f(s[1])}–{f(s[2])} | {f(c[1])}–{f(c[2])} |")
     w("")
+    for r in rates:
+        su, cu = spread(col("single", r, "us_per_msg"))[0], spread(col("cluster", r, "us_per_msg"))[0]
+        per = spread(col("cluster", r, "bus_per_client_msg"))[0]
+        if su and cu and per:
+            w(f"At {r:g}/s the cluster spends {f(cu - su)} µs more server-side CPU per client message than one "
+              f"instance, i.e. about **{f((cu - su) / per, 1)} µs per bus message** (both instances' ends and the "
+              f"broker), against {f(su)} µs per client message for one instance: the *b* and *c* of the model "
+              "in *On paper* below.\n")
     w("An offer→answer trip crosses the bus up to four times (the announce forwarded to the owner and its "
       "reply, the offer delivered to the answerer's instance, the answer forwarded to the owner, the answer "
       "delivered to the offerer's instance), each time a NATS publish, a broker hop and a decode.\n")
@@ -457,7 +479,10 @@ def render(summary: dict) -> str:
           + " msgs/s (in: the instances' publishes, heartbeats included; out: deliveries to subscribers). "
           + "CPU, % of one core: "
           + ", ".join(f"{'instance ' + k if k != 'nats' else 'nats-server'} {statistics.median(v):.0f}"
-                      for k, v in sorted(share.items())) + ".\n")
+                      for k, v in sorted(share.items()))
+          + "; nats-server CPU per bus message: "
+          + cell([x["cpu_s"].get("nats", 0) * 1e6 / x["bus_msgs"] if x.get("bus_msgs") else None for x in cl], 1)
+          + " µs.\n")
 
     w(f"### Instance killed mid-run (at {top:g}/s)\n")
     kill_runs = ok_runs("kill", top)
@@ -503,7 +528,7 @@ def render(summary: dict) -> str:
           "in flight to, from or through b is lost; (2) until the survivor's view drops b (the 3 s expiry), swarms "
           "owned by b are unreachable: announces forwarded there get no reply (the client receives `swarm "
           "temporarily unavailable; retry` after the reply deadline, and the session waits for it, so its other "
-          "traffic queues behind: that is the announce p99 of about 3 s and the offer tail), and a's offers in "
+          "traffic queues behind for up to that deadline), and a's offers in "
           "those swarms are not relayed; in the swarms a owns, about half the offers still go to b's peers, which "
           "the tester no longer expects; (3) then a owns every swarm, its sessions re-join, and delivery is "
           "whole again. b's connections announce nothing after the kill. The overall column mixes the survivor's "
@@ -520,11 +545,21 @@ def render(summary: dict) -> str:
               for v in col("cluster", r, key) if v is not None]
     w("| target | measured | met |")
     w("|---|---|---|")
+    # A difference of latencies means something only where neither side was saturated.
+    at_top = ok_runs("single", top) + ok_runs("cluster", top)
+    saturated = [r for r in at_top
+                 if (r["figures"].get("p99") or 0) > SATURATED_P99_MS
+                 or min(r["figures"].get("offer_delivery") or 0, r["figures"].get("answer_delivery") or 0) < 0.99]
+    if not at_top or saturated:
+        verdict = (f"cannot tell: {len(saturated)} of the {len(at_top)} runs at {top:g}/s were saturated (p99 above "
+                   f"{SATURATED_P99_MS:g} ms or delivery below 0.99), so the difference of their p99s is noise")
+    else:
+        verdict = "yes" if p99_added is not None and p99_added <= TARGET_P99_MS else "no"
     w(f"| added p99 ≤ {TARGET_P99_MS:g} ms at ~{TARGET_BUS_RATE:,} bus msgs/s | {f(p99_added)} ms at "
-      f"{f(bus, 0)} bus msgs/s ({top:g} announces/s) | "
-      f"{'yes' if p99_added is not None and p99_added <= TARGET_P99_MS else 'no'} |")
+      f"{f(bus, 0)} bus msgs/s ({top:g} announces/s) | {verdict} |")
     w(f"| delivery 1.0 in steady state | worst offer/answer delivery over all cluster runs: "
-      f"{f(min(steady), 4) if steady else '–'} | {'yes' if steady and min(steady) >= 1.0 else 'no'} |")
+      f"{f(min(steady), 4) if steady else '–'} | {'yes' if steady and min(steady) >= 1.0 else 'no'}"
+      + (" (saturated runs: relays later than the tester's 3 s drain count as lost)" if saturated else "") + " |")
     if k:
         surv = k["by_target"][0].get("completion_ratio") if k["by_target"] else None
         worst = min(v for v in (k["offer_delivery"], k["answer_delivery"]) if v is not None)
@@ -592,11 +627,12 @@ client frames per second per core each: linear in N, with a constant penalty tha
 growing once (N−1)/N ≈ 1. The bus carries (N−1)/N · T(N) messages per second, all through
 the broker.
 
-**Where the bus becomes the limit.** A single NATS server routes on the order of millions
-of small messages per second (its published benchmarks: several million msgs/s of
-hundreds of bytes on one publisher/subscriber pair over loopback; our messages carry SDPs,
-0.4–5 KB, so bandwidth rather than the message count limits first: 1 M msgs/s × 2 KB =
-2 GB/s). One of our instances on one core tops out near 100 k client frames/s
+**Where the bus becomes the limit.** NATS core (no JetStream) moves on the order of
+millions of small messages per second through one server and one client connection
+(`nats bench` figures for payloads of tens to hundreds of bytes); the broker's CPU per
+message measured above (nats-server CPU per bus message) says the same on this machine.
+Our messages carry SDPs, 0.4–5 KB, so bytes rather than the message count limit first
+(1 M msgs/s × 2 KB = 2 GB/s through one process). One of our instances on one core tops out near 100 k client frames/s
 (docs/benchmarks.md), i.e. ~100 k bus messages/s at large N. The broker saturates when
 N × 100 k ≈ its capacity, roughly **N ≈ 10–20 one-core instances per NATS server** at
 full load (fewer with 5 KB SDPs, more with idle-heavy real traffic, which is mostly
@@ -667,6 +703,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=8)
     p.add_argument("--repeats", type=int, default=3, help="runs of the single and cluster steps")
     p.add_argument("--skip-build", action="store_true")
+    p.add_argument("--render-only", action="store_true",
+                   help="write the doc again from the last run's summary.json, running nothing")
     p.add_argument("--max-load", type=float, default=1.5, help="wait for a 1-min load average below this")
     p.add_argument("--quiet-timeout", type=float, default=300, help="seconds to wait for it at most")
     p.add_argument("--nats-server", default=shutil.which("nats-server") or "/usr/sbin/nats-server",
@@ -688,6 +726,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     handle_signals()
+    if args.render_only:
+        path = RESULTS / "summary.json"
+        if not path.exists():
+            raise BenchError(f"{shown_path(path)} does not exist: run the benchmark first")
+        write_doc(json.loads(path.read_text()))
+        return 0
     RESULTS.mkdir(parents=True, exist_ok=True)
     if not os.access(args.nats_server, os.X_OK):
         raise BenchError(f"{args.nats_server} is not executable (Debian: apt-get install nats-server)")
@@ -732,13 +776,17 @@ def main(argv: list[str]) -> int:
                  for r in runs],
     }
     (RESULTS / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_doc(summary)
+    return 0 if all(r.ok for r in runs) else 1
+
+
+def write_doc(summary: dict) -> None:
     kill = next((r for r in summary["runs"] if r["step"] == "kill" and r["ok"]), None)
     svg = chart(kill, summary["args"])
     if svg:
         CHART.write_text(svg)
     DOC.write_text(render(summary))
     log(f"wrote {shown_path(DOC)}" + (f" and {shown_path(CHART)}" if svg else ""))
-    return 0 if all(r.ok for r in runs) else 1
 
 
 if __name__ == "__main__":
