@@ -17,12 +17,10 @@ import datetime as dt
 import glob
 import json
 import os
-import platform
 import re
 import resource
 import shlex
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,8 +34,10 @@ from pathlib import Path
 sys.dont_write_bytecode = True
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import (LOADTEST_BIN, OURS_BIN, REPO, Children, build_binaries,  # noqa: E402
-                          capture, commit, cpu_model, free_port, handle_signals, kernel,
-                          make_log, proc_status, published_command, run_main, stats_json, tail)
+                          capture, commit, core_split, core_ticks, free_port, handle_signals,
+                          loadavg, machine_facts, make_log, ours_environment, proc_status,
+                          published_command, run_main, stats_json, tail, wait_listening,
+                          wait_quiet)
 from bench_report import (CLIENT_CORE, SERVER_CORE, SHORT, TRACKERS, RunResult, default_dirs,  # noqa: E402
                           f, load, metrics_of, render, shown_path)
 
@@ -85,59 +85,6 @@ def run(argv: list[str], timeout: float, **kwargs) -> subprocess.CompletedProces
 
 
 # ---------------------------------------------------------------- small helpers
-
-def wait_listening(port: int, proc: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise Unavailable(f"the server exited with code {proc.returncode} before listening")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise Unavailable(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
-
-
-def loadavg() -> float:
-    return float(Path("/proc/loadavg").read_text().split()[0])
-
-
-
-
-def ci_running(pattern: str) -> list[str]:
-    """The logs matching `pattern` (a glob) whose last non-blank line does not start with
-    EXIT: background CI runs still going."""
-    running = []
-    for path in sorted(glob.glob(pattern)):
-        lines = [line for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
-        if not (lines and lines[-1].startswith("EXIT")):
-            running.append(path)
-    return running
-
-
-def wait_quiet(limit: float, timeout: float, ci_log: str | None) -> dict:
-    """Waits until the 1-min load average is below `limit` and, with `ci_log`, until every
-    log it matches ends with EXIT. "ci" says so for the report, without naming the logs."""
-    start = time.monotonic()
-    while True:
-        load1 = loadavg()
-        running = ci_running(ci_log) if ci_log else []
-        waited = time.monotonic() - start
-        ci = (None if not ci_log else f"{len(running)} other CI run(s) still active" if running
-              else "no other CI run was active")
-        state = {"load1": load1, "waited_s": round(waited), "ci": ci}
-        if load1 < limit and not running:
-            log(f"machine quiet: load {load1:.2f}" + (f", {ci}" if ci else "") + f" (waited {waited:.0f} s)")
-            return state | {"quiet": True}
-        busy = f"load {load1:.2f} (< {limit} wanted)" + (f", still running: {', '.join(running)}" if running else "")
-        if waited >= timeout:
-            log(f"machine still busy after {timeout:.0f} s ({busy}); going on")
-            return state | {"quiet": False}
-        log(f"waiting for a quiet machine: {busy}")
-        time.sleep(min(20.0, max(1.0, timeout - waited)))
-
-
 
 # ---------------------------------------------------------------- steps
 
@@ -225,19 +172,7 @@ class Tracker:
         return ["taskset", "-c", SERVER_CORE, self.argv[0], "-c", str(cfg)]
 
     def environment(self, port: int) -> dict[str, str]:
-        env = dict(os.environ)
-        if self.name == "ours":
-            env.update({
-                "TRACKER__SERVER__HOST": "127.0.0.1",
-                "TRACKER__SERVER__PORT": str(port),
-                # warn for everything, plus our own lifecycle lines (shards, listening).
-                "RUST_LOG": "warn,p2p_mediastream=info",
-                "TRACKER__WS__MAX_MESSAGES_PER_SEC": "100000",
-                "TRACKER__WS__MESSAGE_BURST": "100000",
-                "TRACKER__SERVER__MAX_CONNECTIONS_PER_IP": "0",
-                "TRACKER__SERVER__MAX_CONNECTIONS": "19500",
-            })
-        return env
+        return ours_environment(port) if self.name == "ours" else dict(os.environ)
 
 
 def prepare_ours(skip_build: bool) -> Tracker:
@@ -376,7 +311,7 @@ def prepare_aquatic(workdir: Path) -> Tracker:
     with open(logf, "w") as out:
         proc = children.spawn(cmd, "aquatic_ws probe", stdout=out, stderr=subprocess.STDOUT, cwd=workdir)
     try:
-        wait_listening(port, proc, timeout=20)
+        wait_listening(port, proc, 20, Unavailable)
         time.sleep(1.0)
         if proc.poll() is not None:
             raise Unavailable(f"it exited with code {proc.returncode} just after listening")
@@ -426,32 +361,6 @@ def server_log_issues(path: Path) -> list[str]:
     return out
 
 
-def core_ticks() -> dict[str, list[int]]:
-    """Per-CPU jiffies from /proc/stat: user nice system idle iowait irq softirq steal."""
-    out = {}
-    with open("/proc/stat", encoding="ascii") as f:
-        for line in f:
-            parts = line.split()
-            if parts and parts[0].startswith("cpu") and parts[0] != "cpu":
-                out[parts[0][3:]] = [int(x) for x in parts[1:9]]
-    return out
-
-
-def core_split(before: dict, after: dict, core: str) -> dict | None:
-    """Where one core's time went between two readings, in percent."""
-    if core not in before or core not in after:
-        return None
-    d = [a - b for a, b in zip(after[core], before[core])]
-    total = sum(d)
-    if total <= 0:
-        return None
-    names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
-    split = {n: v / total * 100 for n, v in zip(names, d)}
-    split["user"] += split.pop("nice")
-    split["idle"] += split.pop("iowait")
-    return split
-
-
 def stats_peers(port: int) -> int | None:
     try:
         return int((stats_json(port) or {}).get("peersCount"))
@@ -471,7 +380,7 @@ def run_one(tracker: Tracker, step: Step, repeat: int, workdir: Path) -> RunResu
     loadtest = None
     try:
         try:
-            wait_listening(port, server, timeout=30)
+            wait_listening(port, server, 30, Unavailable)
         except Unavailable as err:
             res.error = f"server did not start: {err}; log: {tail(srv_log, 5)}"
             return res
@@ -570,26 +479,6 @@ def merge_summaries(old: dict, new: dict) -> dict:
                                             "versions": {t: new["tracker_info"][t]["version"]
                                                          for t in new.get("tracker_info", {})}}]
     return out
-
-
-def machine_facts() -> dict:
-    mem = "unknown"
-    try:
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f"{kb / 1048576:.1f} GiB"
-    except (OSError, ValueError, IndexError):
-        pass
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu_model(),
-        "kernel": kernel(),
-        "memory": mem,
-        "nofile": resource.getrlimit(resource.RLIMIT_NOFILE),
-        "memlock": resource.getrlimit(resource.RLIMIT_MEMLOCK),
-        "rustc": capture(["rustc", "--version"]),
-        "node": capture(["node", "--version"]),
-        "python": platform.python_version(),
-    }
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -727,7 +616,7 @@ def machine_state(args: argparse.Namespace) -> str:
     quiet machine first with --wait-quiet."""
     if not args.wait_quiet:
         return f"1-min load average {loadavg():.2f} (no wait for a quiet machine)"
-    quiet = wait_quiet(args.max_load, args.quiet_timeout, args.ci_log)
+    quiet = wait_quiet(args.max_load, args.quiet_timeout, args.ci_log, log)
     return (f"1-min load average {quiet['load1']:.2f} after waiting {quiet['waited_s']} s"
             + (f"; {quiet['ci']}" if quiet["ci"] else "")
             + ("" if quiet["quiet"] else " (**still busy when the run started**)"))

@@ -13,9 +13,11 @@ raises Interrupted in the main thread; `run_main` then stops every child and exi
 from __future__ import annotations
 
 import datetime as dt
+import glob
 import json
 import os
 import platform
+import resource
 import shlex
 import signal
 import socket
@@ -193,12 +195,120 @@ def proc_status(pid: int) -> dict:
     return out
 
 
+def ours_environment(port: int) -> dict[str, str]:
+    """The environment our tracker runs with in a benchmark: on 127.0.0.1:`port`, logging
+    warnings plus its own lifecycle lines, and without the per-connection limits a
+    synthetic load would trip (see docs/benchmarks.md, Set-up)."""
+    env = dict(os.environ)
+    env.update({
+        "TRACKER__SERVER__HOST": "127.0.0.1",
+        "TRACKER__SERVER__PORT": str(port),
+        # warn for everything, plus our own lifecycle lines (shards, listening).
+        "RUST_LOG": "warn,p2p_mediastream=info",
+        "TRACKER__WS__MAX_MESSAGES_PER_SEC": "100000",
+        "TRACKER__WS__MESSAGE_BURST": "100000",
+        "TRACKER__SERVER__MAX_CONNECTIONS_PER_IP": "0",
+        "TRACKER__SERVER__MAX_CONNECTIONS": "19500",
+    })
+    return env
+
+
 def stats_json(port: int) -> dict | None:
     """Our tracker's /stats.json on 127.0.0.1:`port`, or None when it does not answer."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats.json", timeout=3) as resp:
             return json.load(resp)
     except (OSError, ValueError):
+        return None
+
+
+def wait_listening(port: int, proc: subprocess.Popen, timeout: float, error: type[Exception]) -> None:
+    """Waits until 127.0.0.1:`port` accepts connections; raises `error` when `proc` exits
+    first or after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise error(f"the server exited with code {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise error(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+def loadavg() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def ci_running(pattern: str) -> list[str]:
+    """The logs matching `pattern` (a glob) whose last non-blank line does not start with
+    EXIT: background CI runs still going."""
+    running = []
+    for path in sorted(glob.glob(pattern)):
+        lines = [line for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+        if not (lines and lines[-1].startswith("EXIT")):
+            running.append(path)
+    return running
+
+
+def wait_quiet(limit: float, timeout: float, ci_log: str | None, log: Callable[[str], None]) -> dict:
+    """Waits until the 1-min load average is below `limit` and, with `ci_log`, until every
+    log it matches ends with EXIT. "ci" says so for the report, without naming the logs."""
+    start = time.monotonic()
+    while True:
+        load1 = loadavg()
+        running = ci_running(ci_log) if ci_log else []
+        waited = time.monotonic() - start
+        ci = (None if not ci_log else f"{len(running)} other CI run(s) still active" if running
+              else "no other CI run was active")
+        state = {"load1": load1, "waited_s": round(waited), "ci": ci}
+        if load1 < limit and not running:
+            log(f"machine quiet: load {load1:.2f}" + (f", {ci}" if ci else "") + f" (waited {waited:.0f} s)")
+            return state | {"quiet": True}
+        busy = f"load {load1:.2f} (< {limit} wanted)" + (f", still running: {', '.join(running)}" if running else "")
+        if waited >= timeout:
+            log(f"machine still busy after {timeout:.0f} s ({busy}); going on")
+            return state | {"quiet": False}
+        log(f"waiting for a quiet machine: {busy}")
+        time.sleep(min(20.0, max(1.0, timeout - waited)))
+
+
+def core_ticks() -> dict[str, list[int]]:
+    """Per-CPU jiffies from /proc/stat: user nice system idle iowait irq softirq steal."""
+    out = {}
+    with open("/proc/stat", encoding="ascii") as f:
+        for line in f:
+            parts = line.split()
+            if parts and parts[0].startswith("cpu") and parts[0] != "cpu":
+                out[parts[0][3:]] = [int(x) for x in parts[1:9]]
+    return out
+
+
+def core_split(before: dict, after: dict, core: str) -> dict | None:
+    """Where one core's time went between two readings, in percent."""
+    if core not in before or core not in after:
+        return None
+    d = [a - b for a, b in zip(after[core], before[core])]
+    total = sum(d)
+    if total <= 0:
+        return None
+    names = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+    split = {n: v / total * 100 for n, v in zip(names, d)}
+    split["user"] += split.pop("nice")
+    split["idle"] += split.pop("iowait")
+    return split
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process `pid` (all its threads) from /proc/PID/stat,
+    or None when it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+        # The command name may hold spaces; the fields after it start past the last ')'.
+        fields = text[text.rindex(")") + 2:].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
         return None
 
 
@@ -261,6 +371,26 @@ def cpu_model() -> str:
 
 def kernel() -> str:
     return platform.release()
+
+
+def machine_facts() -> dict:
+    mem = "unknown"
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f"{kb / 1048576:.1f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu_model(),
+        "kernel": kernel(),
+        "memory": mem,
+        "nofile": resource.getrlimit(resource.RLIMIT_NOFILE),
+        "memlock": resource.getrlimit(resource.RLIMIT_MEMLOCK),
+        "rustc": capture(["rustc", "--version"]),
+        "node": capture(["node", "--version"]),
+        "python": platform.python_version(),
+    }
 
 
 # ---------------------------------------------------------------- reports

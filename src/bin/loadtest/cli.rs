@@ -19,9 +19,16 @@ use crate::scenario::SwarmShape;
 #[derive(Debug, Parser)]
 #[command(name = "loadtest", version)]
 pub struct Args {
-    /// Tracker WebSocket URL (ws:// only).
-    #[arg(long, default_value = "ws://127.0.0.1:8000/announce")]
-    pub url: String,
+    /// Tracker WebSocket URL (ws:// only). Repeat it, or list several separated by commas,
+    /// to spread the connections over several trackers (instances of one cluster):
+    /// connection i goes to URL i mod n, whatever its swarm.
+    #[arg(
+        long = "url",
+        visible_alias = "urls",
+        value_delimiter = ',',
+        default_value = "ws://127.0.0.1:8000/announce"
+    )]
+    pub urls: Vec<String>,
     /// Allow a target whose host is not a loopback address.
     #[arg(long)]
     pub allow_remote: bool,
@@ -119,9 +126,12 @@ pub struct Args {
 /// The validated run configuration.
 #[derive(Debug, Clone, Serialize)]
 pub struct Config {
+    /// The targets, comma-separated (one URL: that URL).
     pub url: String,
+    /// The targets in order: connection i goes to `urls[i % urls.len()]`.
+    pub urls: Vec<String>,
     #[serde(skip)]
-    pub addr: SocketAddr,
+    pub addrs: Vec<SocketAddr>,
     pub connections: u32,
     pub connect_rate: f64,
     pub source_ips: u32,
@@ -175,11 +185,27 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The target (index into `urls` and `addrs`) of connection `slot`.
+    pub fn target_of(&self, slot: u32) -> usize {
+        target_of(slot, self.urls.len())
+    }
+}
+
+/// Connection `slot` of a run over `targets` URLs goes to URL `slot % targets`: round robin,
+/// independent of the swarm assignment, so every swarm with more than one peer spans the
+/// targets.
+pub fn target_of(slot: u32, targets: usize) -> usize {
+    slot as usize % targets.max(1)
+}
+
 /// Hard caps that keep a typo from launching something unbounded.
 const MAX_CONNECTIONS: u32 = 1_000_000;
 const MAX_SECONDS: f64 = 24.0 * 3600.0;
 const MAX_OFFERS: usize = 100;
 const MAX_SDP_BYTES: usize = 1 << 20;
+/// Targets of one run (`--url` repeated).
+const MAX_URLS: usize = 64;
 /// 127.0.0.1 .. 127.0.255.254 without wrapping into 127.1.x.x.
 const MAX_SOURCE_IPS: u32 = 65_534;
 
@@ -250,6 +276,24 @@ pub fn parse_ws_url(url: &str) -> Result<(String, u16), String> {
         .trim_end_matches(']')
         .to_owned();
     Ok((host, uri.port_u16().unwrap_or(80)))
+}
+
+/// The `--url` values (each possibly a comma-separated list, already split by clap) less
+/// blanks, checked for count; an empty list is an error.
+pub fn target_urls(values: &[String]) -> Result<Vec<String>, String> {
+    let urls: Vec<String> = values
+        .iter()
+        .map(|url| url.trim())
+        .filter(|url| !url.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if urls.is_empty() {
+        return Err("--url names no tracker".to_owned());
+    }
+    if urls.len() > MAX_URLS {
+        return Err(format!("at most {MAX_URLS} --url targets"));
+    }
+    Ok(urls)
 }
 
 /// Loopback, including IPv4-mapped IPv6 loopback.
@@ -332,13 +376,21 @@ impl Args {
                 .map(|v| non_negative("min-delivery-ratio", v))
                 .transpose()?,
         };
-        let (host, port) = parse_ws_url(&self.url)?;
-        let addr = resolve_target(&host, port, self.allow_remote)?;
+        let urls = target_urls(&self.urls)?;
+        let mut addrs = Vec::with_capacity(urls.len());
+        for url in &urls {
+            let (host, port) = parse_ws_url(url)?;
+            addrs.push(resolve_target(&host, port, self.allow_remote)?);
+        }
         if self.source_ips == 0 || self.source_ips > MAX_SOURCE_IPS {
             return Err(format!("--source-ips must be 1..={MAX_SOURCE_IPS}"));
         }
-        if self.source_ips > 1 && !matches!(addr.ip(), IpAddr::V4(ip) if ip.is_loopback()) {
-            return Err("--source-ips needs an IPv4 loopback target (127.x.x.x)".to_owned());
+        if self.source_ips > 1
+            && !addrs
+                .iter()
+                .all(|addr| matches!(addr.ip(), IpAddr::V4(ip) if ip.is_loopback()))
+        {
+            return Err("--source-ips needs IPv4 loopback targets (127.x.x.x)".to_owned());
         }
         let interval = announce_interval(
             self.connections,
@@ -346,8 +398,9 @@ impl Args {
             positive("interval", self.interval)?,
         );
         Ok(Config {
-            url: self.url,
-            addr,
+            url: urls.join(","),
+            urls,
+            addrs,
             connections: self.connections,
             connect_rate: positive("connect-rate", self.connect_rate)?,
             source_ips: self.source_ips,
@@ -393,7 +446,95 @@ mod tests {
         assert_eq!(config.connections, 100);
         assert_eq!(config.interval, Duration::from_secs(20));
         assert!((config.announce_rate - 5.0).abs() < 1e-9);
-        assert!(config.addr.ip().is_loopback());
+        assert_eq!(config.addrs.len(), 1);
+        assert!(config.addrs[0].ip().is_loopback());
+        assert_eq!(config.url, "ws://127.0.0.1:8000/announce");
+        assert_eq!(config.target_of(7), 0);
+    }
+
+    #[test]
+    fn one_url_is_the_one_target() {
+        let config = args(&["--url", "ws://127.0.0.1:8100/announce"])
+            .into_config()
+            .expect("valid");
+        assert_eq!(config.urls, ["ws://127.0.0.1:8100/announce"]);
+        assert_eq!(config.url, "ws://127.0.0.1:8100/announce");
+        assert_eq!(config.addrs[0].port(), 8100);
+    }
+
+    #[test]
+    fn several_urls_by_repeating_or_listing() {
+        let repeated = args(&[
+            "--url",
+            "ws://127.0.0.1:8101/announce",
+            "--url",
+            "ws://127.0.0.1:8102/announce",
+        ])
+        .into_config()
+        .expect("repeated");
+        let listed = args(&[
+            "--urls",
+            "ws://127.0.0.1:8101/announce,ws://127.0.0.1:8102/announce",
+        ])
+        .into_config()
+        .expect("listed");
+        for config in [&repeated, &listed] {
+            assert_eq!(
+                config.urls,
+                [
+                    "ws://127.0.0.1:8101/announce",
+                    "ws://127.0.0.1:8102/announce"
+                ]
+            );
+            let ports: Vec<u16> = config.addrs.iter().map(SocketAddr::port).collect();
+            assert_eq!(ports, [8101, 8102]);
+            assert_eq!(
+                config.url,
+                "ws://127.0.0.1:8101/announce,ws://127.0.0.1:8102/announce"
+            );
+        }
+        let mixed = args(&[
+            "--url",
+            "ws://127.0.0.1:1/a, ws://127.0.0.1:2/b",
+            "--url",
+            "ws://127.0.0.1:3/c",
+        ])
+        .into_config()
+        .expect("mixed");
+        assert_eq!(mixed.addrs.len(), 3);
+        assert_eq!(mixed.urls[1], "ws://127.0.0.1:2/b");
+    }
+
+    #[test]
+    fn every_url_is_checked() {
+        assert!(args(&["--url", "ws://127.0.0.1:1/,wss://127.0.0.1:2/"])
+            .into_config()
+            .is_err());
+        assert!(
+            args(&["--url", "ws://127.0.0.1:1/", "--url", "ws://192.0.2.7:80/"])
+                .into_config()
+                .is_err()
+        );
+        assert!(args(&["--url", " , "]).into_config().is_err());
+        let many = vec!["ws://127.0.0.1:1/"; MAX_URLS + 1].join(",");
+        assert!(args(&["--url", &many]).into_config().is_err());
+        assert!(args(&[
+            "--source-ips",
+            "2",
+            "--url",
+            "ws://127.0.0.1:1/,ws://[::1]:2/"
+        ])
+        .into_config()
+        .is_err());
+    }
+
+    #[test]
+    fn connections_go_round_robin_over_the_targets() {
+        let targets: Vec<usize> = (0..6).map(|slot| target_of(slot, 2)).collect();
+        assert_eq!(targets, [0, 1, 0, 1, 0, 1]);
+        let targets: Vec<usize> = (0..4).map(|slot| target_of(slot, 3)).collect();
+        assert_eq!(targets, [0, 1, 2, 0]);
+        assert!((0..5).all(|slot| target_of(slot, 1) == 0));
     }
 
     #[test]

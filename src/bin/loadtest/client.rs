@@ -33,7 +33,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::cli::{self, Config};
 use crate::scenario::{self, Marker, SdpTemplate};
-use crate::stats::{record_ns, Counter, Counters, WorkerOutcome};
+use crate::stats::{record_ns, Counter, Counters, TargetCounters, WorkerOutcome};
 
 /// The run's timeline, as nanoseconds since `base`. Every client in the process stamps
 /// and reads times against the same base, which is what makes one-way latencies valid.
@@ -70,6 +70,17 @@ impl Clock {
 pub struct WorkerCounters {
     pub total: Counters,
     pub window: Counters,
+    /// Window counters of the connections of each target (`--url`), in `urls` order.
+    pub by_target: Vec<TargetCounters>,
+}
+
+impl WorkerCounters {
+    pub fn new(targets: usize) -> Self {
+        Self {
+            by_target: (0..targets).map(|_| TargetCounters::default()).collect(),
+            ..Self::default()
+        }
+    }
 }
 
 /// What all workers share.
@@ -120,6 +131,22 @@ impl Worker {
         field(&counters.total).add(n);
         if self.shared.clock.in_window(origin_ns) {
             field(&counters.window).add(n);
+        }
+    }
+
+    /// Adds to a window counter of the connections of `target`.
+    #[inline]
+    fn count_target(
+        &self,
+        target: usize,
+        origin_ns: u64,
+        field: fn(&TargetCounters) -> &Counter,
+        n: u64,
+    ) {
+        if self.shared.clock.in_window(origin_ns) {
+            if let Some(counters) = self.counters().by_target.get(target) {
+                field(counters).add(n);
+            }
         }
     }
 }
@@ -258,13 +285,14 @@ fn ws_config() -> WebSocketConfig {
 
 /// TCP connect from the slot's source address.
 async fn tcp_connect(config: &Config, slot: u32) -> std::io::Result<TcpStream> {
+    let addr = config.addrs[config.target_of(slot)];
     if config.source_ips <= 1 {
-        return TcpStream::connect(config.addr).await;
+        return TcpStream::connect(addr).await;
     }
     let socket = TcpSocket::new_v4()?;
     let local = SocketAddr::new(IpAddr::V4(cli::source_ip(slot, config.source_ips)), 0);
     socket.bind(local)?;
-    socket.connect(config.addr).await
+    socket.connect(addr).await
 }
 
 /// TCP connect + WebSocket upgrade, with the cause of a failure as a short label.
@@ -278,8 +306,7 @@ async fn connect(config: &Config, slot: u32) -> Result<WebSocketStream<TcpStream
     // Without it Nagle holds small frames back until the previous one is acknowledged,
     // which adds tens of milliseconds to exactly the latencies we measure.
     tcp.set_nodelay(true).map_err(|err| io_cause(&err))?;
-    let request = config
-        .url
+    let request = config.urls[config.target_of(slot)]
         .as_str()
         .into_client_request()
         .map_err(|err| format!("bad request: {err}"))?;
@@ -500,6 +527,11 @@ impl Session {
         end
     }
 
+    /// The target (`--url`) this connection talks to.
+    fn target(&self) -> usize {
+        self.worker.shared.config.target_of(self.slot.index)
+    }
+
     /// Queues a frame; false if it was not sent.
     fn send(&mut self, text: String, now: u64) -> bool {
         let Some(queue) = &self.queue else {
@@ -551,6 +583,11 @@ impl Session {
             self.worker.count(now, |c| &c.announces_sent, 1);
             self.worker.count(now, |c| &c.offers_sent, offers as u64);
             self.worker.count(now, |c| &c.offers_expected, expected);
+            let target = self.target();
+            self.worker
+                .count_target(target, now, |c| &c.announces_sent, 1);
+            self.worker
+                .count_target(target, now, |c| &c.offers_expected, expected);
             if self.pending_announces.len() >= MAX_PENDING {
                 self.pending_announces.pop_front();
             }
@@ -658,6 +695,8 @@ impl Session {
             Some(marker) => {
                 self.worker
                     .count(marker.offer_ns, |c| &c.offers_received, 1);
+                self.worker
+                    .count_target(self.target(), marker.offer_ns, |c| &c.offers_received, 1);
                 if clock.in_window(marker.offer_ns) {
                     record_ns(
                         &mut self.worker.outcome.borrow_mut().histograms.offer_relay,
@@ -682,6 +721,8 @@ impl Session {
             if let Some(marker) = origin {
                 // Keyed to the offer's time, like answers_received, so the two compare.
                 self.worker.count(marker.offer_ns, |c| &c.answers_sent, 1);
+                self.worker
+                    .count_target(self.target(), marker.offer_ns, |c| &c.answers_sent, 1);
             }
         }
     }
@@ -692,6 +733,12 @@ impl Session {
             Some(marker) if marker.offerer == self.token => {
                 self.worker
                     .count(marker.offer_ns, |c| &c.answers_received, 1);
+                self.worker.count_target(
+                    self.target(),
+                    marker.offer_ns,
+                    |c| &c.answers_received,
+                    1,
+                );
                 if clock.in_window(marker.offer_ns) {
                     let mut outcome = self.worker.outcome.borrow_mut();
                     record_ns(

@@ -22,7 +22,7 @@ use clap::Parser;
 use crate::cli::{Args, Config};
 use crate::client::{Clock, Shared, Slot, WorkerCounters};
 use crate::report::{HostReport, Inputs, ProcessReport};
-use crate::stats::{Tally, WorkerOutcome};
+use crate::stats::{Tally, TargetTally, WorkerOutcome};
 use crate::sys::{HostTicks, ProcSample};
 
 /// Exit codes: 0 all thresholds met, 1 a threshold failed, 2 refused to start,
@@ -112,7 +112,9 @@ fn run(config: Config) -> ExitCode {
             .map(|swarm| scenario::info_hash(nonce, swarm))
             .collect(),
         members: (0..config.swarms).map(|_| AtomicU32::new(0)).collect(),
-        workers: (0..threads).map(|_| WorkerCounters::default()).collect(),
+        workers: (0..threads)
+            .map(|_| WorkerCounters::new(config.urls.len()))
+            .collect(),
         run_nonce: nonce,
         clock,
         config,
@@ -170,6 +172,7 @@ fn run(config: Config) -> ExitCode {
         config,
         swarms: swarm_summary,
         total,
+        by_target: sum_targets(&shared.workers, config.urls.len()),
         window,
         outcome: &outcome,
         window_secs: (config.duration - config.warmup).as_secs_f64(),
@@ -206,6 +209,16 @@ fn sum_counters(workers: &[WorkerCounters]) -> (Tally, Tally) {
         window.add(&worker.window.snapshot());
     }
     (total, window)
+}
+
+fn sum_targets(workers: &[WorkerCounters], targets: usize) -> Vec<TargetTally> {
+    let mut sums = vec![TargetTally::default(); targets];
+    for worker in workers {
+        for (sum, counters) in sums.iter_mut().zip(&worker.by_target) {
+            sum.add(&counters.snapshot());
+        }
+    }
+    sums
 }
 
 struct Watch {

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::cli::Config;
 use crate::scenario::SwarmSummary;
-use crate::stats::{Tally, TextCounts, WorkerOutcome};
+use crate::stats::{Tally, TargetTally, TextCounts, WorkerOutcome};
 
 /// Limits that decide the exit code; `None` means not checked.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
@@ -87,6 +87,19 @@ pub struct TrafficReport {
     pub queue_drops: u64,
 }
 
+/// The window traffic of the connections of one target (`--url`): each count is made by
+/// the connection that sent or received, so a target's figures are about its own
+/// connections whatever instance owns their swarms.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetReport {
+    pub url: String,
+    #[serde(flatten)]
+    pub counts: TargetTally,
+    /// Answers back to this target's offerers / offers they should have had relayed: the
+    /// share of their offers that made the whole offer -> answer trip.
+    pub completion_ratio: Option<f64>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ErrorReport {
     pub failures: u64,
@@ -157,6 +170,8 @@ pub struct Report {
     pub window_secs: f64,
     pub connections: ConnectionReport,
     pub traffic: TrafficReport,
+    /// The traffic by target, in `--url` order (one entry per URL).
+    pub by_target: Vec<TargetReport>,
     pub errors: ErrorReport,
     pub latency_ms: LatencyReport,
     pub throughput: ThroughputReport,
@@ -178,6 +193,8 @@ pub struct Inputs<'a> {
     pub swarms: SwarmSummary,
     /// Counters of the whole run (connection figures).
     pub total: Tally,
+    /// Window counters by target, in `config.urls` order.
+    pub by_target: Vec<TargetTally>,
     /// Counters whose event started inside the measurement window.
     pub window: Tally,
     pub outcome: &'a WorkerOutcome,
@@ -194,6 +211,7 @@ pub fn build(inputs: Inputs<'_>) -> Report {
         config,
         swarms,
         total,
+        by_target,
         window,
         outcome,
         window_secs,
@@ -241,6 +259,16 @@ pub fn build(inputs: Inputs<'_>) -> Report {
         answers_misrouted: window.answers_misrouted,
         queue_drops: window.queue_drops,
     };
+    let by_target = config
+        .urls
+        .iter()
+        .zip(by_target)
+        .map(|(url, counts)| TargetReport {
+            url: url.clone(),
+            counts,
+            completion_ratio: ratio(counts.answers_received, counts.offers_expected),
+        })
+        .collect();
     let errors = ErrorReport {
         failures: window.failures,
         failure_reasons: outcome.failure_reasons.clone(),
@@ -358,6 +386,7 @@ pub fn build(inputs: Inputs<'_>) -> Report {
         window_secs,
         connections,
         traffic,
+        by_target,
         errors,
         latency_ms: latency,
         throughput,
@@ -542,6 +571,27 @@ pub fn render_table(report: &Report) -> String {
         "  anomalies: offers to self {}  wrong swarm {}  foreign {}  misrouted answers {}  client queue drops {}",
         t.offers_to_self, t.offers_wrong_swarm, t.offers_foreign, t.answers_misrouted, t.queue_drops
     );
+    if report.by_target.len() > 1 {
+        let _ = writeln!(
+            out,
+            "  by target (each connection counts what it sent and received):"
+        );
+        for target in &report.by_target {
+            let c = &target.counts;
+            let _ = writeln!(
+                out,
+                "    {}  announces {}  offers expected {}  received {}  answers sent {}  \
+                 back to its offerers {}  completion {}",
+                target.url,
+                c.announces_sent,
+                c.offers_expected,
+                c.offers_received,
+                c.answers_sent,
+                c.answers_received,
+                opt_ratio(target.completion_ratio)
+            );
+        }
+    }
 
     let e = &report.errors;
     let _ = writeln!(out, "== errors");
@@ -691,6 +741,13 @@ mod tests {
             config,
             swarms: summary(),
             total: window,
+            by_target: vec![TargetTally {
+                announces_sent: 1000,
+                offers_expected: 4000,
+                offers_received: 3900,
+                answers_sent: 3900,
+                answers_received: 3800,
+            }],
             window,
             outcome: &outcome,
             window_secs: 10.0,
@@ -774,22 +831,57 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_empty_run_does_not_pass() {
-        let config = config(&["--max-p99-ms", "1000", "--max-error-rate", "1"]);
-        let outcome = WorkerOutcome::default();
-        let report = build(Inputs {
-            config: &config,
+    /// A run in which nothing was counted but `by_target`.
+    fn empty_run(config: &Config, by_target: Vec<TargetTally>) -> Report {
+        build(Inputs {
+            config,
             swarms: summary(),
             total: Tally::default(),
+            by_target,
             window: Tally::default(),
-            outcome: &outcome,
+            outcome: &WorkerOutcome::default(),
             window_secs: 10.0,
             client: ProcessReport::default(),
             server: None,
             host: HostReport::default(),
             notes: Vec::new(),
-        });
+        })
+    }
+
+    #[test]
+    fn traffic_is_shown_by_target() {
+        let mut argv = vec![
+            "loadtest",
+            "--url",
+            "ws://127.0.0.1:9/a,ws://127.0.0.1:10/b",
+        ];
+        argv.push("-q");
+        let config = Args::parse_from(argv).into_config().expect("valid config");
+        let survivor = TargetTally {
+            announces_sent: 100,
+            offers_expected: 400,
+            offers_received: 390,
+            answers_sent: 390,
+            answers_received: 396,
+        };
+        let report = empty_run(&config, vec![survivor, TargetTally::default()]);
+        assert_eq!(report.by_target.len(), 2);
+        assert_eq!(report.by_target[0].url, "ws://127.0.0.1:9/a");
+        assert_eq!(report.by_target[0].completion_ratio, Some(0.99));
+        assert_eq!(report.by_target[1].completion_ratio, None);
+        let json = serde_json::to_string(&report).expect("serialises");
+        assert!(json.contains("\"offers_expected\":400"), "{json}");
+        let table = render_table(&report);
+        assert!(table.contains("by target"), "{table}");
+        assert!(table.contains("ws://127.0.0.1:10/b"), "{table}");
+        let single = render_table(&sample_run(&self::config(&[])));
+        assert!(!single.contains("by target"), "{single}");
+    }
+
+    #[test]
+    fn an_empty_run_does_not_pass() {
+        let config = config(&["--max-p99-ms", "1000", "--max-error-rate", "1"]);
+        let report = empty_run(&config, Vec::new());
         assert!(!report.passed);
         assert!(report.checks.iter().all(|c| !c.passed && c.value.is_none()));
     }
@@ -807,6 +899,13 @@ mod tests {
             config: &config,
             swarms: summary(),
             total: window,
+            by_target: vec![TargetTally {
+                announces_sent: 1000,
+                offers_expected: 4000,
+                offers_received: 3900,
+                answers_sent: 3900,
+                answers_received: 3800,
+            }],
             window,
             outcome: &outcome,
             window_secs: 1.0,

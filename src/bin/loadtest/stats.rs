@@ -116,6 +116,54 @@ counters! {
     bytes_in,
 }
 
+/// Window counters of the connections of one target (`--url`): what its connections
+/// sent and received, each counted by the connection that did it.
+#[derive(Default, Debug)]
+pub struct TargetCounters {
+    /// Announces its connections sent.
+    pub announces_sent: Counter,
+    /// Offers its connections' announces should fan out to (see `offers_expected`).
+    pub offers_expected: Counter,
+    /// Offers its connections received from other simulated peers.
+    pub offers_received: Counter,
+    /// Answers its connections sent.
+    pub answers_sent: Counter,
+    /// Answers that came back to its connections' offers.
+    pub answers_received: Counter,
+}
+
+/// A plain copy of [`TargetCounters`], summed over threads.
+#[derive(Default, Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TargetTally {
+    pub announces_sent: u64,
+    pub offers_expected: u64,
+    pub offers_received: u64,
+    pub answers_sent: u64,
+    pub answers_received: u64,
+}
+
+impl TargetCounters {
+    pub fn snapshot(&self) -> TargetTally {
+        TargetTally {
+            announces_sent: self.announces_sent.get(),
+            offers_expected: self.offers_expected.get(),
+            offers_received: self.offers_received.get(),
+            answers_sent: self.answers_sent.get(),
+            answers_received: self.answers_received.get(),
+        }
+    }
+}
+
+impl TargetTally {
+    pub fn add(&mut self, other: &TargetTally) {
+        self.announces_sent += other.announces_sent;
+        self.offers_expected += other.offers_expected;
+        self.offers_received += other.offers_received;
+        self.answers_sent += other.answers_sent;
+        self.answers_received += other.answers_received;
+    }
+}
+
 impl Tally {
     /// Requests this client made: what an error rate is relative to.
     pub fn requests(&self) -> u64 {
