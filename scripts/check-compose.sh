@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Static checks of the container setup, no Docker engine needed:
-#   1. docker-compose.yml parses and validates (`docker-compose config -q`; Debian's
+#   1. docker-compose.yml and docker-compose.cluster.yml parse and validate (`docker-compose config -q`; Debian's
 #      docker-compose package is installed with apt when no compose is found);
 #   2. every build-context file the Dockerfile COPYs exists in the repo and is not
 #      excluded by .dockerignore;
-#   3. the files the compose file bind-mounts exist.
+#   3. the files the compose files bind-mount exist.
 # Exits non-zero with a message on the first kind of failure found (all are listed).
 set -euo pipefail
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
 
-compose_file="docker-compose.yml"
+compose_files=(docker-compose.yml docker-compose.cluster.yml)
 dockerfile="Dockerfile"
 failures=0
 
@@ -36,12 +36,14 @@ else
     exit 2
 fi
 
-if "${compose[@]}" -f "$compose_file" config -q; then
-    echo "check-compose: $compose_file is valid (${compose[*]} config)"
-else
-    fail "$compose_file does not validate; resolved configuration:"
-    "${compose[@]}" -f "$compose_file" config >&2 || true
-fi
+for compose_file in "${compose_files[@]}"; do
+    if "${compose[@]}" -f "$compose_file" config -q; then
+        echo "check-compose: $compose_file is valid (${compose[*]} config)"
+    else
+        fail "$compose_file does not validate; resolved configuration:"
+        "${compose[@]}" -f "$compose_file" config >&2 || true
+    fi
+done
 
 # --- 2. Dockerfile COPY sources ----------------------------------------------------------
 # .dockerignore patterns (comments and blank lines dropped, '!' exceptions ignored).
@@ -103,13 +105,15 @@ while read -r instruction rest; do
 done < <(sed -e ':a' -e '/\\$/N; s/\\\n//; ta' "$dockerfile" | grep -E '^[[:space:]]*(COPY|ADD|copy|add)[[:space:]]')
 echo "check-compose: checked $copies COPY source(s) in $dockerfile"
 
-# --- 3. bind mounts in the compose file ------------------------------------------------
-while read -r mount; do
-    host_path=${mount%%:*}
-    if [[ ! -e $host_path ]]; then
-        fail "$compose_file mounts '$host_path', which does not exist"
-    fi
-done < <(grep -oE '^[[:space:]]*-[[:space:]]*"?\./[^:"]+:' "$compose_file" | sed -E 's/^[[:space:]]*-[[:space:]]*"?//')
+# --- 3. bind mounts in the compose files -----------------------------------------------
+for compose_file in "${compose_files[@]}"; do
+    while read -r mount; do
+        host_path=${mount%%:*}
+        if [[ ! -e $host_path ]]; then
+            fail "$compose_file mounts '$host_path', which does not exist"
+        fi
+    done < <(grep -oE '^[[:space:]]*-[[:space:]]*"?\./[^:"]+:' "$compose_file" | sed -E 's/^[[:space:]]*-[[:space:]]*"?//')
+done
 
 if ((failures > 0)); then
     echo "check-compose: $failures problem(s) found" >&2

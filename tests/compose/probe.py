@@ -7,15 +7,26 @@
   probe.py ws-close URL SECONDS    opens a WebSocket, prints "connected", then waits up to
                                    SECONDS for the server to close it and prints
                                    "close CODE" (or "eof" / "timeout" without a close frame)
+  probe.py cluster-view STATS1 STATS2
+                                   waits (up to 30 s) until both replicas' /stats.json say
+                                   cluster.busUp and list both replicas' instance ids
+  probe.py cluster-swarm WS STATS1 STATS2
+                                   opens WebSockets at WS (the load balancer) until one is
+                                   on each replica (told by their /stats.json connections),
+                                   announces one swarm from both, and checks across the
+                                   replicas: the second announce counts 2 peers, its offer
+                                   reaches the first client, whose answer comes back
 """
 
 import base64
+import json
 import os
 import socket
 import struct
 import sys
 import time
 from urllib.parse import urlsplit
+from urllib.request import urlopen
 
 MAGIC_COOKIE = 0x2112A442
 BINDING_REQUEST = 0x0001
@@ -143,11 +154,170 @@ def ws_close(url, seconds):
         print("timeout", flush=True)
 
 
+def get_json(url):
+    with urlopen(url, timeout=5) as response:
+        return json.load(response)
+
+
+def cluster_view(stats_urls):
+    deadline = time.monotonic() + 30
+    while True:
+        views = []
+        try:
+            views = [get_json(url).get("cluster") or {} for url in stats_urls]
+        except OSError as error:
+            views = [{"error": str(error)}]
+        ids = {view.get("instance") for view in views}
+        if (len(views) == len(stats_urls) and None not in ids and len(ids) == len(views)
+                and all(view.get("busUp") is True and set(view.get("instances", [])) == ids for view in views)):
+            for url, view in zip(stats_urls, views):
+                print(f"{url}: instance {view['instance']}, busUp, instances {sorted(view['instances'])}")
+            return
+        if time.monotonic() > deadline:
+            fail(f"within 30 s the replicas did not all see each other with the bus up: {json.dumps(views)}")
+        time.sleep(0.5)
+
+
+class WebSocket:
+    """A minimal client: text frames out (masked), text frames in; pings answered."""
+
+    def __init__(self, url):
+        parts = urlsplit(url)
+        port = parts.port or 80
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock = socket.create_connection((parts.hostname, port), timeout=10)
+        self.sock.sendall(
+            f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {parts.hostname}:{port}\r\n"
+            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(1024)
+            if not chunk:
+                fail("connection closed during the WebSocket handshake")
+            head += chunk
+        status = head.split(b"\r\n", 1)[0].decode(errors="replace")
+        if " 101 " not in status + " ":
+            fail(f"WebSocket handshake answered {status!r}")
+        self.buffer = head.split(b"\r\n\r\n", 1)[1]
+
+    def _frame(self, opcode, payload):
+        mask = os.urandom(4)
+        size = len(payload)
+        if size < 126:
+            head = bytes([0x80 | opcode, 0x80 | size])
+        elif size < 65536:
+            head = bytes([0x80 | opcode, 0x80 | 126]) + struct.pack("!H", size)
+        else:
+            head = bytes([0x80 | opcode, 0x80 | 127]) + struct.pack("!Q", size)
+        self.sock.sendall(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+    def send(self, message):
+        self._frame(0x1, json.dumps(message).encode())
+
+    def _take(self, count):
+        while len(self.buffer) < count:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise EOFError
+            self.buffer += chunk
+        data, self.buffer = self.buffer[:count], self.buffer[count:]
+        return data
+
+    def receive(self, what, seconds=10):
+        """The next JSON text message; fails after SECONDS or on close."""
+        deadline = time.monotonic() + seconds
+        try:
+            while True:
+                self.sock.settimeout(max(0.1, deadline - time.monotonic()))
+                first, second = self._take(2)
+                opcode, size = first & 0x0F, second & 0x7F
+                if size == 126:
+                    size = struct.unpack("!H", self._take(2))[0]
+                elif size == 127:
+                    size = struct.unpack("!Q", self._take(8))[0]
+                payload = self._take(size)
+                if opcode == 0x1:
+                    return json.loads(payload)
+                if opcode == 0x8:
+                    fail(f"the server closed the socket while waiting for {what}")
+                if opcode == 0x9:
+                    self._frame(0xA, payload)
+        except (socket.timeout, EOFError):
+            fail(f"no {what} within {seconds} s")
+
+
+def cluster_swarm(ws_url, stats_urls):
+    def counts():
+        return [get_json(url)["connections"] for url in stats_urls]
+
+    # least_conn alternates new sockets between replicas with equal counts; open sockets one
+    # by one and see which replica's count went up, until one is on each.
+    on = {}
+    sockets = []
+    for _ in range(6):
+        before = counts()
+        ws = WebSocket(ws_url)
+        sockets.append(ws)
+        deadline = time.monotonic() + 5
+        while True:
+            after = counts()
+            grown = [i for i in range(len(stats_urls)) if after[i] > before[i]]
+            if len(grown) == 1:
+                break
+            if time.monotonic() > deadline:
+                fail(f"cannot tell which replica took the socket: connections {before} -> {after}")
+            time.sleep(0.1)
+        on.setdefault(grown[0], ws)
+        if len(on) == len(stats_urls):
+            break
+    else:
+        fail(f"6 sockets through {ws_url} did not reach both replicas (connections {counts()})")
+    print(f"{len(sockets)} sockets through the load balancer, connections per replica {counts()}")
+
+    info_hash = os.urandom(20).decode("latin-1")
+    peer_a, peer_b = "-PR0001-" + "a" * 12, "-PR0001-" + "b" * 12
+    first, second = on[0], on[1]
+    announce = {"action": "announce", "info_hash": info_hash, "numwant": 5, "uploaded": 0,
+                "downloaded": 0, "left": 1000, "event": "started"}
+    first.send({**announce, "peer_id": peer_a, "offers": []})
+    reply = first.receive("the first announce's response")
+    if reply.get("interval") is None:
+        fail(f"the first announce got {reply}")
+    offer = {"type": "offer", "sdp": "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\n"}
+    second.send({**announce, "peer_id": peer_b,
+                 "offers": [{"offer_id": "o" * 20, "offer": offer}]})
+    reply = second.receive("the second announce's response")
+    peers = (reply.get("complete") or 0) + (reply.get("incomplete") or 0)
+    if peers != 2:
+        fail(f"the announce on replica 2 counts {peers} peers in the swarm, expected 2 (one per replica): {reply}")
+    print(f"announce on replica 2: complete {reply.get('complete')}, incomplete {reply.get('incomplete')}")
+    relayed = first.receive("the offer from the client on the other replica")
+    if relayed.get("offer") != offer or relayed.get("peer_id") != peer_b or relayed.get("offer_id") != "o" * 20:
+        fail(f"replica 1's client got {relayed}, expected the offer of {peer_b}")
+    print("the offer from replica 2's client reached replica 1's client")
+    answer = {"type": "answer", "sdp": "v=0\r\no=- 2 2 IN IP4 127.0.0.1\r\n"}
+    first.send({"action": "announce", "info_hash": info_hash, "peer_id": peer_a, "to_peer_id": peer_b,
+                "offer_id": "o" * 20, "answer": answer})
+    while True:
+        back = second.receive("the answer from the client on the other replica")
+        if "answer" in back:
+            break
+    if back.get("answer") != answer or back.get("peer_id") != peer_a or back.get("offer_id") != "o" * 20:
+        fail(f"replica 2's client got {back}, expected the answer of {peer_a}")
+    print("the answer from replica 1's client came back to replica 2's client")
+
+
 def main():
     if len(sys.argv) == 4 and sys.argv[1] == "stun":
         stun(sys.argv[2], int(sys.argv[3]))
     elif len(sys.argv) == 4 and sys.argv[1] == "ws-close":
         ws_close(sys.argv[2], float(sys.argv[3]))
+    elif len(sys.argv) == 4 and sys.argv[1] == "cluster-view":
+        cluster_view(sys.argv[2:])
+    elif len(sys.argv) == 5 and sys.argv[1] == "cluster-swarm":
+        cluster_swarm(sys.argv[2], sys.argv[3:])
     else:
         print(__doc__, file=sys.stderr)
         sys.exit(2)

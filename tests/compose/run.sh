@@ -2,7 +2,8 @@
 # `docker compose up`, for real: builds the project's image from the real Dockerfile, runs
 # the real docker-compose.yml (plus podman.override.yml, only for what this machine cannot
 # do) with podman + Debian's docker-compose, checks the running stack, two Chromium viewers
-# against it, and `down -v`. See tests/compose/README.md for what is checked and how the
+# against it, and `down -v`; then the same for docker-compose.cluster.yml (two replicas over
+# NATS behind nginx: one swarm across the replicas through nginx). See tests/compose/README.md for what is checked and how the
 # stand-in images differ from the real ones.
 #
 #   tests/compose/run.sh            # as root (podman rootful, apt, /etc/containers)
@@ -19,10 +20,12 @@ repo=$(cd "$here/../.." && pwd)
 cd "$repo"
 
 project=p2pms-compose-test
+cluster_project=p2pms-compose-cluster-test
 run_dir=/run/$project                # the podman API socket of this test
 sock=$run_dir/podman.sock
 url=http://127.0.0.1:8000            # the ports docker-compose.yml publishes
 stun_port=3478
+replica_ports=(18001 18002)          # tests/compose/podman.cluster.override.yml, test only
 logs=$(mktemp -d "${TMPDIR:-/tmp}/p2pms-compose.XXXXXX")
 
 say() { echo "compose-test: $*" >&2; }
@@ -92,19 +95,23 @@ if [[ "$(cat "$containers_conf" 2>/dev/null)" != "$wanted_conf" ]]; then
 fi
 
 # The stack publishes 8000/tcp and 3478/udp+tcp on the host, as docker-compose.yml says.
-for check in "t:8000" "u:3478" "t:3478"; do
+# The cluster stack's test override also publishes each replica on 18001 and 18002.
+for check in "t:8000" "u:3478" "t:3478" "t:${replica_ports[0]}" "t:${replica_ports[1]}"; do
     if [[ -n $(ss -Hln"${check%%:*}" "sport = :${check#*:}" 2>/dev/null) ]]; then
-        die "port ${check#*:}/$([[ ${check%%:*} == t ]] && echo tcp || echo udp) is in use on this machine; docker-compose.yml publishes it (stop what listens there: ss -lntup)"
+        die "port ${check#*:}/$([[ ${check%%:*} == t ]] && echo tcp || echo udp) is in use on this machine; the composed stacks publish it (stop what listens there: ss -lntup)"
     fi
 done
 
 # --- the podman API service and cleanup ----------------------------------------------------------
 service_pid=""
 stack_up=0
+cluster_up=0
 ws_pid=""
 logs_pid=""
 compose=(env DOCKER_HOST="unix://$sock" COMPOSE_HTTP_TIMEOUT=1200
     docker-compose --ansi never -p "$project" -f docker-compose.yml -f tests/compose/podman.override.yml)
+compose_cluster=(env DOCKER_HOST="unix://$sock" COMPOSE_HTTP_TIMEOUT=1200
+    docker-compose --ansi never -p "$cluster_project" -f docker-compose.cluster.yml -f tests/compose/podman.cluster.override.yml)
 passed=0
 cleanup() {
     local rc=$?
@@ -118,6 +125,10 @@ cleanup() {
     if ((stack_up)); then
         say "cleanup: ${compose[*]:3} down -v"
         timeout 90 "${compose[@]}" down -v >>"$logs/down.log" 2>&1 || say "cleanup: down -v failed, see $logs/down.log"
+    fi
+    if ((cluster_up)); then
+        say "cleanup: ${compose_cluster[*]:3} down -v"
+        timeout 90 "${compose_cluster[@]}" down -v >>"$logs/cluster-down.log" 2>&1 || say "cleanup: down -v failed, see $logs/cluster-down.log"
     fi
     if [[ -n $service_pid ]]; then
         kill "$service_pid" 2>/dev/null || true
@@ -156,6 +167,7 @@ done
 [[ -S $sock ]] || die "podman system service did not open $sock within 10 s"
 # A leftover of an interrupted run would hold the ports and the tmpfs volume.
 timeout 90 "${compose[@]}" down -v >"$logs/down-before.log" 2>&1 || true
+timeout 90 "${compose_cluster[@]}" down -v >>"$logs/down-before.log" 2>&1 || true
 
 # --- base image and stand-ins ---------------------------------------------------------------
 # Images the Dockerfile and the compose file name, with ARG defaults filled in and short
@@ -182,7 +194,7 @@ named_images() {
             [[ $stages == *" $image "* ]] || qualify "$image"
         fi
     done <Dockerfile
-    "${compose[@]}" config | sed -n 's/^    image: //p' | while read -r image; do
+    { "${compose[@]}" config; "${compose_cluster[@]}" config; } | sed -n 's/^    image: //p' | while read -r image; do
         [[ $image == p2p-mediastream:* ]] || qualify "$image"
     done
 }
@@ -255,7 +267,9 @@ while read -r image; do
             ensure_standin node "$image" "node $(node -v), npm $(npm -v)" -- -v "$node_bin:/host/node:ro" -v "$npm_dir:/host/npm:ro" ;;
         docker.io/jrottenberg/ffmpeg:*) ensure_standin ffmpeg "$image" "" -- ;;
         docker.io/coturn/coturn:*) ensure_standin coturn "$image" "" -- ;;
-        *) die "the Dockerfile or docker-compose.yml names $image, which has no stand-in in tests/compose/standins/ (no registry here): add one" ;;
+        docker.io/library/nats:*) ensure_standin nats "$image" "" -- ;;
+        docker.io/library/nginx:*) ensure_standin nginx "$image" "" -- ;;
+        *) die "the Dockerfile or a compose file names $image, which has no stand-in in tests/compose/standins/ (no registry here): add one" ;;
     esac
 done < <(named_images | sort -u)
 
@@ -389,18 +403,96 @@ close_at=$(sed -n 's/^at //p' "$logs/ws-close.txt")
 close_seconds=$(awk -v a="$down_since" -v b="$close_at" 'BEGIN { printf "%.1f", b - a }')
 say "open WebSocket got close 1001 after $close_seconds s; tracker exited 0 after $stop_seconds s (grace $grace_seconds s); down -v took $down_seconds s"
 
+# mount_pattern PROJECT CONTAINER...: a grep pattern for the stack's mounts in /proc/mounts.
+mount_pattern() {
+    local pattern="$1_hls" id
+    shift
+    for id in "$@"; do pattern+="\\|$id"; done
+    echo "$pattern"
+}
+# nothing_left PROJECT MOUNTS_WHILE_RUNNING CONTAINER...
+nothing_left() {
+    local project=$1 mounts_before=$2 pattern left
+    shift 2
+    pattern=$(mount_pattern "$project" "$@")
+    left=$(podman ps -a --filter "label=com.docker.compose.project=$project" --format '{{.Names}}')
+    [[ -z $left ]] || die "containers left after down -v: $left"
+    left=$(podman volume ls --filter "label=com.docker.compose.project=$project" --format '{{.Name}}')
+    [[ -z $left ]] || die "volumes left after down -v: $left"
+    left=$(podman network ls --format '{{.Name}}' | grep "^${project}_" || true)
+    [[ -z $left ]] || die "networks left after down -v: $left"
+    left=$(grep "$pattern" /proc/mounts || true)
+    [[ -z $left ]] || die "mounts left after down -v: $left"
+    ((mounts_before > 0)) || die "found none of the stack's mounts while it ran, so the check for leftovers proves nothing"
+    say "no container, volume, network or mount of $project is left ($mounts_before mounts while it ran)"
+}
 stage "nothing left: containers, volume, network, mounts"
-left=$(podman ps -a --filter "label=com.docker.compose.project=$project" --format '{{.Names}}')
-[[ -z $left ]] || die "containers left after down -v: $left"
-left=$(podman volume ls --filter "label=com.docker.compose.project=$project" --format '{{.Name}}')
-[[ -z $left ]] || die "volumes left after down -v: $left"
-left=$(podman network ls --format '{{.Name}}' | grep "^${project}_" || true)
-[[ -z $left ]] || die "networks left after down -v: $left"
-left=$(grep "$tracker\|$testcard\|$stun\|${project}_hls" /proc/mounts || true)
-[[ -z $left ]] || die "mounts left after down -v: $left"
-((mounts_before > 0)) || die "found none of the stack's mounts while it ran, so the check for leftovers proves nothing"
-say "no container, volume, network or mount of the stack is left ($mounts_before mounts while it ran)"
+nothing_left "$project" "$mounts_before" "$tracker" "$testcard" "$stun"
+stack_up=0
+
+# --- the cluster: docker-compose.cluster.yml ---------------------------------------------------
+# Two replicas of the image built above, NATS between them, nginx in front on 8000.
+stage "cluster up: docker compose -f docker-compose.cluster.yml up -d (the image built above)"
+cluster_t0=$SECONDS
+if [[ -n $logs_pid ]]; then kill "$logs_pid" 2>/dev/null || true; wait "$logs_pid" 2>/dev/null || true; fi
+logs_pid=""
+cluster_up=1
+timeout 600 "${compose_cluster[@]}" up -d >"$logs/cluster-up.log" 2>&1 || { cat "$logs/cluster-up.log" >&2; die "cluster compose up failed"; }
+declare -A cid=()
+cluster_services=(tracker tracker2 nats lb testcard stun)
+for svc in "${cluster_services[@]}"; do
+    cid[$svc]=$("${compose_cluster[@]}" ps -q "$svc" 2>/dev/null)
+    [[ -n ${cid[$svc]} ]] || die "the cluster's service $svc has no container"
+    [[ $(podman inspect --format '{{.State.Status}}' "${cid[$svc]}") == running ]] \
+        || die "the cluster's $svc is not running; logs: $(podman logs --tail 20 "${cid[$svc]}" 2>&1)"
+done
+say "${cluster_services[*]} are running"
+"${compose_cluster[@]}" logs -f --no-color -t >"$logs/cluster-stack.log" 2>&1 &
+logs_pid=$!
+
+stage "cluster: both replicas healthy by their own HEALTHCHECK"
+replicas_healthy=""
+for _ in $(seq 45); do
+    all=1
+    for svc in tracker tracker2; do
+        podman healthcheck run "${cid[$svc]}" >/dev/null 2>&1 || true
+        case $(health "${cid[$svc]}") in
+            healthy) ;;
+            unhealthy) die "$svc unhealthy by its HEALTHCHECK; logs: $(podman logs --tail 20 "${cid[$svc]}" 2>&1)" ;;
+            *) all=0 ;;
+        esac
+    done
+    if ((all)); then replicas_healthy=$((SECONDS - cluster_t0)); break; fi
+    sleep 2
+done
+[[ -n $replicas_healthy ]] || die "the replicas were not both healthy within 90 s (tracker '$(health "${cid[tracker]}")', tracker2 '$(health "${cid[tracker2]}")')"
+say "tracker and tracker2 healthy"
+
+stage "cluster: each replica's /stats.json: bus up, both instances; nginx serves the page, refuses /metrics"
+stats=("http://127.0.0.1:${replica_ports[0]}/stats.json" "http://127.0.0.1:${replica_ports[1]}/stats.json")
+python3 "$here/probe.py" cluster-view "${stats[@]}" >&2 || die "the replicas do not form one cluster over NATS (nats logs: $(podman logs --tail 10 "${cid[nats]}" 2>&1))"
+code=$(curl -sS --max-time 5 -o /dev/null -w '%{http_code}' "$url/")
+[[ $code == 200 ]] || die "GET / through nginx answered $code, expected 200"
+code=$(curl -sS --max-time 5 -o /dev/null -w '%{http_code}' "$url/metrics")
+[[ $code == 403 ]] || die "GET /metrics through nginx answered $code, expected 403 (refused)"
+say "through nginx: / 200, /metrics 403"
+
+stage "cluster: one swarm across the replicas through nginx (announce, offer, answer)"
+python3 "$here/probe.py" cluster-swarm "${url/http/ws}/announce" "${stats[@]}" >&2 \
+    || die "one swarm across the two replicas through nginx failed (output above)"
+
+stage "cluster down -v and nothing left"
+cluster_ids=()
+for svc in "${cluster_services[@]}"; do cluster_ids+=("${cid[$svc]}"); done
+mounts_before=$(grep -c "$(mount_pattern "$cluster_project" "${cluster_ids[@]}")" /proc/mounts || true)
+down_t0=$SECONDS
+timeout 120 "${compose_cluster[@]}" down -v >"$logs/cluster-down.log" 2>&1 || { cat "$logs/cluster-down.log" >&2; die "cluster down -v failed"; }
+cluster_down_seconds=$((SECONDS - down_t0))
+nothing_left "$cluster_project" "$mounts_before" "${cluster_ids[@]}"
+cluster_up=0
+cluster_seconds=$((SECONDS - cluster_t0))
+say "cluster stack: up to down in $cluster_seconds s (down -v $cluster_down_seconds s)"
 
 stage_end
 passed=1
-say "PASS: image built in $build_seconds s ($((image_size / 1000000)) MB), tracker healthy after ${healthy_after} s, down -v in $down_seconds s"
+say "PASS: image built in $build_seconds s ($((image_size / 1000000)) MB), tracker healthy after ${healthy_after} s, down -v in $down_seconds s; cluster checked in $cluster_seconds s"
