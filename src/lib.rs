@@ -20,6 +20,10 @@
 //! - [`config`]: settings, their embedded defaults, file/env layering and validation.
 //! - [`access`] (info_hash allow/deny list), [`client_ip`] (X-Forwarded-For from trusted
 //!   proxies only), [`metrics`] (counters and gauges), [`shared`] (what every thread reads).
+//! - [`cluster`]: several instances sharing their swarms over NATS (off unless
+//!   `[cluster] nats_urls` is set): the bus thread, who is alive and who owns which swarm,
+//!   and `ClusterNode`, which implements the ports `connection::requests::RemoteSwarms`
+//!   and `swarm::route::RemoteSessions` for swarms and sockets on other instances.
 //! - [`usage`]: origin offload accounting: `/hls` bytes by stream and kind, and the viewer
 //!   reports (`POST /api/report`: schema, plausibility, per-address budgets) summed per
 //!   stream; read by `/metrics`, `/stats.json` and the dashboard (`http::dashboard`).
@@ -28,7 +32,9 @@
 //! HTTP workers (one per core by default) run the sessions (a task each), and so all JSON
 //! work; `swarm.shards` Arbiters run the shards and their swarms, chosen by info_hash.
 //! Sessions and swarms talk only through actor messages: a swarm never waits on a session
-//! (relays are `try_send`, dropped and counted when a session's mailbox is full).
+//! (relays are `try_send`, dropped and counted when a session's mailbox is full). In a
+//! cluster one more thread (`cluster-bus`) owns the NATS connection; actors only queue for
+//! it with `try_send`.
 
 pub mod access;
 pub mod client_ip;
