@@ -207,25 +207,8 @@ async fn get_swarm(
 
 /// The counts of one swarm (zeros if there is none), without creating it.
 pub async fn counts(shared: Arc<Shared>, info_hash: InfoHash) -> SwarmCounts {
-    if let Some(owner) = remote_owner(&shared, &info_hash) {
-        let Some(cluster) = remote_swarms(&shared) else {
-            return SwarmCounts::default();
-        };
-        let files = cluster.scrape(owner, vec![info_hash]).await;
-        return files
-            .ok()
-            .and_then(|files| files.first().map(|(_, counts)| *counts))
-            .unwrap_or_default();
-    }
-    let reply = shared
-        .directory
-        .shard_for(&info_hash)
-        .send(ScrapeShard {
-            info_hashes: Some(vec![info_hash]),
-            limit: 1,
-        })
-        .await;
-    reply
+    scrape(shared, ScrapeRequest::Some(vec![info_hash]), 1)
+        .await
         .ok()
         .and_then(|files| files.first().map(|(_, counts)| *counts))
         .unwrap_or_default()

@@ -78,82 +78,6 @@ def stun(host, port):
     fail("STUN Binding Success without an IPv4 XOR-MAPPED-ADDRESS")
 
 
-def read_exactly(sock, count):
-    data = b""
-    while len(data) < count:
-        chunk = sock.recv(count - len(data))
-        if not chunk:
-            raise EOFError
-        data += chunk
-    return data
-
-
-def ws_close(url, seconds):
-    parts = urlsplit(url)
-    if parts.scheme != "ws":
-        fail(f"only ws:// URLs, got {url}")
-    port = parts.port or 80
-    key = base64.b64encode(os.urandom(16)).decode()
-    sock = socket.create_connection((parts.hostname, port), timeout=10)
-    sock.sendall(
-        f"GET {parts.path or '/'} HTTP/1.1\r\nHost: {parts.hostname}:{port}\r\n"
-        f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = sock.recv(1024)
-        if not chunk:
-            fail("connection closed during the WebSocket handshake")
-        head += chunk
-    status = head.split(b"\r\n", 1)[0].decode(errors="replace")
-    if " 101 " not in status + " ":
-        fail(f"WebSocket handshake answered {status!r}")
-    pending = head.split(b"\r\n\r\n", 1)[1]
-    print("connected", flush=True)
-
-    # Server frames are unmasked: FIN/opcode, length (7, 16 or 64 bit), payload.
-    class Reader:
-        def __init__(self):
-            self.buffer = pending
-
-        def take(self, count):
-            while len(self.buffer) < count:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    raise EOFError
-                self.buffer += chunk
-            data, self.buffer = self.buffer[:count], self.buffer[count:]
-            return data
-
-    reader = Reader()
-    deadline = time.monotonic() + seconds
-    try:
-        while True:
-            sock.settimeout(max(0.1, deadline - time.monotonic()))
-            first, second = reader.take(2)
-            opcode, size = first & 0x0F, second & 0x7F
-            if size == 126:
-                size = struct.unpack("!H", reader.take(2))[0]
-            elif size == 127:
-                size = struct.unpack("!Q", reader.take(8))[0]
-            payload = reader.take(size)
-            if opcode == 0x8:
-                code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
-                print(f"close {code}", flush=True)
-                print(f"at {time.time():.3f}", file=sys.stderr, flush=True)
-                # Answer like a browser does: a masked close frame echoing the code.
-                mask = os.urandom(4)
-                body = payload[:2]
-                sock.sendall(bytes([0x88, 0x80 | len(body)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(body)))
-                return
-            # Pings (0x9) need no answer within the test's short wait; skip other frames.
-    except EOFError:
-        print("eof", flush=True)
-    except socket.timeout:
-        print("timeout", flush=True)
-
-
 def get_json(url):
     with urlopen(url, timeout=5) as response:
         return json.load(response)
@@ -183,6 +107,8 @@ class WebSocket:
 
     def __init__(self, url):
         parts = urlsplit(url)
+        if parts.scheme != "ws":
+            fail(f"only ws:// URLs, got {url}")
         port = parts.port or 80
         key = base64.b64encode(os.urandom(16)).decode()
         self.sock = socket.create_connection((parts.hostname, port), timeout=10)
@@ -225,19 +151,24 @@ class WebSocket:
         data, self.buffer = self.buffer[:count], self.buffer[count:]
         return data
 
+    def read_frame(self):
+        """The next frame as (opcode, payload). Server frames are unmasked: FIN/opcode,
+        length (7, 16 or 64 bit), payload. Raises EOFError or socket.timeout."""
+        first, second = self._take(2)
+        opcode, size = first & 0x0F, second & 0x7F
+        if size == 126:
+            size = struct.unpack("!H", self._take(2))[0]
+        elif size == 127:
+            size = struct.unpack("!Q", self._take(8))[0]
+        return opcode, self._take(size)
+
     def receive(self, what, seconds=10):
         """The next JSON text message; fails after SECONDS or on close."""
         deadline = time.monotonic() + seconds
         try:
             while True:
                 self.sock.settimeout(max(0.1, deadline - time.monotonic()))
-                first, second = self._take(2)
-                opcode, size = first & 0x0F, second & 0x7F
-                if size == 126:
-                    size = struct.unpack("!H", self._take(2))[0]
-                elif size == 127:
-                    size = struct.unpack("!Q", self._take(8))[0]
-                payload = self._take(size)
+                opcode, payload = self.read_frame()
                 if opcode == 0x1:
                     return json.loads(payload)
                 if opcode == 0x8:
@@ -246,6 +177,28 @@ class WebSocket:
                     self._frame(0xA, payload)
         except (socket.timeout, EOFError):
             fail(f"no {what} within {seconds} s")
+
+
+def ws_close(url, seconds):
+    ws = WebSocket(url)
+    print("connected", flush=True)
+    deadline = time.monotonic() + seconds
+    try:
+        while True:
+            ws.sock.settimeout(max(0.1, deadline - time.monotonic()))
+            opcode, payload = ws.read_frame()
+            if opcode == 0x8:
+                code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+                print(f"close {code}", flush=True)
+                print(f"at {time.time():.3f}", file=sys.stderr, flush=True)
+                # Answer like a browser does: a masked close frame echoing the code.
+                ws._frame(0x8, payload[:2])
+                return
+            # Pings (0x9) need no answer within the test's short wait; skip other frames.
+    except EOFError:
+        print("eof", flush=True)
+    except socket.timeout:
+        print("timeout", flush=True)
 
 
 def cluster_swarm(ws_url, stats_urls):
