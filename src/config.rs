@@ -52,7 +52,7 @@ pub struct ServerSettings {
     pub port: u16,
     /// More `host:port` addresses to listen on as well (wt-tracker's `servers[]`).
     pub extra_binds: Vec<String>,
-    /// HTTP worker threads (they run the WebSocket sessions); 0 = one per core.
+    /// HTTP worker threads; each runs WebSocket sessions and a swarm shard. 0 = one per core.
     pub workers: usize,
     /// Open WebSocket connections allowed in the whole process.
     pub max_connections: usize,
@@ -181,12 +181,10 @@ impl Default for TrackerSettings {
     }
 }
 
-/// Where swarms run.
+/// Swarm limits.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SwarmSettings {
-    /// Threads (actix Arbiters) hosting swarms, sharded by info_hash; 0 = one per core.
-    pub shards: usize,
     /// Requests that may queue for one swarm before senders wait.
     pub mailbox: usize,
     /// Consecutive relays a peer's session could not take before the peer is removed from
@@ -197,7 +195,6 @@ pub struct SwarmSettings {
 impl Default for SwarmSettings {
     fn default() -> Self {
         Self {
-            shards: 0,
             mailbox: 1024,
             max_dropped_deliveries: 64,
         }
@@ -586,12 +583,12 @@ impl Settings {
         binds
     }
 
-    /// Resolved shard count.
-    pub fn shard_count(&self) -> usize {
-        if self.swarm.shards == 0 {
+    /// Resolved HTTP worker count, which is also the swarm shard count.
+    pub fn worker_count(&self) -> usize {
+        if self.server.workers == 0 {
             std::thread::available_parallelism().map_or(1, usize::from)
         } else {
-            self.swarm.shards
+            self.server.workers
         }
     }
 }

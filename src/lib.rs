@@ -30,8 +30,9 @@
 //!
 //! # Threads
 //! HTTP workers (one per core by default) run the sessions (a task each), and so all JSON
-//! work; `swarm.shards` Arbiters run the shards and their swarms, chosen by info_hash.
-//! Sessions and swarms talk only through actor messages: a swarm never waits on a session
+//! work, and one swarm shard each (the swarms whose info_hash hashes to it), so a session
+//! and the swarms of its own worker's shard share a thread. Sessions and swarms talk only
+//! through actor messages, whether or not they share a thread: a swarm never waits on a session
 //! (relays are `try_send`, dropped and counted when a session's mailbox is full). In a
 //! cluster one more thread (`cluster-bus`) owns the NATS connection; actors only queue for
 //! it with `try_send`.

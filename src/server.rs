@@ -1,4 +1,4 @@
-//! Start-up: binds the listeners, starts the swarm shards and the HTTP workers, and wires
+//! Start-up: binds the listeners, starts the HTTP workers with a swarm shard each, and wires
 //! each listener's service (actix-web's `App` for plain requests, the tracker's upgrade for
 //! WebSockets). `run` is what the binary calls; tests call `start` inside their own actix
 //! `System` to get the bound addresses.
@@ -48,10 +48,11 @@ pub fn start(settings: Settings) -> io::Result<Running> {
     let remote_sessions = cluster
         .as_ref()
         .map(|(node, _)| node.clone() as Arc<dyn RemoteSessions>);
-    // Shards start before the HTTP server: the app factory runs once per worker, and
-    // starting them there would make one set per worker.
-    let directory = SwarmDirectory::start(
-        settings.shard_count(),
+    // One shard per HTTP worker, started by each worker on its own thread (see
+    // `listener_service`'s caller below).
+    let workers = settings.worker_count();
+    let directory = SwarmDirectory::new(
+        workers,
         SwarmConfig::from(&settings),
         metrics.clone(),
         remote_sessions,
@@ -111,10 +112,8 @@ pub fn start(settings: Settings) -> io::Result<Running> {
     let mut server_builder = actix_server::Server::build()
         .max_concurrent_connections(settings.server.max_connections.max(1))
         .shutdown_timeout(settings.server.shutdown_timeout_secs)
-        .shutdown_signal(shutdown::signal(shared.clone()));
-    if settings.server.workers > 0 {
-        server_builder = server_builder.workers(settings.server.workers);
-    }
+        .shutdown_signal(shutdown::signal(shared.clone()))
+        .workers(workers);
     // Tells idle keep-alive HTTP connections to close when shutdown starts (as
     // actix-web's HttpServer does).
     let graceful = server_builder.graceful_shutdown_signal();
@@ -124,6 +123,8 @@ pub fn start(settings: Settings) -> io::Result<Running> {
         let graceful = graceful.clone();
         server_builder =
             server_builder.listen(format!("p2p-mediastream-{addr}"), listener, move || {
+                // Runs on each worker's thread before it accepts: that worker's shard.
+                shared.directory.start_shard_here();
                 listener_service(&shared, addr, graceful.clone())
             })?;
     }

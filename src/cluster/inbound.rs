@@ -95,9 +95,9 @@ fn on_view_change(shared: &Arc<Shared>, event: BusEvent) {
             view.live.len()
         );
     }
-    let shards = shared.directory.shards();
+    // Shards not started yet hold no swarm, so they have nothing to drop or move.
     for instance in gone {
-        for shard in shards {
+        for (_, shard) in shared.directory.shards() {
             shard.do_send(InstanceGone { instance });
         }
     }
@@ -105,7 +105,7 @@ fn on_view_change(shared: &Arc<Shared>, event: BusEvent) {
     let disown = Disown {
         owned: Arc::new(move |info_hash| owned_view.is_local(info_hash)),
     };
-    for shard in shards {
+    for (_, shard) in shared.directory.shards() {
         shard.do_send(disown.clone());
     }
     let told = shared.connections.owners_changed();
@@ -155,7 +155,7 @@ fn pass_on(node: &ClusterNode, owner: InstanceId, message: BusMessage) {
 async fn find_swarm(shared: &Shared, info_hash: InfoHash) -> Option<SwarmRef> {
     shared
         .directory
-        .shard_for(&info_hash)
+        .shard_for(&info_hash)?
         .send(FindSwarm { info_hash })
         .await
         .ok()

@@ -197,9 +197,11 @@ async fn get_swarm(
     info_hash: InfoHash,
     stale: Option<u64>,
 ) -> Result<SwarmRef, Failure> {
-    shared
+    let shard = shared
         .directory
         .shard_for(&info_hash)
+        .ok_or_else(Failure::unavailable)?;
+    shard
         .send(GetSwarm { info_hash, stale })
         .await
         .map_err(|_| Failure::unavailable())
@@ -257,6 +259,9 @@ pub async fn scrape_here(
     limit: usize,
 ) -> Result<Vec<(InfoHash, SwarmCounts)>, Failure> {
     let directory = &shared.directory;
+    if !directory.is_ready() {
+        return Err(Failure::unavailable());
+    }
     let requests: Vec<_> = match request {
         ScrapeRequest::Some(hashes) if hashes.is_empty() => Vec::new(),
         ScrapeRequest::Some(hashes) => {
@@ -264,12 +269,12 @@ pub async fn scrape_here(
             for hash in hashes {
                 per_shard[directory.shard_index(&hash)].push(hash);
             }
-            per_shard
-                .into_iter()
-                .enumerate()
+            directory
+                .shards()
+                .zip(per_shard)
                 .filter(|(_, hashes)| !hashes.is_empty())
-                .map(|(index, hashes)| {
-                    directory.shards()[index].send(ScrapeShard {
+                .map(|((_, shard), hashes)| {
+                    shard.send(ScrapeShard {
                         info_hashes: Some(hashes),
                         limit,
                     })
@@ -278,8 +283,7 @@ pub async fn scrape_here(
         }
         ScrapeRequest::All => directory
             .shards()
-            .iter()
-            .map(|shard| {
+            .map(|(_, shard)| {
                 shard.send(ScrapeShard {
                     info_hashes: None,
                     limit,

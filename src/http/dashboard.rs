@@ -50,7 +50,7 @@ impl SwarmRow {
 /// The `limit` largest swarms of this instance, by peers.
 pub async fn largest_swarms(shared: &Shared, limit: usize) -> Vec<SwarmRow> {
     let mut rows = Vec::new();
-    for shard in shared.directory.shards() {
+    for (_, shard) in shared.directory.shards() {
         let scrape = shard.send(ScrapeShard {
             info_hashes: None,
             limit: SWARMS_SCANNED_PER_SHARD,

@@ -25,7 +25,12 @@ pub async fn healthz() -> HttpResponse {
 }
 
 pub async fn readyz(shared: web::Data<Arc<Shared>>) -> HttpResponse {
-    for (index, shard) in shared.directory.shards().iter().enumerate() {
+    if !shared.directory.is_ready() {
+        return HttpResponse::ServiceUnavailable()
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .json(json!({"ready": false, "reason": "swarm shards still starting"}));
+    }
+    for (index, shard) in shared.directory.shards() {
         let ping = shard.send(ScrapeShard {
             info_hashes: Some(Vec::new()),
             limit: 0,

@@ -422,10 +422,7 @@ fn the_binary_exits_2_on_an_invalid_env_setting() {
 }
 
 fn start_binary() -> BinaryServer {
-    BinaryServer::start(&[
-        ("TRACKER__SERVER__WORKERS", "1"),
-        ("TRACKER__SWARM__SHARDS", "1"),
-    ])
+    BinaryServer::start(&[("TRACKER__SERVER__WORKERS", "1")])
 }
 
 fn healthcheck(port: u16) -> std::process::Output {

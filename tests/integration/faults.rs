@@ -27,11 +27,11 @@ const UNAVAILABLE: &str = "swarm temporarily unavailable; retry";
 // A panicking swarm
 // ---------------------------------------------------------------------------------------
 
-/// A server with one shard (so a panicking swarm shares its thread with every other
-/// swarm), further changed by `change`, and an honest pair signalling on it.
+/// A server with one worker, so one shard (a panicking swarm shares its thread with every
+/// other swarm and every session), further changed by `change`, and an honest pair signalling on it.
 async fn one_shard(change: impl FnOnce(&mut Settings)) -> (TestApp, HonestPair) {
     let app = spawn_app_configured(|settings| {
-        settings.swarm.shards = 1;
+        settings.server.workers = 1;
         change(settings);
     });
     HonestPair::join_app(app).await
@@ -267,10 +267,7 @@ async fn a_reset_in_the_middle_of_a_fragmented_message_removes_its_peers() {
 // ---------------------------------------------------------------------------------------
 
 fn start_binary() -> BinaryServer {
-    BinaryServer::start(&[
-        ("TRACKER__SERVER__WORKERS", "2"),
-        ("TRACKER__SWARM__SHARDS", "2"),
-    ])
+    BinaryServer::start(&[("TRACKER__SERVER__WORKERS", "2")])
 }
 
 #[tokio::test]

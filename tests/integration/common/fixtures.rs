@@ -12,7 +12,6 @@ pub fn test_settings() -> Settings {
     settings.server.host = "127.0.0.1".into();
     settings.server.port = 0;
     settings.server.workers = 2;
-    settings.swarm.shards = 2;
     settings.http.public_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/public").into();
     settings.http.hls_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/hls").into();
     settings
