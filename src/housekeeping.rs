@@ -1,13 +1,16 @@
 //! Housekeeping: background tasks on the system's main arbiter, started once the server is
-//! built: the frozen-session watchdog (it cuts the socket of a session stuck behind a
-//! client that stopped reading) and the access list reloads (on its timer and on SIGHUP).
-//! They end with the System.
+//! built: the sessions' heartbeat sweep (one timer for all of them), the frozen-session
+//! watchdog (it cuts the socket of a session stuck behind a client that stopped reading)
+//! and the access list reloads (on its timer and on SIGHUP). They end with the System.
 
 use std::{sync::Arc, time::Duration};
 
 use log::{info, warn};
 
 use crate::{config::AccessMode, shared::Shared};
+
+/// The heartbeat sweep visits the sessions in this many slots per ping interval.
+const HEARTBEAT_SLOTS: u64 = 16;
 
 /// Starts the housekeeping tasks on the current (the system's main) arbiter.
 pub fn spawn(shared: &Arc<Shared>) {
@@ -16,6 +19,16 @@ pub fn spawn(shared: &Arc<Shared>) {
     // A live session runs at least once per ping interval (its heartbeat), so one that has
     // not run for the idle timeout plus two pings is frozen behind a full socket.
     let frozen_after = Duration::from_secs(ws.idle_timeout_secs) + 2 * ping;
+    let sweep = shared.clone();
+    actix_web::rt::spawn(async move {
+        // One slot of the sessions per tick, so a ping interval's pings are spread out.
+        let mut ticks = actix_web::rt::time::interval(ping / HEARTBEAT_SLOTS as u32);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for slot in (0..HEARTBEAT_SLOTS).cycle() {
+            ticks.tick().await;
+            sweep.connections.heartbeat(slot, HEARTBEAT_SLOTS);
+        }
+    });
     let watchdog = shared.clone();
     actix_web::rt::spawn(async move {
         let mut ticks = actix_web::rt::time::interval(ping);

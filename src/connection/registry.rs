@@ -8,7 +8,7 @@ use std::{
     os::fd::RawFd,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex, MutexGuard,
+        Mutex, MutexGuard,
     },
     time::Instant,
 };
@@ -18,7 +18,7 @@ use log::warn;
 
 use super::{
     conn_id,
-    session::{CloseSession, OwnersChanged, PeerSession},
+    session::{CloseSession, Heartbeat, OwnersChanged, PeerSession},
     ConnId, InstanceId,
 };
 use crate::{
@@ -51,23 +51,15 @@ pub struct ConnSocket {
     pub peer: Option<SocketAddr>,
 }
 
-/// When a session last ran, in milliseconds since the registry started. A session whose
-/// client stopped reading freezes entirely (actix polls the actor only while the socket
-/// takes writes), so its heartbeat cannot close it: the registry's watchdog does.
-#[derive(Debug, Default)]
-pub struct Progress(AtomicU64);
-
-impl Progress {
-    pub fn touch(&self, registry: &ConnectionRegistry) {
-        self.0.store(registry.millis(), Ordering::Relaxed);
-    }
-}
-
 struct SessionEntry {
     /// Weak: a strong address would keep the session's mailbox alive after it stopped;
-    /// shutdown, the cluster's deliveries and its re-joins are the only uses.
+    /// shutdown, the heartbeat sweep, the cluster's deliveries and its re-joins are the
+    /// only uses.
     session: WeakAddr<PeerSession>,
-    progress: Arc<Progress>,
+    /// When the session last ran its heartbeat, in milliseconds since the registry started.
+    /// A session whose client stopped reading freezes entirely (actix polls the actor only
+    /// while the socket takes writes), so it cannot close itself: `cut_frozen` does.
+    last_ran: u64,
     socket: ConnSocket,
 }
 
@@ -139,23 +131,46 @@ impl ConnectionRegistry {
         ))
     }
 
-    /// Lists a started session so shutdown can close it and the watchdog can see it.
-    pub fn register(
-        &self,
-        conn: ConnId,
-        session: &Addr<PeerSession>,
-        progress: Arc<Progress>,
-        socket: ConnSocket,
-    ) {
-        progress.touch(self);
+    /// Lists a session so shutdown can close it, the heartbeat sweep reach it and the
+    /// watchdog see it.
+    pub fn register(&self, conn: ConnId, session: &Addr<PeerSession>, socket: ConnSocket) {
+        let last_ran = self.millis();
         self.lock().sessions.insert(
             conn,
             SessionEntry {
                 session: session.downgrade(),
-                progress,
+                last_ran,
                 socket,
             },
         );
+    }
+
+    /// Records that the session of `conn` ran its heartbeat: it is not frozen.
+    pub fn touch(&self, conn: ConnId) {
+        let now = self.millis();
+        if let Some(entry) = self.lock().sessions.get_mut(&conn) {
+            entry.last_ran = now;
+        }
+    }
+
+    /// Sends `Heartbeat` to the sessions in `slot` of `slots` (by connection id), so that a
+    /// sweep that visits one slot per tick spreads the pings of a ping interval evenly.
+    /// One shared timer instead of one per session: an idle connection keeps no timer.
+    /// Returns how many were sent.
+    pub fn heartbeat(&self, slot: u64, slots: u64) -> usize {
+        let sessions: Vec<Addr<PeerSession>> = self
+            .lock()
+            .sessions
+            .iter()
+            .filter(|(conn, _)| (**conn as u64) % slots == slot)
+            .filter_map(|(_, entry)| entry.session.upgrade())
+            .collect();
+        for session in &sessions {
+            // do_send: a busy session still gets it (a frozen one queues at most a few
+            // before the watchdog cuts it).
+            session.do_send(Heartbeat);
+        }
+        sessions.len()
     }
 
     /// Shuts down the sockets of sessions that have not run for `frozen_after`; the
@@ -167,7 +182,7 @@ impl ConnectionRegistry {
         let inner = self.lock();
         let mut cut = 0;
         for (conn, entry) in &inner.sessions {
-            let last = entry.progress.0.load(Ordering::Relaxed);
+            let last = entry.last_ran;
             if now.saturating_sub(last) < limit {
                 continue;
             }

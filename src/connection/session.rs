@@ -23,7 +23,7 @@ use super::{
     memberships::Memberships,
     rate_limit::{RateLimit, Refusal},
     reassembly::{Reassembly, Received},
-    registry::{ConnSocket, Progress},
+    registry::ConnSocket,
     requests::{self, Failure, SwarmHandle},
     ConnId,
 };
@@ -60,6 +60,13 @@ pub struct OwnersChanged {
     pub attempt: u8,
 }
 
+/// Time for the session's heartbeat: prove it runs (see `ConnectionRegistry::touch`), close
+/// it if the client has been silent for the idle timeout, else ping. Sent by the registry's
+/// sweep (`ConnectionRegistry::heartbeat`) about once per ping interval.
+#[derive(Message, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Heartbeat;
+
 /// Rounds of re-joins after one view change (see `OwnersChanged`).
 const REJOIN_ATTEMPTS: u8 = 4;
 
@@ -72,7 +79,6 @@ pub struct PeerSession {
     last_heard: Instant,
     reassembly: Reassembly,
     rate: RateLimit,
-    progress: Arc<Progress>,
 }
 
 impl PeerSession {
@@ -88,7 +94,6 @@ impl PeerSession {
             last_heard: now,
             reassembly: Reassembly::default(),
             rate,
-            progress: Arc::default(),
         }
     }
 
@@ -227,7 +232,7 @@ impl PeerSession {
         // Proof of life for the frozen-session watchdog: a session that still ticks is not
         // stuck behind a full socket (touching on every frame would cost a clock read per
         // message for nothing).
-        self.progress.touch(&self.shared.connections);
+        self.shared.connections.touch(self.conn);
         let idle_timeout = Duration::from_secs(self.shared.settings.ws.idle_timeout_secs);
         if self.last_heard.elapsed() >= idle_timeout {
             self.close(ctx, CloseCode::Away, "idle timeout");
@@ -461,14 +466,9 @@ impl Actor for PeerSession {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.shared.settings.ws.session_mailbox);
-        let ping_interval = Duration::from_secs(self.shared.settings.ws.ping_interval_secs);
-        ctx.run_interval(ping_interval, Self::heartbeat);
-        self.shared.connections.register(
-            self.conn,
-            &ctx.address(),
-            self.progress.clone(),
-            self.socket,
-        );
+        self.shared
+            .connections
+            .register(self.conn, &ctx.address(), self.socket);
         self.shared.metrics.connections.inc();
         self.shared.metrics.connections_total.inc();
         debug!("conn={} opened from {:?}", self.conn, self.ip);
@@ -517,6 +517,14 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for PeerSession {
             item.map_err(ReadError::from),
             ctx,
         );
+    }
+}
+
+impl Handler<Heartbeat> for PeerSession {
+    type Result = ();
+
+    fn handle(&mut self, _: Heartbeat, ctx: &mut Self::Context) {
+        self.heartbeat(ctx);
     }
 }
 
