@@ -46,6 +46,9 @@ const CHROMIUM_ARGS = [
 /** The test card every run uses: small enough for 2 cores next to several browsers. */
 export const TEST_CARD = { size: "640x360", bitrate: "800k", segment: 2, listSize: 12 };
 
+/** A media segment's path below /hls in a URL path (playlists do not match). */
+const SEGMENT_FILE = /\/hls\/(.+\.(?:ts|m4s|mp4|aac))$/;
+
 /** Rejects with `what` if `promise` does not settle within `ms`. */
 export async function within(ms, what, promise) {
   let timer;
@@ -346,9 +349,25 @@ export class Harness {
     page.on("response", (response) => {
       if (response.status() >= 400) consoleLog.write(`[http ${response.status()}] ${response.url()}\n`);
     });
+    // Every segment the page fetches over HTTP, with its age (since ffmpeg finished it) at
+    // that moment: the benchmark tells from them which segments entered the swarm more than
+    // once, and whether the extra fetch was a race or a late fallback.
+    const segmentRequests = [];
+    page.on("request", (request) => {
+      const file = SEGMENT_FILE.exec(new URL(request.url()).pathname)?.[1];
+      if (!file) return;
+      const at = Date.now();
+      let ageMs = null;
+      try {
+        if (this.hlsDir) ageMs = at - fs.statSync(path.join(this.hlsDir, file)).mtimeMs;
+      } catch {
+        // already deleted from the live window
+      }
+      segmentRequests.push({ file, at, ageMs });
+    });
     const url = `${this.baseUrl}${pathAndQuery}`;
     await within(30_000, `${name}: load ${url}`, page.goto(url));
-    return { name, browser, page, url };
+    return { name, browser, page, url, segmentRequests };
   }
 
   /** Runs the player's figures getter in the page; null if the page does not answer. */
@@ -395,6 +414,14 @@ function killGroup(child, signal) {
  */
 export async function watchSession(harness, { count, watchSeconds, staggerSeconds, query = {}, onSample = null, beforeClose }) {
   const viewers = [];
+  // The steady state starts at the first sample that finds every viewer playing: what the
+  // viewers and the origin had counted by then is the start-up's, the rest the steady state's.
+  let steadyStart = null;
+  const snapshot = async () => ({
+    at: Date.now(),
+    viewers: viewers.map((v) => ({ p2pBytes: v.last.p2pBytes, httpBytes: v.last.httpBytes, stalls: v.last.stallCount })),
+    originBytes: (await getJson(`${harness.baseUrl}/stats.json`))?.usage?.total?.origin?.segmentBytes ?? null,
+  });
   const sample = async () => {
     for (const viewer of viewers) {
       const stats = await Harness.readStats(viewer);
@@ -404,6 +431,10 @@ export async function watchSession(harness, { count, watchSeconds, staggerSecond
       if (stats.firstPlayAt !== null && viewer.playStart === undefined) {
         viewer.playStart = { wall: Date.now(), currentTime: stats.currentTime };
       }
+    }
+    if (!steadyStart && viewers.length === count && viewers.every((v) => v.playStart)) {
+      steadyStart = await snapshot();
+      harness.log(`every viewer plays: steady state from here`);
     }
     if (onSample) await onSample(viewers.length);
   };
@@ -454,6 +485,7 @@ export async function watchSession(harness, { count, watchSeconds, staggerSecond
   });
   const p2p = rows.reduce((sum, row) => sum + row.p2pBytes, 0);
   const http = rows.reduce((sum, row) => sum + row.httpBytes, 0);
+  const steady = steadyStart ? steadyFigures(count, steadyStart, await snapshot(), viewers) : null;
   const settings = viewers.find((v) => v.last?.config)?.last.config.tuning ?? null;
   const extra = beforeClose ? await beforeClose(viewers) : undefined;
   await harness.closeViewers();
@@ -466,9 +498,96 @@ export async function watchSession(harness, { count, watchSeconds, staggerSecond
     ceiling: (100 * (count - 1)) / count,
     maxStallSeconds: Math.max(0, ...rows.map((row) => row.stallSeconds)),
     totalStalls: rows.reduce((sum, row) => sum + row.stallCount, 0),
+    steady,
     settings,
     extra,
   };
+}
+
+/** Two HTTP fetches of one segment less than this apart raced; a later one is a fallback. */
+const RACE_MS = 1_000;
+
+/**
+ * The figures between two snapshots (`start`: every viewer playing, `end`: the end of the
+ * run) and those before `start` (the start-up). Origin copies: segment bytes that left the
+ * origin (as the server counted them; as the viewers counted them in `httpCopies`) over the
+ * bytes one viewer played, 1.0 when every segment entered the swarm exactly once. Of the
+ * segments first fetched over HTTP in the window, `refetched.segments` were fetched again by
+ * another viewer: `raced` extra fetches within RACE_MS of the first, `late` ones after it (the
+ * segment had not reached that viewer over P2P in time). Ages: how old a segment was (since
+ * ffmpeg wrote it) at its first HTTP fetch, median, for segments fetched once and again: a
+ * segment first fetched only once it entered a viewer's high-demand window is old.
+ */
+function steadyFigures(count, start, end, viewers) {
+  const sumOf = (snap, key) => snap.viewers.reduce((total, v) => total + v[key], 0);
+  const p2pBytes = sumOf(end, "p2pBytes") - sumOf(start, "p2pBytes");
+  const httpBytes = sumOf(end, "httpBytes") - sumOf(start, "httpBytes");
+  const copyBytes = (p2pBytes + httpBytes) / count;
+  const share = p2pBytes + httpBytes ? (100 * p2pBytes) / (p2pBytes + httpBytes) : 0;
+  const ceiling = (100 * (count - 1)) / count;
+  const originBytes = start.originBytes !== null && end.originBytes !== null ? end.originBytes - start.originBytes : null;
+
+  const bySegment = new Map();
+  for (const viewer of viewers) {
+    for (const request of viewer.segmentRequests ?? []) {
+      const list = bySegment.get(request.file) ?? [];
+      list.push(request);
+      bySegment.set(request.file, list);
+    }
+  }
+  let segments = 0, refetchedSegments = 0, raced = 0, late = 0;
+  const onceAges = [], refetchedAges = [];
+  for (const list of bySegment.values()) {
+    list.sort((a, b) => a.at - b.at);
+    if (list[0].at < start.at || list[0].at > end.at) continue;
+    segments += 1;
+    if (list.length > 1) refetchedSegments += 1;
+    if (list[0].ageMs !== null) (list.length > 1 ? refetchedAges : onceAges).push(list[0].ageMs);
+    for (const request of list.slice(1)) {
+      if (request.at - list[0].at < RACE_MS) raced += 1;
+      else late += 1;
+    }
+  }
+  const median = (values) => {
+    if (!values.length) return null;
+    const sorted = [...values].sort((a, b) => a - b);
+    return sorted[Math.floor(sorted.length / 2)] / 1000;
+  };
+  return {
+    seconds: (end.at - start.at) / 1000,
+    p2pBytes,
+    httpBytes,
+    p2pShare: share,
+    ofCeiling: (100 * share) / ceiling,
+    originCopies: originBytes !== null && copyBytes ? originBytes / copyBytes : null,
+    httpCopies: copyBytes ? httpBytes / copyBytes : null,
+    stalls: sumOf(end, "stalls") - sumOf(start, "stalls"),
+    segments,
+    refetched: { segments: refetchedSegments, raced, late },
+    medianAgeOnce: median(onceAges),
+    medianAgeRefetched: median(refetchedAges),
+    startup: {
+      seconds: (start.at - Math.min(...viewers.map((v) => v.joinedAt))) / 1000,
+      p2pBytes: sumOf(start, "p2pBytes"),
+      httpBytes: sumOf(start, "httpBytes"),
+      p2pShare: sumOf(start, "p2pBytes") + sumOf(start, "httpBytes")
+        ? (100 * sumOf(start, "p2pBytes")) / (sumOf(start, "p2pBytes") + sumOf(start, "httpBytes")) : 0,
+    },
+  };
+}
+
+/** One line on a session's steady state, for logs. */
+export function formatSteady(session) {
+  const s = session.steady;
+  if (!s) return "steady state: never reached (not every viewer played)";
+  const num = (x, digits = 2) => (x === null ? "-" : x.toFixed(digits));
+  return `steady state (${s.seconds.toFixed(0)} s, all ${session.count} playing): P2P ${s.p2pShare.toFixed(1)} % ` +
+    `= ${s.ofCeiling.toFixed(1)} % of the ceiling ${session.ceiling.toFixed(1)} %, origin copies ${num(s.originCopies)} ` +
+    `(viewers' HTTP ${num(s.httpCopies)}), stalls ${s.stalls}; of ${s.segments} segments ${s.refetched.segments} were ` +
+    `fetched over HTTP again (${s.refetched.raced} extra fetches within ${RACE_MS / 1000} s of the first, ` +
+    `${s.refetched.late} later); median age at the first HTTP fetch: ${num(s.medianAgeOnce, 1)} s (fetched once), ` +
+    `${num(s.medianAgeRefetched, 1)} s (fetched again) | start-up (${s.startup.seconds.toFixed(0)} s): ` +
+    `P2P ${s.startup.p2pShare.toFixed(1)} % of ${((s.startup.p2pBytes + s.startup.httpBytes) / 1e6).toFixed(1)} MB`;
 }
 
 /** A fixed-width table of a session's rows, for logs. */
