@@ -1,7 +1,7 @@
-//! Swarm actor: one per info_hash, running on its shard's thread (an HTTP worker). A thin shell around
-//! `SwarmState`: it passes requests in, delivers what comes out with `try_send`, keeps the
-//! metrics' peer gauges and the shard's scrape counts current, sweeps on a timer, and stops
-//! as soon as the swarm is empty.
+//! Swarm actor: one per info_hash, running on its shard's thread (an HTTP worker). A thin
+//! shell around `SwarmState`: it passes requests in, delivers what comes out with
+//! `try_send`, keeps the metrics' peer gauges and the shard's scrape counts current, sweeps
+//! on a timer, and stops as soon as the swarm is empty.
 
 use std::{
     panic::{catch_unwind, AssertUnwindSafe},
