@@ -71,7 +71,7 @@ pub async fn run(shared: Arc<Shared>, node: Arc<ClusterNode>, mut inbound: Inbou
         tokio::select! {
             // A view change first: requests after it must be routed by it.
             biased;
-            Some(event) = inbound.views.recv() => on_view_change(&shared, event),
+            Some(event) = inbound.views.recv() => on_view_change(&shared, &node, event),
             Some(envelope) = inbound.messages.recv() => on_message(&shared, &node, envelope),
             else => break,
         }
@@ -79,10 +79,12 @@ pub async fn run(shared: Arc<Shared>, node: Arc<ClusterNode>, mut inbound: Inbou
     debug!("cluster: inbound queue closed");
 }
 
-fn on_view_change(shared: &Arc<Shared>, event: BusEvent) {
+fn on_view_change(shared: &Arc<Shared>, node: &ClusterNode, event: BusEvent) {
     let BusEvent::Membership { joined, gone, view } = event else {
         return;
     };
+    // Requests waiting for a lost owner are routed again by the new view.
+    node.owners_gone(&gone);
     for instance in &joined {
         info!(
             "cluster: instance {instance:016x} joined ({} live)",
