@@ -666,14 +666,11 @@ What to do beyond that:
   many relays) if the per-message overhead, not bytes, is what saturates.
 ## What is left
 
-- **Failure detection bounds delivery across a kill.** Until the expiry (3 s) the
-  survivor forwards to a dead instance. Faster: ask NATS (a forwarded announce sent as a
-  request gets "no responders" at once when the owner's inbox has no subscriber), or
-  subscribe to nats-server's disconnect advisories (needs the system account), or a lower
-  `expiry_ms` (more heartbeat traffic, more false deaths under load).
-- **A session waits for a forwarded announce's reply** (announce responses stay in
-  order), so with a dead owner its relays queue for up to the reply deadline; a dead
-  owner therefore delays the survivor's other swarms too, not only the dead one's.
+- Failure detection no longer bounds delivery across a kill: since commit d95d9b9 a
+  survivor drops a dead instance on NATS's "no responders" for the first message it sends
+  there, and announces waiting for it are made again at the new owner (see *Across an
+  instance kill, with "no responders"* below). A host that vanishes without closing its
+  sockets is still found by the expiry only.
 - The load tester keeps a dead instance's connections on their URL; browsers behind a
   load balancer would reconnect to the survivor. A `--failover` mode would measure that.
 - Figures on a dedicated machine with one core per process (the broker, each instance,
