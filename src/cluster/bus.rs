@@ -12,7 +12,18 @@
 //! Another engine (Redis pub/sub, say) implements the trait and reuses all of the rest.
 //!
 //! Subjects: `{prefix}.ctl` carries heartbeats and `Leaving` for every instance;
-//! `{prefix}.inbox.{id:016x}` carries everything addressed to one instance.
+//! `{prefix}.inbox.{id:016x}` carries everything addressed to one instance;
+//! `{prefix}.noresp.{ours:016x}.{to:016x}` is the reply subject of every message we send
+//! to instance `to`. Nobody answers on it: the broker itself writes there when `to`'s inbox
+//! has no subscriber (NATS "no responders"), i.e. when `to`'s connection is gone.
+//!
+//! Liveness of other instances: heartbeats and the expiry, and sooner the broker's "no
+//! responders" for a message to an instance: the broker drops a subscription the moment
+//! the subscriber's connection closes (a killed process's socket is closed by its kernel),
+//! so the first message sent to a dead instance after that tells us, within one bus round
+//! trip instead of one expiry. A merely slow instance keeps its subscription and is never
+//! reported this way; a host that vanishes without closing its sockets is still found by
+//! the expiry.
 //!
 //! Liveness: the bus counts as up while our own heartbeats come back to us through the
 //! broker within the expiry (an end-to-end probe: a connection that looks open but
@@ -110,6 +121,9 @@ pub struct ClusterStats {
     pub live_instances: AtomicUsize,
     /// Round trip of our latest heartbeat through the broker, in microseconds.
     pub heartbeat_rtt_micros: AtomicU64,
+    /// Instances taken out of the view because the broker said their inbox has no
+    /// subscriber (NATS "no responders"), before their expiry.
+    pub unreachable: AtomicU64,
 }
 
 impl ClusterStats {
@@ -207,6 +221,17 @@ impl BusConfig {
     pub fn inbox_subject(&self, instance: InstanceId) -> String {
         inbox_subject(&self.subject_prefix, instance)
     }
+
+    /// The reply subject of our messages to `instance`: the broker's "no responders" for
+    /// them arrives there.
+    pub fn unreachable_subject(&self, instance: InstanceId) -> String {
+        format!("{}.{instance:016x}", self.unreachable_prefix())
+    }
+
+    /// `{prefix}.noresp.{self_id:016x}`: subscribed with `.*` appended.
+    fn unreachable_prefix(&self) -> String {
+        format!("{}.noresp.{:016x}", self.subject_prefix, self.self_id)
+    }
 }
 
 pub fn control_subject(prefix: &str) -> String {
@@ -253,6 +278,9 @@ pub enum TransportEvent {
     Disconnected,
     /// The broker dropped messages because we read too slowly.
     SlowConsumer,
+    /// A message we published with reply subject `subject` reached no subscriber (the
+    /// broker's own answer; NATS status 503).
+    NoResponders { subject: String },
     /// Anything else worth a log line.
     Notice(String),
 }
@@ -263,12 +291,17 @@ pub type TransportFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 /// A message broker as the bus needs it: at-most-once publish to a subject, a stream of
 /// what arrives on the subjects subscribed at creation, and whether the link is up. The
 /// transport reconnects (and resubscribes) by itself. It lives on the bus thread only.
+/// An engine that can tell when a message reached no subscriber reports it as
+/// `NoResponders` with the message's reply subject; one that cannot simply never does
+/// (the expiry still finds dead instances).
 pub trait Transport {
-    /// Publishes one message. Must not wait for a reconnect: the bus only calls it while
-    /// `is_connected()`, and bounds it with a timeout anyway.
+    /// Publishes one message, with a reply subject when `reply` is set. Must not wait for
+    /// a reconnect: the bus only calls it while `is_connected()`, and bounds it with a
+    /// timeout anyway.
     fn publish(
         &mut self,
         subject: String,
+        reply: Option<String>,
         payload: Bytes,
     ) -> TransportFuture<'_, Result<(), BusError>>;
     /// Waits until what was published has reached the broker (used at shutdown).
@@ -401,7 +434,11 @@ where
                 }
             };
             runtime.block_on(async move {
-                let subjects = vec![config.control_subject(), config.inbox_subject(self_id)];
+                let subjects = vec![
+                    config.control_subject(),
+                    config.inbox_subject(self_id),
+                    format!("{}.*", config.unreachable_prefix()),
+                ];
                 let transport = match connect(subjects).await {
                     Ok(transport) => transport,
                     Err(err) => {
@@ -485,6 +522,8 @@ struct BusTask<T> {
     members: Members,
     control: String,
     inbox: String,
+    /// `{prefix}.noresp.{self_id}`, the start of the subjects of "no responders" reports.
+    unreachable_prefix: String,
     heartbeat_seq: u64,
     /// When each of our latest heartbeats went out, for the round trip.
     last_heartbeat: Option<(u64, Instant)>,
@@ -504,6 +543,7 @@ impl<T: Transport> BusTask<T> {
         let members = Members::new(config.self_id, config.expiry);
         let control = config.control_subject();
         let inbox = config.inbox_subject(config.self_id);
+        let unreachable_prefix = config.unreachable_prefix();
         // A publish normally completes in microseconds (it only queues in the client);
         // one that takes a heartbeat interval means the link is stalling.
         let publish_timeout = config.heartbeat_interval;
@@ -517,6 +557,7 @@ impl<T: Transport> BusTask<T> {
             members,
             control,
             inbox,
+            unreachable_prefix,
             heartbeat_seq: 0,
             last_heartbeat: None,
             started_at_ms: unix_millis(),
@@ -620,7 +661,7 @@ impl<T: Transport> BusTask<T> {
         };
         self.last_heartbeat = Some((self.heartbeat_seq, Instant::now()));
         let subject = self.control.clone();
-        self.publish(subject, &envelope).await;
+        self.publish(subject, None, &envelope).await;
     }
 
     async fn on_transport_event(&mut self, event: TransportEvent) {
@@ -639,8 +680,34 @@ impl<T: Transport> BusTask<T> {
                 self.stats.slow_consumer.fetch_add(1, Ordering::Relaxed);
                 warn!("cluster: the broker dropped messages for us (slow consumer)");
             }
+            TransportEvent::NoResponders { subject } => self.no_responders(&subject),
             TransportEvent::Notice(text) => info!("cluster: bus: {text}"),
         }
+    }
+
+    /// The broker found no subscriber on the inbox of the instance a message of ours was
+    /// for: its connection is gone, so it is out of the view now rather than at its expiry
+    /// (owners drop its peers, its swarms move, and requests waiting for it are routed
+    /// again). Its next heartbeat, if it is alive after all (a reconnect), brings it back.
+    fn no_responders(&mut self, subject: &str) {
+        let instance = subject
+            .strip_prefix(self.unreachable_prefix.as_str())
+            .and_then(|rest| rest.strip_prefix('.'))
+            .and_then(|hex| InstanceId::from_str_radix(hex, 16).ok());
+        let Some(instance) = instance else {
+            self.stats.dropped(DropReason::NotForUs);
+            return;
+        };
+        if self.members.is_bus_down() || !self.members.unreachable(instance, Instant::now()) {
+            // Already out of the view (one report per message sent before we knew).
+            return;
+        }
+        self.stats.unreachable.fetch_add(1, Ordering::Relaxed);
+        warn!(
+            "cluster: instance {instance:016x} is gone (the broker has no subscriber on its \
+             inbox)"
+        );
+        self.publish_view(Vec::new(), vec![instance]);
     }
 
     async fn receive(&mut self, subject: &str, payload: &[u8]) {
@@ -747,11 +814,12 @@ impl<T: Transport> BusTask<T> {
             body: outgoing.message,
         };
         let subject = self.config.inbox_subject(outgoing.to);
-        self.publish(subject, &envelope).await;
+        let reply = self.config.unreachable_subject(outgoing.to);
+        self.publish(subject, Some(reply), &envelope).await;
     }
 
     /// Encodes and publishes; every failure is counted, none is fatal.
-    async fn publish(&mut self, subject: String, envelope: &Envelope) {
+    async fn publish(&mut self, subject: String, reply: Option<String>, envelope: &Envelope) {
         let payload = match wire::encode(envelope) {
             Ok(payload) => Bytes::from(payload),
             Err(err) => {
@@ -762,7 +830,7 @@ impl<T: Transport> BusTask<T> {
         };
         match tokio::time::timeout(
             self.publish_timeout,
-            self.transport.publish(subject, payload),
+            self.transport.publish(subject, reply, payload),
         )
         .await
         {
@@ -792,7 +860,7 @@ impl<T: Transport> BusTask<T> {
                 body: BusMessage::Leaving,
             };
             let subject = self.control.clone();
-            self.publish(subject, &envelope).await;
+            self.publish(subject, None, &envelope).await;
             if tokio::time::timeout(self.publish_timeout, self.transport.flush())
                 .await
                 .is_err()
@@ -907,13 +975,19 @@ impl Transport for NatsTransport {
     fn publish(
         &mut self,
         subject: String,
+        reply: Option<String>,
         payload: Bytes,
     ) -> TransportFuture<'_, Result<(), BusError>> {
         Box::pin(async move {
-            self.client
-                .publish(subject, payload)
-                .await
-                .map_err(|err| BusError(err.to_string()))
+            match reply {
+                Some(reply) => {
+                    self.client
+                        .publish_with_reply(subject, reply, payload)
+                        .await
+                }
+                None => self.client.publish(subject, payload).await,
+            }
+            .map_err(|err| BusError(err.to_string()))
         })
     }
 
@@ -937,6 +1011,11 @@ impl Transport for NatsTransport {
                 }),
                 message = self.incoming.next() => {
                     let message = message?;
+                    if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
+                        return Some(TransportEvent::NoResponders {
+                            subject: message.subject.to_string(),
+                        });
+                    }
                     Some(TransportEvent::Message {
                         subject: message.subject.to_string(),
                         payload: message.payload,
@@ -959,12 +1038,15 @@ mod tests {
 
     /// An in-memory broker for one instance: the link is a flag, what the test injects
     /// arrives as if from the broker, and our publishes on subscribed subjects come back
-    /// (as NATS echoes them) while `echo` is on. `stall` makes every publish hang.
+    /// (as NATS echoes them) while `echo` is on. `stall` makes every publish hang. With
+    /// `no_responders` on, a publish with a reply subject to a subject nobody subscribed
+    /// (any other instance's inbox) is answered as NATS does when nobody listens.
     #[derive(Clone, Default)]
     struct Broker {
         connected: Arc<AtomicBool>,
         echo: Arc<AtomicBool>,
         stall: Arc<AtomicBool>,
+        no_responders: Arc<AtomicBool>,
         inject: Arc<Mutex<Option<mpsc::UnboundedSender<TransportEvent>>>>,
     }
 
@@ -979,13 +1061,23 @@ mod tests {
         fn publish(
             &mut self,
             subject: String,
+            reply: Option<String>,
             payload: Bytes,
         ) -> TransportFuture<'_, Result<(), BusError>> {
             Box::pin(async move {
                 if self.broker.stall.load(Ordering::Relaxed) {
                     std::future::pending::<()>().await;
                 }
-                if self.broker.echo.load(Ordering::Relaxed) && self.subjects.contains(&subject) {
+                let nobody = !self.subjects.contains(&subject);
+                if let Some(reply) = reply.filter(|_| nobody) {
+                    if self.broker.no_responders.load(Ordering::Relaxed) {
+                        let _ = self
+                            .loopback
+                            .send(TransportEvent::NoResponders { subject: reply });
+                    }
+                    return Ok(());
+                }
+                if self.broker.echo.load(Ordering::Relaxed) && !nobody {
                     let _ = self
                         .loopback
                         .send(TransportEvent::Message { subject, payload });
@@ -1263,6 +1355,40 @@ mod tests {
         // Unless it expired first (a slow machine), the Leaving removes it.
         wait_membership(&events, "the leave", false, true, true);
         assert_eq!(bus.view().live, vec![ME]);
+        bus.shutdown();
+    }
+
+    #[test]
+    fn an_instance_without_a_subscriber_on_its_inbox_leaves_before_its_expiry() {
+        // An expiry of a minute: only the broker's report can take the instance out.
+        let (broker, bus, events) = started(20, 60_000);
+        let control = control_subject("t");
+        broker.inject(&control, &from_other(heartbeat(7)));
+        wait_membership(&events, "the join", true, false, true);
+
+        // Delivered somewhere while it lives: nothing happens.
+        assert_eq!(bus.try_send(OTHER, deliver_to(OTHER)), Ok(()));
+        broker.no_responders.store(true, Ordering::Relaxed);
+        assert_eq!(bus.try_send(OTHER, deliver_to(OTHER)), Ok(()));
+        wait_membership(&events, "the report", false, true, true);
+        assert_eq!(bus.view().live, vec![ME]);
+        assert_eq!(bus.stats().unreachable.load(Ordering::Relaxed), 1);
+
+        // Its heartbeat sent before the report does not bring it back (the message after
+        // it arrives with no view change in between); a later one does.
+        broker.inject(&control, &from_other(heartbeat(7)));
+        broker.inject(&inbox_subject("t", ME), &from_other(deliver_to(ME)));
+        let event = wait_event(&events, "the marker", |event| {
+            matches!(event, BusEvent::Message(_) | BusEvent::Membership { .. })
+        });
+        assert!(matches!(event, BusEvent::Message(_)), "{event:?}");
+        assert_eq!(bus.view().live, vec![ME]);
+        broker.inject(&control, &from_other(heartbeat(8)));
+        wait_membership(&events, "the return", true, false, true);
+        // Reports about an instance already out of the view change nothing.
+        bus.try_send(OTHER, deliver_to(OTHER)).expect("queued");
+        wait_membership(&events, "the second report", false, true, true);
+        assert_eq!(bus.stats().unreachable.load(Ordering::Relaxed), 2);
         bus.shutdown();
     }
 

@@ -1,7 +1,11 @@
 //! What other instances ask of this one, and what the bus tells about the live instances.
 //! The bus thread hands each event over a bounded queue to one task on the system's main
 //! arbiter (`run`); the task never waits on an actor itself: each request that needs a
-//! swarm's reply runs as a task of its own, and relays to local sessions are `try_send`.
+//! swarm's reply runs as a task of its own. The two kinds that need no actor, relays to
+//! local sessions and replies to our own requests, are served on the bus thread itself
+//! once `run` has started (a registry lookup and a `try_send`, a map removal and a oneshot
+//! send: nothing that blocks), which saves them a thread hop; they keep their order among
+//! themselves, as the owner sent them.
 //!
 //! As an owner this instance serves requests for its swarms on behalf of sockets on other
 //! instances (their peers are registered with a `PeerRoute::Remote` route); as the holder
@@ -9,7 +13,7 @@
 //! dead instances leave every swarm, swarms that now hash elsewhere close, and every
 //! session re-joins the swarms that moved.
 
-use std::sync::{atomic::Ordering, Arc};
+use std::sync::{atomic::Ordering, Arc, OnceLock};
 
 use log::{debug, info, warn};
 use tokio::sync::mpsc;
@@ -41,14 +45,26 @@ use crate::{
 /// (`inbound_full`); membership changes are never dropped (see `queue`).
 pub const INBOUND_QUEUE: usize = 65_536;
 
+/// What the bus thread needs to serve relays and replies itself; set by `run`.
+type Direct = Arc<OnceLock<(Arc<Shared>, Arc<ClusterNode>)>>;
+
 /// The two ends of the inbound queue: the bus thread's callback pushes, `run` pops.
 pub fn queue(node_stats: Arc<super::stats::NodeStats>) -> (super::bus::OnEvent, Inbound) {
     let (messages_tx, messages) = mpsc::channel(INBOUND_QUEUE);
     // Membership changes are rare and must not be lost (a dead instance's peers would
     // stay); they get a queue of their own without a bound.
     let (views_tx, views) = mpsc::unbounded_channel();
+    let direct = Direct::default();
+    let on_bus_thread = direct.clone();
     let on_event: super::bus::OnEvent = Box::new(move |event| match event {
         BusEvent::Message(envelope) => {
+            let envelope = match on_bus_thread.get() {
+                Some((shared, node)) => match serve_here(shared, node, envelope) {
+                    Some(rest) => rest,
+                    None => return,
+                },
+                None => envelope,
+            };
             if messages_tx.try_send(envelope).is_err() {
                 node_stats.dropped(RouteDrop::InboundFull);
             }
@@ -57,21 +73,47 @@ pub fn queue(node_stats: Arc<super::stats::NodeStats>) -> (super::bus::OnEvent, 
             let _ = views_tx.send(membership);
         }
     });
-    (on_event, Inbound { messages, views })
+    (
+        on_event,
+        Inbound {
+            messages,
+            views,
+            direct,
+        },
+    )
 }
 
 pub struct Inbound {
     messages: mpsc::Receiver<Envelope>,
     views: mpsc::UnboundedReceiver<BusEvent>,
+    direct: Direct,
+}
+
+/// Serves a relay or a reply on the calling (bus) thread; hands anything else back.
+fn serve_here(shared: &Shared, node: &ClusterNode, envelope: Envelope) -> Option<Envelope> {
+    let kind = envelope.body.kind();
+    match envelope.body {
+        BusMessage::Deliver(deliver) => on_deliver(shared, node, deliver),
+        BusMessage::AnnounceReply(AnnounceReply { req_id, result, .. }) => {
+            node.announce_replied(req_id, result)
+        }
+        BusMessage::ScrapeReply(ScrapeReply { req_id, files, .. }) => {
+            node.scrape_replied(req_id, files)
+        }
+        _ => return Some(envelope),
+    }
+    node.stats.handled(kind);
+    None
 }
 
 /// Serves the inbound queue until the bus stops.
 pub async fn run(shared: Arc<Shared>, node: Arc<ClusterNode>, mut inbound: Inbound) {
+    let _ = inbound.direct.set((shared.clone(), node.clone()));
     loop {
         tokio::select! {
             // A view change first: requests after it must be routed by it.
             biased;
-            Some(event) = inbound.views.recv() => on_view_change(&shared, event),
+            Some(event) = inbound.views.recv() => on_view_change(&shared, &node, event),
             Some(envelope) = inbound.messages.recv() => on_message(&shared, &node, envelope),
             else => break,
         }
@@ -79,10 +121,12 @@ pub async fn run(shared: Arc<Shared>, node: Arc<ClusterNode>, mut inbound: Inbou
     debug!("cluster: inbound queue closed");
 }
 
-fn on_view_change(shared: &Arc<Shared>, event: BusEvent) {
+fn on_view_change(shared: &Arc<Shared>, node: &ClusterNode, event: BusEvent) {
     let BusEvent::Membership { joined, gone, view } = event else {
         return;
     };
+    // Requests waiting for a lost owner are routed again by the new view.
+    node.owners_gone(&gone);
     for instance in &joined {
         info!(
             "cluster: instance {instance:016x} joined ({} live)",

@@ -7,6 +7,10 @@
 //! - An instance is alive from its first heartbeat until `expiry` passes without one, or
 //!   it says `Leaving`. A heartbeat whose sequence number does not move forward is a
 //!   duplicate and refreshes nothing.
+//! - An instance the broker reports unreachable (no subscriber on its inbox) leaves at
+//!   once; a heartbeat of it comes back into the view only with a sequence number past
+//!   the last one heard before that (a heartbeat still in flight from a dead instance must
+//!   not revive it).
 //! - This instance is always in the view.
 //! - Our own heartbeats come back to us through the bus (NATS echoes to the publisher's
 //!   own subscriptions); when they have not for `expiry`, the bus is lost for us, whatever
@@ -44,6 +48,9 @@ pub struct Members {
     self_id: InstanceId,
     expiry: Duration,
     others: HashMap<InstanceId, Member>,
+    /// Instances reported unreachable, with the last sequence number heard from each and
+    /// when: only a later heartbeat brings one back. Kept for one expiry.
+    unreachable: HashMap<InstanceId, Member>,
     /// Sorted; always holds `self_id`. Kept up to date on every change so readers get a
     /// slice without sorting.
     live: Vec<InstanceId>,
@@ -62,6 +69,7 @@ impl Members {
             self_id,
             expiry,
             others: HashMap::new(),
+            unreachable: HashMap::new(),
             live: vec![self_id],
             bus_down: true,
             self_heard: None,
@@ -94,6 +102,14 @@ impl Members {
                 None
             }
             None => {
+                if self
+                    .unreachable
+                    .get(&instance)
+                    .is_some_and(|gone| seq <= gone.seq)
+                {
+                    return None;
+                }
+                self.unreachable.remove(&instance);
                 self.others.insert(
                     instance,
                     Member {
@@ -110,6 +126,8 @@ impl Members {
     /// Removes the instances not heard for the expiry; returns them, sorted.
     pub fn expire(&mut self, now: Instant) -> Vec<InstanceId> {
         let expiry = self.expiry;
+        self.unreachable
+            .retain(|_, gone| now.saturating_duration_since(gone.last_heard) < expiry);
         let mut dead: Vec<InstanceId> = self
             .others
             .iter()
@@ -135,6 +153,24 @@ impl Members {
         } else {
             false
         }
+    }
+
+    /// The broker says `instance` cannot receive (its connection is gone): it leaves the
+    /// view now, and returns only with a heartbeat sent after the last one heard. Returns
+    /// whether it was in the view.
+    pub fn unreachable(&mut self, instance: InstanceId, now: Instant) -> bool {
+        let Some(member) = self.others.remove(&instance) else {
+            return false;
+        };
+        self.unreachable.insert(
+            instance,
+            Member {
+                last_heard: now,
+                seq: member.seq,
+            },
+        );
+        self.rebuild();
+        true
     }
 
     /// Whether our own heartbeat came back within the expiry: the bus delivers end to end.
@@ -323,6 +359,35 @@ mod tests {
         members.heard(70, 5, at(start, 2000));
         members.heard(70, 4, at(start, 2500));
         assert_eq!(members.expire(at(start, 3000)), vec![70]);
+    }
+
+    #[test]
+    fn an_unreachable_instance_leaves_at_once_and_only_a_newer_heartbeat_revives_it() {
+        let start = Instant::now();
+        let mut members = restored(start);
+        members.heard(70, 5, start);
+        let before = members.generation();
+        assert!(members.unreachable(70, at(start, 10)));
+        assert!(!members.unreachable(70, at(start, 11)), "reported once");
+        assert!(!members.unreachable(ME, at(start, 11)), "never ourselves");
+        assert_eq!(members.live(), &[ME]);
+        assert!(members.generation() > before);
+        // A heartbeat sent before the report (still in flight) does not revive it...
+        assert_eq!(members.heard(70, 5, at(start, 20)), None);
+        assert_eq!(members.live(), &[ME]);
+        // ... a later one (it reconnected) does.
+        assert_eq!(
+            members.heard(70, 6, at(start, 30)),
+            Some(Change::Joined(70))
+        );
+        assert_eq!(members.live(), &[ME, 70]);
+        // The record of the report goes after one expiry.
+        members.unreachable(70, at(start, 40));
+        members.expire(at(start, 3040));
+        assert_eq!(
+            members.heard(70, 1, at(start, 3050)),
+            Some(Change::Joined(70))
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! `swarm::route::RemoteSessions` (swarms reaching sessions held elsewhere), on top of the
 //! bus handle. Every call is non-blocking: requests are queued with `try_send` (a full
 //! queue or a lost bus is a refusal, counted), and a request that wants a reply gets a
-//! future that resolves when the owner answers or the reply deadline passes.
+//! future that resolves when the owner answers, when the owner leaves the view (an
+//! announce then comes back to be routed again), or when the reply deadline passes.
 //!
 //! What arrives from other instances is handled by `inbound`.
 
@@ -33,7 +34,7 @@ use super::{
 use crate::{
     connection::{
         conn_id, instance_of,
-        requests::{Failure, RemoteSwarms},
+        requests::{Failure, NotAnnounced, RemoteSwarms},
         ConnId, InstanceId,
     },
     protocol::{AnnounceRequest, AnswerRequest, InfoHash, OutMessage, PeerId, SwarmCounts},
@@ -57,10 +58,31 @@ pub fn conn_of(key: ConnKey) -> ConnId {
     conn_id(key.instance, key.conn)
 }
 
+/// What a request of ours waiting for its owner learns first.
+enum Outcome<T> {
+    Replied(T),
+    /// The owner left the view (dead, left, or cut off) before it replied.
+    OwnerGone,
+}
+
 /// A request of ours waiting for its reply.
 enum Pending {
-    Announce(oneshot::Sender<AnnounceResult>),
-    Scrape(oneshot::Sender<Vec<(InfoHash, SwarmCounts)>>),
+    Announce(oneshot::Sender<Outcome<AnnounceResult>>),
+    Scrape(oneshot::Sender<Outcome<Vec<(InfoHash, SwarmCounts)>>>),
+}
+
+impl Pending {
+    fn owner_gone(self) {
+        // A waiter that timed out meanwhile has nobody left to tell.
+        match self {
+            Pending::Announce(waiting) => {
+                let _ = waiting.send(Outcome::OwnerGone);
+            }
+            Pending::Scrape(waiting) => {
+                let _ = waiting.send(Outcome::OwnerGone);
+            }
+        }
+    }
 }
 
 pub struct ClusterNode {
@@ -71,8 +93,9 @@ pub struct ClusterNode {
     reply_timeout: Duration,
     next_request: AtomicU64,
     /// Bounded by the sessions: each waits for at most one reply at a time, and an entry
-    /// leaves at its reply or its deadline.
-    pending: Mutex<HashMap<u64, Pending>>,
+    /// leaves at its reply, its owner's departure from the view, or its deadline. Each
+    /// entry keeps the instance it waits for.
+    pending: Mutex<HashMap<u64, (InstanceId, Pending)>>,
     pub stats: Arc<NodeStats>,
 }
 
@@ -110,16 +133,45 @@ impl ClusterNode {
         sent
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Pending>> {
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (InstanceId, Pending)>> {
         // Entries are plain senders: a panic elsewhere cannot leave the map half-written.
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Registers a request waiting for its reply; returns its id.
-    fn expect_reply(&self, pending: Pending) -> u64 {
+    /// Registers a request waiting for the reply of `owner`; returns its id, or `None`
+    /// when `owner` has already left the view. Registered first and checked after, so a
+    /// departure is never missed: the view changes before `owners_gone` runs, so either
+    /// this check sees the new view or `owners_gone` sees the entry.
+    fn expect_reply(&self, owner: InstanceId, pending: Pending) -> Option<u64> {
         let req_id = self.next_request.fetch_add(1, Ordering::Relaxed);
-        self.pending().insert(req_id, pending);
-        req_id
+        self.pending().insert(req_id, (owner, pending));
+        if self.view().live.contains(&owner) {
+            Some(req_id)
+        } else {
+            self.forget(req_id);
+            None
+        }
+    }
+
+    /// `gone` left the view: the requests waiting for them learn it now instead of at
+    /// their deadline (what was sent to a dead instance is lost, and with "no responders"
+    /// a death is known long before the deadline).
+    pub fn owners_gone(&self, gone: &[InstanceId]) {
+        let released: Vec<Pending> = {
+            let mut pending = self.pending();
+            let ids: Vec<u64> = pending
+                .iter()
+                .filter(|(_, (owner, _))| gone.contains(owner))
+                .map(|(req_id, _)| *req_id)
+                .collect();
+            ids.iter()
+                .filter_map(|req_id| pending.remove(req_id))
+                .map(|(_, waiting)| waiting)
+                .collect()
+        };
+        for waiting in released {
+            waiting.owner_gone();
+        }
     }
 
     fn forget(&self, req_id: u64) {
@@ -129,8 +181,8 @@ impl ClusterNode {
     /// The owner answered an announce of ours.
     pub fn announce_replied(&self, req_id: u64, result: AnnounceResult) {
         match self.pending().remove(&req_id) {
-            Some(Pending::Announce(waiting)) => {
-                let _ = waiting.send(result);
+            Some((_, Pending::Announce(waiting))) => {
+                let _ = waiting.send(Outcome::Replied(result));
             }
             other => self.late_reply(req_id, other),
         }
@@ -139,8 +191,8 @@ impl ClusterNode {
     /// The owner answered a scrape of ours.
     pub fn scrape_replied(&self, req_id: u64, files: Vec<(InfoHash, SwarmCounts)>) {
         match self.pending().remove(&req_id) {
-            Some(Pending::Scrape(waiting)) => {
-                let _ = waiting.send(files);
+            Some((_, Pending::Scrape(waiting))) => {
+                let _ = waiting.send(Outcome::Replied(files));
             }
             other => self.late_reply(req_id, other),
         }
@@ -148,7 +200,7 @@ impl ClusterNode {
 
     /// A reply after its deadline (or of the wrong kind, which a well-behaved peer never
     /// sends): the request was already answered as unavailable.
-    fn late_reply(&self, req_id: u64, wrong: Option<Pending>) {
+    fn late_reply(&self, req_id: u64, wrong: Option<(InstanceId, Pending)>) {
         if let Some(pending) = wrong {
             // Put back what was not this reply's to take.
             self.pending().insert(req_id, pending);
@@ -162,16 +214,17 @@ impl ClusterNode {
     fn await_reply<T: Send + 'static>(
         self: &Arc<Self>,
         req_id: u64,
-        reply: oneshot::Receiver<T>,
-    ) -> BoxFuture<'static, Result<T, Failure>> {
+        reply: oneshot::Receiver<Outcome<T>>,
+    ) -> BoxFuture<'static, Result<Outcome<T>, Failure>> {
         let node = self.clone();
         let asked = Instant::now();
         Box::pin(async move {
             match tokio::time::timeout(node.reply_timeout, reply).await {
-                Ok(Ok(value)) => {
+                Ok(Ok(Outcome::Replied(value))) => {
                     node.stats.request_round_trip(asked.elapsed());
-                    Ok(value)
+                    Ok(Outcome::Replied(value))
                 }
+                Ok(Ok(Outcome::OwnerGone)) => Ok(Outcome::OwnerGone),
                 _ => {
                     node.forget(req_id);
                     node.stats.reply_timed_out();
@@ -210,6 +263,7 @@ impl ClusterNode {
             "viewGeneration": view.generation,
             "heartbeatRttMs": bus.heartbeat_rtt_micros.load(Relaxed) as f64 / 1000.0,
             "reconnects": bus.reconnects.load(Relaxed),
+            "unreachable": bus.unreachable.load(Relaxed),
             "forwarded": forwarded,
             "handled": handled,
             "reforwarded": self.stats.reforwarded.load(Relaxed),
@@ -247,9 +301,13 @@ impl RemoteSwarms for Arc<ClusterNode> {
         owner: InstanceId,
         conn: ConnId,
         request: AnnounceRequest,
-    ) -> BoxFuture<'static, Result<AnnounceReply, Failure>> {
+    ) -> BoxFuture<'static, Result<AnnounceReply, NotAnnounced>> {
         let (reply, replied) = oneshot::channel();
-        let req_id = self.expect_reply(Pending::Announce(reply));
+        let Some(req_id) = self.expect_reply(owner, Pending::Announce(reply)) else {
+            return Box::pin(async { Err(NotAnnounced::OwnerGone(request)) });
+        };
+        // Kept to be routed again if the owner turns out gone before it replies.
+        let retry = request.clone();
         let message = BusMessage::Announce(ForwardedAnnounce {
             from: conn_key(conn),
             req_id,
@@ -258,16 +316,20 @@ impl RemoteSwarms for Arc<ClusterNode> {
         });
         if self.send(owner, message).is_err() {
             self.forget(req_id);
-            return Box::pin(async { Err(Failure::unavailable()) });
+            return Box::pin(async { Err(NotAnnounced::Failed(Failure::unavailable())) });
         }
         let replied = self.await_reply(req_id, replied);
         Box::pin(async move {
-            match replied.await? {
+            let result = match replied.await.map_err(NotAnnounced::Failed)? {
+                Outcome::Replied(result) => result,
+                Outcome::OwnerGone => return Err(NotAnnounced::OwnerGone(retry)),
+            };
+            match result {
                 AnnounceResult::Accepted { counts, registered } => {
                     Ok(AnnounceReply { counts, registered })
                 }
-                AnnounceResult::Rejected(reject) => Err(Failure::from(reject)),
-                AnnounceResult::Unavailable => Err(Failure::unavailable()),
+                AnnounceResult::Rejected(reject) => Err(NotAnnounced::Failed(reject.into())),
+                AnnounceResult::Unavailable => Err(NotAnnounced::Failed(Failure::unavailable())),
             }
         })
     }
@@ -304,7 +366,9 @@ impl RemoteSwarms for Arc<ClusterNode> {
         info_hashes: Vec<InfoHash>,
     ) -> BoxFuture<'static, Result<Vec<(InfoHash, SwarmCounts)>, Failure>> {
         let (reply, replied) = oneshot::channel();
-        let req_id = self.expect_reply(Pending::Scrape(reply));
+        let Some(req_id) = self.expect_reply(owner, Pending::Scrape(reply)) else {
+            return Box::pin(async { Err(Failure::unavailable()) });
+        };
         let message = BusMessage::Scrape(ScrapeQuery {
             // The reply goes to this instance; the connection number is not needed.
             from: ConnKey {
@@ -318,7 +382,14 @@ impl RemoteSwarms for Arc<ClusterNode> {
             self.forget(req_id);
             return Box::pin(async { Err(Failure::unavailable()) });
         }
-        self.await_reply(req_id, replied)
+        let replied = self.await_reply(req_id, replied);
+        Box::pin(async move {
+            match replied.await? {
+                Outcome::Replied(files) => Ok(files),
+                // Asked again, the client's next scrape finds the swarms' new owner.
+                Outcome::OwnerGone => Err(Failure::unavailable()),
+            }
+        })
     }
 }
 

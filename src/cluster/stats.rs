@@ -217,6 +217,12 @@ impl Collector for ClusterCollector {
                 bus.reconnects.load(Ordering::Relaxed),
             ),
             (
+                "cluster_unreachable",
+                "Instances taken out of the view because the broker had no subscriber on \
+                 their inbox (found dead before their expiry)",
+                bus.unreachable.load(Ordering::Relaxed),
+            ),
+            (
                 "cluster_reforwarded",
                 "Requests forwarded once more while views of the live instances differed",
                 self.node.reforwarded.load(Ordering::Relaxed),

@@ -55,7 +55,7 @@ pub trait RemoteSwarms: Send + Sync {
         owner: InstanceId,
         conn: ConnId,
         request: AnnounceRequest,
-    ) -> BoxFuture<'static, Result<AnnounceReply, Failure>>;
+    ) -> BoxFuture<'static, Result<AnnounceReply, NotAnnounced>>;
 
     /// Sends an answer to the swarm on `owner`; its relay or failure comes back as a
     /// delivery to `conn`.
@@ -88,6 +88,16 @@ pub fn remote_swarms(shared: &Shared) -> Option<&dyn RemoteSwarms> {
 /// The instance owning the swarm of `info_hash` if it is not this one.
 pub fn remote_owner(shared: &Shared, info_hash: &InfoHash) -> Option<InstanceId> {
     remote_swarms(shared).and_then(|cluster| cluster.owner(info_hash))
+}
+
+/// Why a forwarded announce has no reply from its owner.
+#[derive(Debug)]
+pub enum NotAnnounced {
+    /// The owner refused it, or cannot be reached: the client gets this failure.
+    Failed(Failure),
+    /// The owner left the live instances before it replied (the request may never have
+    /// reached it): the request comes back, to be announced where the new view says.
+    OwnerGone(AnnounceRequest),
 }
 
 /// A swarm request is retried this often when the swarm it reached had just emptied and
@@ -139,10 +149,21 @@ pub async fn announce(
     request: AnnounceRequest,
 ) -> Result<(SwarmHandle, AnnounceReply), Failure> {
     let info_hash = request.info_hash;
-    if let Some(owner) = remote_owner(&shared, &info_hash) {
+    let mut request = request;
+    // An owner found gone while the request waited is replaced once, by the view that
+    // dropped it; a second loss in a row is a failure the client retries.
+    let mut owner_lost = false;
+    while let Some(owner) = remote_owner(&shared, &info_hash) {
         let cluster = remote_swarms(&shared).ok_or_else(Failure::unavailable)?;
-        let reply = cluster.announce(owner, conn, request).await?;
-        return Ok((SwarmHandle::Remote(owner), reply));
+        match cluster.announce(owner, conn, request).await {
+            Ok(reply) => return Ok((SwarmHandle::Remote(owner), reply)),
+            Err(NotAnnounced::OwnerGone(back)) if !owner_lost => {
+                owner_lost = true;
+                request = back;
+            }
+            Err(NotAnnounced::OwnerGone(_)) => return Err(Failure::unavailable()),
+            Err(NotAnnounced::Failed(failure)) => return Err(failure),
+        }
     }
     // A swarm cached as remote is owned here now: ask the shard for it.
     let cached = match cached {

@@ -316,6 +316,43 @@ async fn a_silent_instance_is_treated_as_dead() {
     an_instance_lost_by("STOP").await;
 }
 
+/// The owner of a swarm is killed; the next announce forwarded to it is served by the
+/// survivor at once: the broker's "no responders" takes the dead owner out of the view,
+/// where its expiry (two minutes here) would have kept the announce waiting.
+#[tokio::test]
+async fn an_announce_to_a_killed_owner_is_served_by_the_survivor_without_waiting_for_the_expiry() {
+    let nats = NatsServer::start();
+    let long_expiry = [("TRACKER__CLUSTER__EXPIRY_MS", "120000")];
+    let a = cluster_instance_with(&nats, "a", &long_expiry);
+    let b = cluster_instance_with(&nats, "b", &long_expiry);
+    let ids = settled(&[&a, &b]).await;
+    let swarm = swarm_owned_by(ids[1], &ids, 700);
+    let mut first = TestPeer::connect(&a.ws_url()).await;
+    let mut second = TestPeer::connect(&a.ws_url()).await;
+    first.join_swarm(swarm, peer_id(1)).await;
+    assert_eq!(second.join_swarm(swarm, peer_id(2)).await.incomplete, 2);
+
+    b.signal("KILL");
+    // Until the broker has noticed the closed connection, a message to b still goes
+    // into its dead socket, as on any bus; from then on the broker answers for it.
+    wait_inbox_unsubscribed(&nats, ids[1]).await;
+
+    // a still counts b alive and forwards this announce there: the broker's answer
+    // takes b out of a's view, and the announce is made again at the new owner, a.
+    first.announce(swarm, peer_id(1), None, &[]).await;
+    first.recv_announce_reply().await;
+    assert_eq!(view(&a).await.1, vec![ids[0]]);
+    // The other session re-joined the swarm at its new owner.
+    eventually_incomplete(&mut first, swarm, 2).await;
+    exchange(
+        swarm,
+        (&mut first, peer_id(1)),
+        (&mut second, peer_id(2)),
+        1,
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn without_nats_local_pairs_keep_working_and_cross_pairs_resume_when_it_returns() {
     let mut nats = NatsServer::start();

@@ -255,3 +255,56 @@ fn losing_nats_leaves_each_instance_alone_and_a_restart_brings_the_cluster_back(
     b.stop();
     drop(server);
 }
+
+#[test]
+fn an_instance_without_a_subscriber_on_its_inbox_leaves_before_its_expiry() {
+    let server = NatsServer::start();
+    // An expiry of two minutes: within this test only the broker's "no responders" can
+    // take the phantom out of the view.
+    let settings = ClusterSettings {
+        expiry_ms: 120_000,
+        ..fast_settings(&server.url())
+    };
+    let a = Instance::start(&settings);
+    wait_for("a's bus", || a.bus.stats().is_bus_up());
+
+    // A phantom instance: heartbeats on the control subject, nobody on its inbox.
+    let phantom: u64 = 0x0bad_cafe;
+    let heartbeat = |seq| {
+        wire::encode(&Envelope {
+            from: phantom,
+            sent_at_ms: 0,
+            body: BusMessage::Heartbeat(wire::Heartbeat {
+                seq,
+                started_at_ms: 0,
+                name: "phantom".into(),
+                advertise_url: String::new(),
+            }),
+        })
+        .expect("encodes")
+    };
+    publish_raw(
+        &server.url(),
+        &bus::control_subject("test"),
+        vec![heartbeat(1)],
+    );
+    wait_for("the phantom to join", || {
+        a.bus.view().live.contains(&phantom)
+    });
+
+    a.bus
+        .try_send(phantom, offer_for(phantom, 1))
+        .expect("the bus takes it");
+    a.wait_gone(phantom);
+    assert_eq!(a.bus.view().live, vec![a.id()]);
+    assert!(a.bus.view().bus_up, "the bus itself is fine");
+    assert_eq!(
+        a.bus
+            .stats()
+            .unreachable
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    a.stop();
+    drop(server);
+}

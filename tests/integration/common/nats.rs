@@ -93,8 +93,19 @@ impl Drop for NatsServer {
 
 /// A tracker instance of the cluster behind `nats`.
 pub fn cluster_instance(nats: &NatsServer, name: &str) -> BinaryServer {
-    BinaryServer::start(&[
-        ("TRACKER__CLUSTER__NATS_URLS", nats.url().as_str()),
+    cluster_instance_with(nats, name, &[])
+}
+
+/// A tracker instance of the cluster behind `nats`, with settings of its own in `extra`
+/// (`TRACKER__...` variables, overriding the ones here).
+pub fn cluster_instance_with(
+    nats: &NatsServer,
+    name: &str,
+    extra: &[(&str, &str)],
+) -> BinaryServer {
+    let url = nats.url();
+    let mut env = vec![
+        ("TRACKER__CLUSTER__NATS_URLS", url.as_str()),
         ("TRACKER__CLUSTER__INSTANCE_ID", name),
         ("TRACKER__CLUSTER__HEARTBEAT_INTERVAL_MS", HEARTBEAT_MS),
         ("TRACKER__CLUSTER__EXPIRY_MS", EXPIRY_MS),
@@ -102,5 +113,30 @@ pub fn cluster_instance(nats: &NatsServer, name: &str) -> BinaryServer {
         // Several tests' peers share 127.0.0.1, and answers come in bursts.
         ("TRACKER__WS__MAX_MESSAGES_PER_SEC", "1000"),
         ("TRACKER__WS__MESSAGE_BURST", "1000"),
-    ])
+    ];
+    env.extend_from_slice(extra);
+    BinaryServer::start(&env)
+}
+
+/// Waits until the broker has no subscriber on the inbox of `instance` (subject prefix
+/// `p2pms`, the default): asks there with a plain NATS client until NATS answers "no
+/// responders", as it does once the instance's connection is closed.
+pub async fn wait_inbox_unsubscribed(nats: &NatsServer, instance: u64) {
+    let client = async_nats::connect(nats.url())
+        .await
+        .expect("a plain NATS client connects");
+    let subject = format!("p2pms.inbox.{instance:016x}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let asked = client.request(subject.clone(), "probe".into());
+        if let Ok(Err(err)) = tokio::time::timeout(Duration::from_millis(200), asked).await {
+            if err.kind() == async_nats::RequestErrorKind::NoResponders {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{subject} still has a subscriber"
+        );
+    }
 }
