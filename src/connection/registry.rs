@@ -17,7 +17,7 @@ use actix::{dev::SendError, Addr, WeakAddr};
 use log::warn;
 
 use super::{
-    conn_id,
+    conn_id, instance_of,
     session::{CloseSession, Heartbeat, OwnersChanged, PeerSession},
     ConnId, InstanceId,
 };
@@ -67,7 +67,9 @@ struct SessionEntry {
 struct Inner {
     total: usize,
     per_ip: HashMap<IpAddr, usize>,
-    sessions: HashMap<ConnId, SessionEntry>,
+    /// Keyed by the local part of each `ConnId` (the instance part is always ours): a u64
+    /// key keeps an entry at 64 bytes where a u128 one pads it to 80.
+    sessions: HashMap<u64, SessionEntry>,
     shutting_down: bool,
 }
 
@@ -91,6 +93,12 @@ impl ConnectionRegistry {
             max_per_ip,
             epoch: Instant::now(),
         }
+    }
+
+    /// The key of `conn` in `sessions`: its local part, if it is a connection of this
+    /// instance (a relay addressed to another instance's connection must find nothing).
+    fn key(&self, conn: ConnId) -> Option<u64> {
+        (instance_of(conn) == self.instance).then_some(conn as u64)
     }
 
     fn millis(&self) -> u64 {
@@ -135,8 +143,9 @@ impl ConnectionRegistry {
     /// watchdog see it.
     pub fn register(&self, conn: ConnId, session: &Addr<PeerSession>, socket: ConnSocket) {
         let last_ran = self.millis();
+        // `admit` made `conn`, so it is ours.
         self.lock().sessions.insert(
-            conn,
+            conn as u64,
             SessionEntry {
                 session: session.downgrade(),
                 last_ran,
@@ -148,7 +157,8 @@ impl ConnectionRegistry {
     /// Records that the session of `conn` ran its heartbeat: it is not frozen.
     pub fn touch(&self, conn: ConnId) {
         let now = self.millis();
-        if let Some(entry) = self.lock().sessions.get_mut(&conn) {
+        let Some(key) = self.key(conn) else { return };
+        if let Some(entry) = self.lock().sessions.get_mut(&key) {
             entry.last_ran = now;
         }
     }
@@ -162,7 +172,7 @@ impl ConnectionRegistry {
             .lock()
             .sessions
             .iter()
-            .filter(|(conn, _)| (**conn as u64) % slots == slot)
+            .filter(|(local, _)| **local % slots == slot)
             .filter_map(|(_, entry)| entry.session.upgrade())
             .collect();
         for session in &sessions {
@@ -181,7 +191,7 @@ impl ConnectionRegistry {
         let limit = u64::try_from(frozen_after.as_millis()).unwrap_or(u64::MAX);
         let inner = self.lock();
         let mut cut = 0;
-        for (conn, entry) in &inner.sessions {
+        for (local, entry) in &inner.sessions {
             let last = entry.last_ran;
             if now.saturating_sub(last) < limit {
                 continue;
@@ -190,7 +200,8 @@ impl ConnectionRegistry {
             // checks that the descriptor still belongs to this peer.
             if shut_down(entry.socket) {
                 warn!(
-                    "conn={conn} stopped reading for {} s: connection cut",
+                    "conn={} stopped reading for {} s: connection cut",
+                    conn_id(self.instance, *local),
                     (now - last) / 1000
                 );
                 cut += 1;
@@ -202,7 +213,9 @@ impl ConnectionRegistry {
     /// Frees the slot taken by `admit`.
     pub fn release(&self, conn: ConnId, ip: Option<IpAddr>) {
         let mut inner = self.lock();
-        inner.sessions.remove(&conn);
+        if let Some(key) = self.key(conn) {
+            inner.sessions.remove(&key);
+        }
         inner.total = inner.total.saturating_sub(1);
         if let Some(ip) = ip {
             if let Some(count) = inner.per_ip.get_mut(&ip) {
@@ -238,7 +251,7 @@ impl ConnectionRegistry {
         let session = self
             .lock()
             .sessions
-            .get(&conn)
+            .get(&self.key(conn).ok_or(Undelivered::Closed)?)
             .and_then(|entry| entry.session.upgrade())
             .ok_or(Undelivered::Closed)?;
         session.try_send(Deliver(message)).map_err(|err| match err {
@@ -306,6 +319,16 @@ mod tests {
         registry.release(first, Some(a));
         assert!(registry.admit(Some(a)).is_ok());
         assert_eq!(registry.open_connections(), 3);
+    }
+
+    #[test]
+    fn only_this_instances_connections_have_a_key() {
+        let registry = ConnectionRegistry::new(10, 0, 7);
+        let ours = registry.admit(None).expect("ours");
+        assert_eq!(registry.key(ours), Some(ours as u64));
+        // The same local number on another instance is another connection.
+        let theirs = super::super::conn_id(8, ours as u64);
+        assert_eq!(registry.key(theirs), None);
     }
 
     #[test]

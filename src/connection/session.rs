@@ -23,7 +23,6 @@ use super::{
     memberships::Memberships,
     rate_limit::{RateLimit, Refusal},
     reassembly::{Reassembly, Received},
-    registry::ConnSocket,
     requests::{self, Failure, SwarmHandle},
     ConnId,
 };
@@ -73,7 +72,6 @@ const REJOIN_ATTEMPTS: u8 = 4;
 pub struct PeerSession {
     conn: ConnId,
     ip: Option<IpAddr>,
-    socket: ConnSocket,
     shared: Arc<Shared>,
     joined: Memberships,
     last_heard: Instant,
@@ -82,13 +80,12 @@ pub struct PeerSession {
 }
 
 impl PeerSession {
-    pub fn new(conn: ConnId, ip: Option<IpAddr>, socket: ConnSocket, shared: Arc<Shared>) -> Self {
+    pub fn new(conn: ConnId, ip: Option<IpAddr>, shared: Arc<Shared>) -> Self {
         let now = Instant::now();
         let rate = RateLimit::new(shared.settings.ws.message_burst, now);
         Self {
             conn,
             ip,
-            socket,
             shared,
             joined: Memberships::default(),
             last_heard: now,
@@ -466,9 +463,6 @@ impl Actor for PeerSession {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.shared.settings.ws.session_mailbox);
-        self.shared
-            .connections
-            .register(self.conn, &ctx.address(), self.socket);
         self.shared.metrics.connections.inc();
         self.shared.metrics.connections_total.inc();
         debug!("conn={} opened from {:?}", self.conn, self.ip);

@@ -83,7 +83,7 @@ async fn upgrade(
         fd: std::os::fd::AsRawFd::as_raw_fd(&*io),
         peer: io.peer_addr().ok(),
     };
-    let session = PeerSession::new(conn, ip, socket, shared.clone());
+    let session = PeerSession::new(conn, ip, shared.clone());
     let frames = FrameReader::new(
         io.clone(),
         read_buf,
@@ -91,8 +91,12 @@ async fn upgrade(
     );
     // The context's own reader gets a stream that never yields: ours is leaner (see
     // `FrameReader`) and feeds the same `StreamHandler`.
-    let output = WebsocketContext::with_factory(futures_util::stream::pending(), |ctx| {
+    let listed = shared.clone();
+    let output = WebsocketContext::with_factory(futures_util::stream::pending(), move |ctx| {
         ctx.add_stream(frames);
+        // Listed here rather than kept in the session until it starts: the socket's
+        // details are the registry's alone (the session releases the entry when it stops).
+        listed.connections.register(conn, &ctx.address(), socket);
         session
     });
     let linger = Duration::from_millis(settings.server.client_disconnect_timeout_ms);
