@@ -8,8 +8,9 @@ Each revision is built (cargo build --release, in a git worktree under target/be
 unless it is the working tree, which uses target/release. Every run starts a fresh
 server pinned to core 1 (taskset -c 1) with the environment of docs/benchmarks.md, and
 our `loadtest` on core 0: 1000 connections over 100 swarms, 10 offers x 400 B per
-announce, every offer answered, 25 s with 8 s warm-up; `--idle` adds 10,000 idle
-announced connections for memory. Base and new alternate (base, new, base, new, ...) so
+announce, every offer answered, 25 s with 8 s warm-up; `--big` adds steps with 10,000
+connections over 1000 swarms (35 s, 15 s warm-up), `--idle` 10,000 idle announced
+connections for memory. Base and new alternate (base, new, base, new, ...) so
 that a change in the machine's load hits both alike. The table goes to stdout as
 Markdown, with each figure's new/base ratio; the raw loadtest reports (--json) stay in
 target/bench-ab/results/. Timings are never asserted: this prints figures, it does not
@@ -87,6 +88,9 @@ def run_step(binary: Path, conns: int, rate: float | None, out: Path) -> dict:
         if rate is None:
             argv += ["--source-ips", "4", "--swarms", "100", "--offers", "0", "--interval", "3600",
                      "-d", "25", "--warmup", "18"]
+        elif conns > 1000:
+            argv += ["--source-ips", "4", "--swarms", "1000", "--rate", str(rate), "--offers", "10",
+                     "--sdp-bytes", "400", "-d", "35", "--warmup", "15"]
         else:
             argv += ["--swarms", "100", "--rate", str(rate), "--offers", "10", "--sdp-bytes", "400",
                      "-d", "25", "--warmup", "8"]
@@ -131,13 +135,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--base", required=True, help="git revision to compare against")
     p.add_argument("--new", help="git revision to test (default: the working tree, target/release)")
     p.add_argument("--rates", default="2000,3000,4000", help="announce rates, 1000 connections (default %(default)s)")
+    p.add_argument("--big", default="", help="announce rates of 10,000-connection steps (1000 swarms, "
+                   "4 source IPs, 35 s with 15 s warm-up), e.g. 2000,3000 (default: none)")
     p.add_argument("--repeats", type=int, default=2, help="runs per step and build (default %(default)s)")
     p.add_argument("--idle", action="store_true", help="also measure 10,000 idle announced connections")
     args = p.parse_args(argv)
     try:
         args.rate_list = [float(r) for r in args.rates.split(",") if r]
+        args.big_list = [float(r) for r in args.big.split(",") if r]
     except ValueError:
-        p.error(f"--rates: not a list of numbers: {args.rates}")
+        p.error(f"--rates, --big: not a list of numbers: {args.rates} / {args.big}")
     if args.repeats < 1:
         p.error("--repeats must be at least 1")
     return args
@@ -162,6 +169,7 @@ def main(argv: list[str]) -> int:
     results_dir.mkdir(parents=True, exist_ok=True)
     steps: list[tuple[str, int, float | None]] = [(f"1000 conns, {r:g} announces/s", 1000, r)
                                                   for r in args.rate_list]
+    steps += [(f"10,000 conns, {r:g} announces/s", 10_000, r) for r in args.big_list]
     if args.idle:
         steps.append(("10,000 idle announced connections", 10_000, None))
     print(f"base: {builds['base'][1]}; new: {builds['new'][1]}; {args.repeats} repeat(s), "
