@@ -27,8 +27,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import (LOADTEST_BIN, OURS_BIN, REPO, Children, cpu_seconds, free_port,  # noqa: E402
-                          handle_signals, loadavg, make_log, ours_environment, proc_status,
+from bench_common import (LOADTEST_BIN, OURS_BIN, REPO, Children, commit, cpu_seconds,  # noqa: E402
+                          free_port, handle_signals, loadavg, make_log, ours_environment, proc_status,
                           run_main, wait_listening)
 
 WORK = REPO / "target" / "bench-ab"
@@ -47,18 +47,19 @@ def git(*args: str) -> str:
 def build(rev: str | None) -> tuple[Path, str]:
     """The server binary of `rev` (None: the working tree's target/release) and a label."""
     if rev is None:
-        return OURS_BIN, f"working tree ({git('describe', '--always', '--dirty')})"
-    commit = git("rev-parse", "--short", rev)
-    tree = WORK / f"tree-{commit}"
+        described, dirty = commit()
+        return OURS_BIN, f"working tree ({described}{'; ' + dirty if dirty else ''})"
+    short = git("rev-parse", "--short", rev)
+    tree = WORK / f"tree-{short}"
     if not tree.exists():
-        git("worktree", "add", "--detach", str(tree), commit)
-    log(f"building {rev} ({commit}) in {tree.relative_to(REPO)}")
-    proc = children.spawn(["cargo", "build", "--release", "--bin", "p2p-mediastream"], f"cargo ({commit})",
+        git("worktree", "add", "--detach", str(tree), short)
+    log(f"building {rev} ({short}) in {tree.relative_to(REPO)}")
+    proc = children.spawn(["cargo", "build", "--release", "--bin", "p2p-mediastream"], f"cargo ({short})",
                           cwd=tree)
     if proc.wait(timeout=3600) != 0:
         raise Failure(f"cargo build of {rev} failed")
     children.forget(proc)
-    return tree / "target" / "release" / "p2p-mediastream", f"{rev} ({commit})"
+    return tree / "target" / "release" / "p2p-mediastream", f"{rev} ({short})"
 
 
 def threads_ctxt(pid: int) -> int:
@@ -161,9 +162,8 @@ def fmt(value) -> str:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     handle_signals()
-    for binary in (LOADTEST_BIN,):
-        if not binary.exists():
-            raise Failure(f"{binary} is missing: cargo build --release --bin loadtest")
+    if not LOADTEST_BIN.exists():
+        raise Failure(f"{LOADTEST_BIN} is missing: cargo build --release --bin loadtest")
     builds = {"base": build(args.base), "new": build(args.new)}
     results_dir = WORK / "results"
     results_dir.mkdir(parents=True, exist_ok=True)

@@ -146,10 +146,9 @@ pub async fn announce(
     cached: Option<SwarmHandle>,
     conn: ConnId,
     deliver: Recipient<Deliver>,
-    request: AnnounceRequest,
+    mut request: AnnounceRequest,
 ) -> Result<(SwarmHandle, AnnounceReply), Failure> {
     let info_hash = request.info_hash;
-    let mut request = request;
     // An owner found gone while the request waited is replaced once, by the view that
     // dropped it; a second loss in a row is a failure the client retries.
     let mut owner_lost = false;

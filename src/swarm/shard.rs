@@ -281,7 +281,7 @@ impl SwarmDirectory {
     }
 
     /// The shard at `index`, if it has started.
-    pub fn shard(&self, index: usize) -> Option<&Addr<SwarmShard>> {
+    fn shard(&self, index: usize) -> Option<&Addr<SwarmShard>> {
         self.inner.slots.get(index).and_then(OnceLock::get)
     }
 

@@ -706,6 +706,18 @@ mod tests {
         Args::parse_from(argv).into_config().expect("valid config")
     }
 
+    /// The tally of the one URL of these tests: 4000 offers expected, 3900 delivered,
+    /// 3800 of their answers back.
+    fn one_target() -> Vec<TargetTally> {
+        vec![TargetTally {
+            announces_sent: 1000,
+            offers_expected: 4000,
+            offers_received: 3900,
+            answers_sent: 3900,
+            answers_received: 3800,
+        }]
+    }
+
     fn summary() -> SwarmSummary {
         SwarmSummary {
             occupied: 1,
@@ -741,13 +753,7 @@ mod tests {
             config,
             swarms: summary(),
             total: window,
-            by_target: vec![TargetTally {
-                announces_sent: 1000,
-                offers_expected: 4000,
-                offers_received: 3900,
-                answers_sent: 3900,
-                answers_received: 3800,
-            }],
+            by_target: one_target(),
             window,
             outcome: &outcome,
             window_secs: 10.0,
@@ -899,13 +905,7 @@ mod tests {
             config: &config,
             swarms: summary(),
             total: window,
-            by_target: vec![TargetTally {
-                announces_sent: 1000,
-                offers_expected: 4000,
-                offers_received: 3900,
-                answers_sent: 3900,
-                answers_received: 3800,
-            }],
+            by_target: one_target(),
             window,
             outcome: &outcome,
             window_secs: 1.0,
