@@ -153,7 +153,7 @@ pub struct TrackerSettings {
     pub offer_ttl_secs: u64,
     /// Most offers relayed per announce.
     pub max_offers: usize,
-    /// Largest SDP body accepted, in bytes.
+    /// Largest SDP body accepted, in bytes as sent (JSON-escaped).
     pub max_sdp_bytes: usize,
     /// Most peers in one swarm; further joiners get a failure reason.
     pub max_peers_per_swarm: usize,

@@ -3,7 +3,6 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -11,7 +10,7 @@ use p2p_mediastream::{
     protocol::{
         client::{announce_text, answer_text, scrape_text},
         parse, AnnounceEvent, AnnounceRequest, AnswerRequest, InMessage, InfoHash, Offer, OfferId,
-        OutMessage, ParseLimits, PeerId, ScrapeRequest,
+        OutMessage, ParseLimits, PeerId, ScrapeRequest, Sdp,
     },
     swarm::state::{Reject, SwarmLimits, SwarmState},
 };
@@ -98,7 +97,7 @@ proptest! {
                 offers
                     .iter()
                     .take(limits().max_offers)
-                    .map(|(offer_id, sdp)| Offer { offer_id: *offer_id, sdp: Arc::from(sdp.as_str()) })
+                    .map(|(offer_id, sdp)| Offer { offer_id: *offer_id, sdp: Sdp::from_text(sdp) })
                     .collect()
             } else {
                 Vec::new()
@@ -127,7 +126,7 @@ proptest! {
             peer_id: PeerId(peer_id),
             to_peer_id: PeerId(to_peer_id),
             offer_id: OfferId(offer_id),
-            sdp: Arc::from(sdp.as_str()),
+            sdp: Sdp::from_text(&sdp),
         };
         prop_assert_eq!(parse(&text, &limits()), Ok(InMessage::Answer(expected)));
     }
@@ -438,7 +437,7 @@ fn run(ops: &[Op], seed: u64) -> Result<(), TestCaseError> {
                         .iter()
                         .map(|&id| Offer {
                             offer_id: offer(id),
-                            sdp: Arc::from(format!("sdp {step} {id}")),
+                            sdp: Sdp::from_text(&format!("sdp {step} {id}")),
                         })
                         .collect(),
                 };
@@ -627,7 +626,7 @@ fn check_answer(
         peer_id: from,
         to_peer_id: to,
         offer_id,
-        sdp: Arc::from(format!("answer {step}")),
+        sdp: Sdp::from_text(&format!("answer {step}")),
     };
     let actual = state.answer(conn, &request, now);
     // Accepted only for an offer relayed to `from` by `to`, unexpired, answered from the

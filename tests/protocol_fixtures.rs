@@ -3,7 +3,7 @@
 //! client message parses into the request we expect, and for each message the reference
 //! server sent, ours serialises to the same JSON (compared as values, byte-exact ids).
 
-use std::{collections::HashMap, sync::Arc};
+use std::collections::HashMap;
 
 use p2p_mediastream::protocol::{
     parse, AnnounceEvent, InMessage, OfferId, OutMessage, ParseLimits, SwarmCounts,
@@ -56,7 +56,10 @@ fn every_client_message_parses() {
                     .zip(raw["offers"].as_array().expect("offers"))
                 {
                     assert_eq!(raw_offer["offer_id"], Value::from(offer.offer_id.to_wire()));
-                    assert_eq!(raw_offer["offer"]["sdp"].as_str(), Some(&*offer.sdp));
+                    assert_eq!(
+                        raw_offer["offer"]["sdp"].as_str(),
+                        Some(offer.sdp.to_text().as_str())
+                    );
                 }
             }
             InMessage::Answer(request) => {
@@ -64,7 +67,10 @@ fn every_client_message_parses() {
                 let raw = as_value(&frame.msg);
                 assert_eq!(raw["to_peer_id"], Value::from(request.to_peer_id.to_wire()));
                 assert_eq!(raw["offer_id"], Value::from(request.offer_id.to_wire()));
-                assert_eq!(raw["answer"]["sdp"].as_str(), Some(&*request.sdp));
+                assert_eq!(
+                    raw["answer"]["sdp"].as_str(),
+                    Some(request.sdp.to_text().as_str())
+                );
             }
             InMessage::Scrape(_) => panic!("P2P Media Loader never scrapes"),
         }
@@ -118,7 +124,7 @@ fn our_responses_match_what_the_reference_server_sent() {
                 info_hash: answer.info_hash,
                 peer_id: answer.peer_id,
                 offer_id,
-                sdp: Arc::clone(&answer.sdp),
+                sdp: answer.sdp.clone(),
             }
         } else {
             let info_hash = p2p_mediastream::protocol::InfoHash::from_wire(

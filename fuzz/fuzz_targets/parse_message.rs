@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(InMessage::Announce(request)) => {
             assert!(request.offers.len() <= limits.max_offers);
             for offer in &request.offers {
-                assert!(offer.sdp.len() <= limits.max_sdp_bytes);
+                assert!(offer.sdp.escaped_len() <= limits.max_sdp_bytes);
             }
             let reply = OutMessage::AnnounceResponse {
                 info_hash: request.info_hash,
@@ -27,7 +27,9 @@ fuzz_target!(|data: &[u8]| {
             let echoed = parse_tracker_message(&reply.to_text()).expect("our reply parses");
             assert!(matches!(echoed, p2p_mediastream::protocol::client::TrackerMessage::AnnounceResponse { info_hash, .. } if info_hash == request.info_hash));
         }
-        Ok(InMessage::Answer(request)) => assert!(request.sdp.len() <= limits.max_sdp_bytes),
+        Ok(InMessage::Answer(request)) => {
+            assert!(request.sdp.escaped_len() <= limits.max_sdp_bytes)
+        }
         Ok(InMessage::Scrape(_)) => {}
         Err(err) => {
             // The failure must serialise to JSON with `failure reason` and `action`.

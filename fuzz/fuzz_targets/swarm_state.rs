@@ -5,14 +5,13 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
     time::{Duration, Instant},
 };
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use p2p_mediastream::{
-    protocol::{AnnounceEvent, AnnounceRequest, AnswerRequest, InfoHash, Offer, OfferId, OutMessage, PeerId},
+    protocol::{AnnounceEvent, AnnounceRequest, AnswerRequest, InfoHash, Offer, OfferId, OutMessage, PeerId, Sdp},
     swarm::state::{SwarmLimits, SwarmState},
 };
 use rand::{rngs::SmallRng, SeedableRng};
@@ -49,7 +48,7 @@ fuzz_target!(|input: (u64, Vec<Op>)| {
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut now = Instant::now();
     // offer_id -> (offerer, connection it was relayed to, expiry)
-    let mut relayed: HashMap<(PeerId, OfferId), (PeerId, u64, Instant)> = HashMap::new();
+    let mut relayed: HashMap<(PeerId, OfferId), (PeerId, u128, Instant)> = HashMap::new();
     let mut next_offer = 0u8;
     for op in ops.into_iter().take(256) {
         match op {
@@ -64,7 +63,7 @@ fuzz_target!(|input: (u64, Vec<Op>)| {
                 let offers: Vec<Offer> = (0..offers % 8)
                     .map(|_| {
                         next_offer = next_offer.wrapping_add(1);
-                        Offer { offer_id: offer_id(next_offer), sdp: Arc::from("sdp") }
+                        Offer { offer_id: offer_id(next_offer), sdp: Sdp::from_text("sdp") }
                     })
                     .collect();
                 let request = AnnounceRequest {
@@ -95,7 +94,7 @@ fuzz_target!(|input: (u64, Vec<Op>)| {
                     peer_id: peer(n),
                     to_peer_id: peer(to),
                     offer_id: offer_id(offer),
-                    sdp: Arc::from("answer"),
+                    sdp: Sdp::from_text("answer"),
                 };
                 let expected = relayed.get(&(peer(n), offer_id(offer))).copied();
                 if let Ok(delivery) = state.answer(conn, &request, now) {

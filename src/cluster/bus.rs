@@ -1183,7 +1183,7 @@ mod tests {
                 info_hash: InfoHash([1; 20]),
                 peer_id: PeerId([2; 20]),
                 offer_id: OfferId([3; 20]),
-                sdp: Arc::from("v=0"),
+                sdp: crate::protocol::Sdp::from_text("v=0"),
             },
         })
     }

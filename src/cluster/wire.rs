@@ -23,27 +23,27 @@
 //! a new id, so nothing addressed to a socket of its previous life can reach a new one.
 //!
 //! The protocol types (`InfoHash`, `AnnounceRequest`, ...) serialise to JSON in the
-//! WebTorrent form; here they go through the `raw_id`/`raw_ids`/`arc_str`/`offers`
+//! WebTorrent form; here they go through the `raw_id`/`raw_ids`/`sdp_literal`/`offers`
 //! helpers and serde's remote derives (the `...Def` types), which give them a binary form
 //! without touching them. A new
 //! field or variant in one of those types fails to compile here until it is given a
 //! wire form (and a new [`WIRE_VERSION`]).
 
-use std::{fmt, sync::Arc};
+use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::{
     protocol::{
         AnnounceEvent, AnnounceRequest, AnswerRequest, InfoHash, Offer, OfferId, OutMessage,
-        PeerId, SwarmCounts, ID_LEN,
+        PeerId, Sdp, SwarmCounts, ID_LEN,
     },
     swarm::state::Reject,
 };
 
 /// The first byte of every bus message. Bump it on any incompatible change (see the module
 /// doc).
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 
 /// How many times a request may be forwarded after its first hop. Views of the live set
 /// differ for up to one expiry after an instance joins or dies: an instance that receives
@@ -234,8 +234,8 @@ pub enum Relay {
         peer_id: PeerId,
         #[serde(with = "raw_id")]
         offer_id: OfferId,
-        #[serde(with = "arc_str")]
-        sdp: Arc<str>,
+        #[serde(with = "sdp_literal")]
+        sdp: Sdp,
     },
     /// The answer to this session's offer (`OutMessage::Answer`).
     Answer {
@@ -246,8 +246,8 @@ pub enum Relay {
         peer_id: PeerId,
         #[serde(with = "raw_id")]
         offer_id: OfferId,
-        #[serde(with = "arc_str")]
-        sdp: Arc<str>,
+        #[serde(with = "sdp_literal")]
+        sdp: Sdp,
     },
     /// A refused answer: `{"failure reason", action: "announce", info_hash}`.
     Failure {
@@ -474,21 +474,21 @@ mod raw_ids {
     }
 }
 
-/// SDP bodies are shared (`Arc<str>`) in the process; on the wire, a plain string.
-mod arc_str {
+/// SDP bodies travel in the escaped JSON form clients sent and receive them in (see
+/// `protocol::sdp`), as a plain string, checked again on arrival: a literal that is not
+/// exactly one JSON string fails the whole message, which is then dropped and counted.
+mod sdp_literal {
     use super::*;
 
-    pub(crate) fn serialize<S: Serializer>(
-        text: &Arc<str>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(text)
+    pub(crate) fn serialize<S: Serializer>(sdp: &Sdp, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(sdp.as_json())
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
-        deserializer: D,
-    ) -> Result<Arc<str>, D::Error> {
-        String::deserialize(deserializer).map(Arc::from)
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Sdp, D::Error> {
+        // Borrowed from the message's bytes (postcard decodes from a slice): the one copy
+        // is the `Sdp`'s own.
+        let json = <&'de str>::deserialize(deserializer)?;
+        Sdp::from_json(json).map_err(serde::de::Error::custom)
     }
 }
 
@@ -528,8 +528,8 @@ mod offers {
     struct OfferDef {
         #[serde(with = "raw_id")]
         offer_id: OfferId,
-        #[serde(with = "arc_str")]
-        sdp: Arc<str>,
+        #[serde(with = "sdp_literal")]
+        sdp: Sdp,
     }
 
     pub(crate) fn serialize<S: Serializer>(
@@ -598,8 +598,8 @@ struct AnswerRequestDef {
     to_peer_id: PeerId,
     #[serde(with = "raw_id")]
     offer_id: OfferId,
-    #[serde(with = "arc_str")]
-    sdp: Arc<str>,
+    #[serde(with = "sdp_literal")]
+    sdp: Sdp,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -625,8 +625,8 @@ mod tests {
         (any::<u64>(), any::<u64>()).prop_map(|(instance, conn)| ConnKey { instance, conn })
     }
 
-    fn sdp() -> impl Strategy<Value = Arc<str>> {
-        ".{0,64}".prop_map(Arc::from)
+    fn sdp() -> impl Strategy<Value = Sdp> {
+        ".{0,64}".prop_map(|text| Sdp::from_text(&text))
     }
 
     fn counts() -> impl Strategy<Value = SwarmCounts> {
@@ -853,7 +853,7 @@ mod tests {
                     info_hash: InfoHash([1; 20]),
                     peer_id: PeerId([2; 20]),
                     offer_id: OfferId([3; 20]),
-                    sdp: Arc::from("v=0"),
+                    sdp: Sdp::from_text("v=0"),
                 },
             }),
         }

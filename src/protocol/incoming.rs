@@ -6,17 +6,22 @@
 //! shape flat lets every failure name the field at fault and still echo `info_hash` when it
 //! was readable: the reference client only shows failures that carry its own info_hash.
 
-use std::{borrow::Cow, fmt, sync::Arc};
+use std::{borrow::Cow, fmt};
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
-use super::ids::{IdError, InfoHash, OfferId, PeerId};
+use super::{
+    ids::{IdError, InfoHash, OfferId, PeerId},
+    sdp::Sdp,
+};
 
 /// Bounds applied while validating: built from the `[tracker]` settings (`config`), whose
 /// defaults are also this struct's `Default`.
 #[derive(Debug, Clone, Copy)]
 pub struct ParseLimits {
-    /// Longest accepted SDP body (offer or answer), in bytes.
+    /// Longest accepted SDP body (offer or answer), in bytes as sent (JSON-escaped, so a
+    /// line break counts two).
     pub max_sdp_bytes: usize,
     /// Most info_hashes accepted in one scrape.
     pub max_scrape_hashes: usize,
@@ -59,8 +64,7 @@ pub enum AnnounceEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Offer {
     pub offer_id: OfferId,
-    /// The SDP body; shared so relaying it to a peer does not copy it.
-    pub sdp: Arc<str>,
+    pub sdp: Sdp,
 }
 
 /// `action: announce` without `answer`: join, re-announce or leave, maybe with offers.
@@ -87,7 +91,7 @@ pub struct AnswerRequest {
     /// The peer that made the offer.
     pub to_peer_id: PeerId,
     pub offer_id: OfferId,
-    pub sdp: Arc<str>,
+    pub sdp: Sdp,
 }
 
 /// Which swarms a scrape asks about.
@@ -126,8 +130,9 @@ impl fmt::Display for ParseError {
 struct RawSdp<'a> {
     #[serde(rename = "type", borrow, default)]
     kind: Option<Cow<'a, str>>,
+    /// Kept as raw JSON: relayed in its escaped form (see `sdp`).
     #[serde(borrow, default)]
-    sdp: Option<Cow<'a, str>>,
+    sdp: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -317,7 +322,7 @@ fn sdp_body(
     field: &str,
     limits: &ParseLimits,
     info_hash: InfoHash,
-) -> Result<Arc<str>, ParseError> {
+) -> Result<Sdp, ParseError> {
     let Some(raw) = raw else {
         return Err(fail(
             Action::Announce,
@@ -341,7 +346,8 @@ fn sdp_body(
             ));
         }
     }
-    let Some(sdp) = raw.sdp else {
+    // `null` reads as absent, as it does for every optional field (serde's `Option`).
+    let Some(raw_sdp) = raw.sdp.filter(|raw| raw.get() != "null") else {
         return Err(fail(
             Action::Announce,
             Some(info_hash),
@@ -349,19 +355,27 @@ fn sdp_body(
             format!("missing field `{field}.sdp`"),
         ));
     };
-    if sdp.len() > limits.max_sdp_bytes {
+    // Measured before anything is copied: the escaped body without its quotes.
+    let escaped_len = raw_sdp.get().len().saturating_sub(2);
+    if escaped_len > limits.max_sdp_bytes {
         return Err(fail(
             Action::Announce,
             Some(info_hash),
             "sdp_too_large",
             format!(
-                "{field}.sdp is {} bytes, the limit is {}",
-                sdp.len(),
+                "{field}.sdp is {escaped_len} bytes, the limit is {}",
                 limits.max_sdp_bytes
             ),
         ));
     }
-    Ok(Arc::from(sdp.as_ref()))
+    Sdp::from_raw(raw_sdp).ok_or_else(|| {
+        fail(
+            Action::Announce,
+            Some(info_hash),
+            "invalid_field",
+            format!("{field}.sdp must be a string"),
+        )
+    })
 }
 
 fn validate_announce(raw: RawMessage<'_>, limits: &ParseLimits) -> Result<InMessage, ParseError> {

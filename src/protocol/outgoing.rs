@@ -3,15 +3,16 @@
 //! Key order follows the reference server where clients could care (they do not parse by
 //! position, but captures and diffs read better). Offers and answers are rebuilt as
 //! `{type, sdp}` rather than relayed verbatim, so a client cannot smuggle extra fields to
-//! another peer.
+//! another peer; only the SDP string itself is copied as it came (see `sdp`).
 
-use std::{borrow::Cow, sync::Arc};
+use std::{borrow::Cow, io::Write};
 
 use serde::{ser::SerializeMap, Serialize, Serializer};
 
 use super::{
     ids::{InfoHash, OfferId, PeerId},
     incoming::Action,
+    sdp::Sdp,
 };
 
 /// Seeder/leecher counts of one swarm, as reported in announce and scrape responses.
@@ -38,7 +39,7 @@ pub enum OutMessage {
         /// The offering peer.
         peer_id: PeerId,
         offer_id: OfferId,
-        sdp: Arc<str>,
+        sdp: Sdp,
     },
     /// The answer to an offer this client made.
     Answer {
@@ -46,7 +47,7 @@ pub enum OutMessage {
         /// The answering peer.
         peer_id: PeerId,
         offer_id: OfferId,
-        sdp: Arc<str>,
+        sdp: Sdp,
     },
     /// Counts per requested swarm. `downloaded` is reported as `complete`, a lower bound, as
     /// the reference server does (no tracker here counts finished downloads).
@@ -66,9 +67,24 @@ impl OutMessage {
         // Sized up front: relayed offers and answers are SDP plus ~200 bytes of envelope,
         // and growing the buffer by doubling would copy them several times.
         let mut buffer = Vec::with_capacity(self.estimated_len());
-        // Serialising plain structs of ids, integers and strings cannot fail; the fallback
-        // keeps the connection speaking the protocol should that ever change.
-        match serde_json::to_writer(&mut buffer, self) {
+        let written = match self {
+            OutMessage::Offer {
+                info_hash,
+                peer_id,
+                offer_id,
+                sdp,
+            } => write_relay(&mut buffer, "offer", info_hash, peer_id, offer_id, sdp),
+            OutMessage::Answer {
+                info_hash,
+                peer_id,
+                offer_id,
+                sdp,
+            } => write_relay(&mut buffer, "answer", info_hash, peer_id, offer_id, sdp),
+            other => serde_json::to_writer(&mut buffer, &OtherJson(other)),
+        };
+        // Serialising plain structs of ids, integers and strings into memory cannot fail;
+        // the fallback keeps the connection speaking the protocol should that ever change.
+        match written {
             Ok(()) => String::from_utf8(buffer).unwrap_or_default(),
             Err(err) => format!(
                 "{{\"failure reason\":\"internal error: {}\",\"action\":\"announce\"}}",
@@ -77,11 +93,11 @@ impl OutMessage {
         }
     }
 
-    /// A close upper estimate of the JSON length (SDP line breaks are escaped as `\r\n`).
+    /// A close upper estimate of the JSON length.
     fn estimated_len(&self) -> usize {
         match self {
             OutMessage::Offer { sdp, .. } | OutMessage::Answer { sdp, .. } => {
-                sdp.len() + sdp.len() / 8 + 256
+                sdp.as_json().len() + 256
             }
             OutMessage::ScrapeResponse { files } => 32 + files.len() * 120,
             OutMessage::Failure { reason, .. } => reason.len() + 160,
@@ -101,12 +117,26 @@ impl OutMessage {
     }
 }
 
-/// `{"type": ..., "sdp": ...}` as it appears under `offer` / `answer`.
-#[derive(Serialize)]
-struct SdpObject<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    sdp: &'a str,
+/// `{"action":"announce","info_hash":..,"peer_id":..,"offer_id":..,"<kind>":{"type":"<kind>","sdp":..}}`
+/// with the SDP literal copied in as it came: serde escapes the ids, nothing touches the SDP.
+fn write_relay(
+    out: &mut Vec<u8>,
+    kind: &str,
+    info_hash: &InfoHash,
+    peer_id: &PeerId,
+    offer_id: &OfferId,
+    sdp: &Sdp,
+) -> serde_json::Result<()> {
+    out.extend_from_slice(br#"{"action":"announce","info_hash":"#);
+    serde_json::to_writer(&mut *out, info_hash)?;
+    out.extend_from_slice(br#","peer_id":"#);
+    serde_json::to_writer(&mut *out, peer_id)?;
+    out.extend_from_slice(br#","offer_id":"#);
+    serde_json::to_writer(&mut *out, offer_id)?;
+    write!(out, r#","{kind}":{{"type":"{kind}","sdp":"#).map_err(serde_json::Error::io)?;
+    out.extend_from_slice(sdp.as_json().as_bytes());
+    out.extend_from_slice(b"}}");
+    Ok(())
 }
 
 struct ScrapeFiles<'a>(&'a [(InfoHash, SwarmCounts)]);
@@ -134,9 +164,12 @@ impl Serialize for ScrapeFiles<'_> {
     }
 }
 
-impl Serialize for OutMessage {
+/// The messages without an SDP, through serde.
+struct OtherJson<'a>(&'a OutMessage);
+
+impl Serialize for OtherJson<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
+        match self.0 {
             OutMessage::AnnounceResponse {
                 info_hash,
                 counts,
@@ -148,40 +181,6 @@ impl Serialize for OutMessage {
                 map.serialize_entry("complete", &counts.complete)?;
                 map.serialize_entry("incomplete", &counts.incomplete)?;
                 map.serialize_entry("interval", interval_secs)?;
-                map.end()
-            }
-            OutMessage::Offer {
-                info_hash,
-                peer_id,
-                offer_id,
-                sdp,
-            } => {
-                let mut map = serializer.serialize_map(Some(5))?;
-                map.serialize_entry("action", "announce")?;
-                map.serialize_entry("info_hash", info_hash)?;
-                map.serialize_entry("peer_id", peer_id)?;
-                map.serialize_entry("offer_id", offer_id)?;
-                map.serialize_entry("offer", &SdpObject { kind: "offer", sdp })?;
-                map.end()
-            }
-            OutMessage::Answer {
-                info_hash,
-                peer_id,
-                offer_id,
-                sdp,
-            } => {
-                let mut map = serializer.serialize_map(Some(5))?;
-                map.serialize_entry("action", "announce")?;
-                map.serialize_entry("info_hash", info_hash)?;
-                map.serialize_entry("peer_id", peer_id)?;
-                map.serialize_entry("offer_id", offer_id)?;
-                map.serialize_entry(
-                    "answer",
-                    &SdpObject {
-                        kind: "answer",
-                        sdp,
-                    },
-                )?;
                 map.end()
             }
             OutMessage::ScrapeResponse { files } => {
@@ -203,6 +202,9 @@ impl Serialize for OutMessage {
                 }
                 map.end()
             }
+            OutMessage::Offer { .. } | OutMessage::Answer { .. } => Err(serde::ser::Error::custom(
+                "offers and answers are written by write_relay",
+            )),
         }
     }
 }

@@ -508,12 +508,12 @@ fn saturating_u32(value: usize) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::HashSet, sync::Arc};
+    use std::collections::HashSet;
 
     use rand::{rngs::SmallRng, SeedableRng};
 
     use super::*;
-    use crate::protocol::Offer;
+    use crate::protocol::{Offer, Sdp};
 
     fn id(n: u8) -> [u8; 20] {
         let mut bytes = [b'a'; 20];
@@ -543,7 +543,7 @@ mod tests {
             offers: (0..offers)
                 .map(|n| Offer {
                     offer_id: offer_id(100 + n as u8),
-                    sdp: Arc::from(format!("sdp {n}")),
+                    sdp: Sdp::from_text(&format!("sdp {n}")),
                 })
                 .collect(),
         }
@@ -556,7 +556,7 @@ mod tests {
             peer_id: from,
             to_peer_id: to,
             offer_id: offer,
-            sdp: Arc::from(sdp),
+            sdp: Sdp::from_text(sdp),
         }
     }
 
@@ -761,7 +761,7 @@ mod tests {
                 info_hash: hash(),
                 peer_id: peer(2),
                 offer_id: offered,
-                sdp: Arc::from("answer sdp"),
+                sdp: Sdp::from_text("answer sdp"),
             }
         );
         // Only one answer per offer.

@@ -8,7 +8,7 @@
 //! that asserts how long something took.
 
 use std::{
-    sync::{mpsc, Arc},
+    sync::mpsc,
     thread,
     time::{Duration, Instant},
 };
@@ -20,7 +20,7 @@ use p2p_mediastream::{
         settings::ClusterSettings,
         wire::{self, BusMessage, ConnKey, Deliver, Envelope, Relay},
     },
-    protocol::{InfoHash, OfferId, PeerId},
+    protocol::{InfoHash, OfferId, PeerId, Sdp},
 };
 
 /// Long enough for a loaded 2-core CI machine; conditions normally hold in milliseconds.
@@ -113,7 +113,7 @@ fn offer_for(instance: u64, conn: u64) -> BusMessage {
             info_hash: InfoHash(*b"stream-abc-variant-0"),
             peer_id: PeerId(*b"-PM0203-qhhxsCc0iJvL"),
             offer_id: OfferId([7; 20]),
-            sdp: Arc::from("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\n"),
+            sdp: Sdp::from_text("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\n"),
         },
     })
 }

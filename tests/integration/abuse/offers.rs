@@ -125,7 +125,7 @@ async fn offer_sdp_exactly_at_the_limit_is_relayed() {
     abuser.send_json(value).await;
     assert_eq!(abuser.recv_announce_reply().await.incomplete, 2);
     match receivers[0].recv().await {
-        TrackerMessage::Offer { sdp, .. } => assert_eq!(sdp.len(), 1024),
+        TrackerMessage::Offer { sdp, .. } => assert_eq!(escaped_len(&sdp), 1024),
         other => panic!("expected the offer, got {other:?}"),
     }
     honest.assert_unaffected().await;

@@ -50,13 +50,26 @@ pub fn offer_id(n: u32) -> OfferId {
     OfferId(bytes)
 }
 
+/// An SDP-like body (CRLF line ends, as real ones) whose JSON-escaped form, the size
+/// `tracker.max_sdp_bytes` bounds, is exactly `len` bytes (below 35 bytes, just filler).
 pub fn fake_sdp(len: usize) -> String {
     let mut sdp = String::from("v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n");
-    while sdp.len() < len {
+    if escaped_len(&sdp) > len {
+        return "x".repeat(len);
+    }
+    // A line "a=x\r\n" is 5 bytes of text and 7 once escaped.
+    while escaped_len(&sdp) + 7 <= len {
         sdp.push_str("a=x\r\n");
     }
-    sdp.truncate(len);
+    while escaped_len(&sdp) < len {
+        sdp.push('x');
+    }
     sdp
+}
+
+/// Bytes of `sdp` in a JSON string, without the quotes.
+pub fn escaped_len(sdp: &str) -> usize {
+    serde_json::to_string(sdp).map_or(0, |json| json.len() - 2)
 }
 
 /// An announce as JSON, with offers (id, SDP) and an arbitrary `numwant` value (`None`:
