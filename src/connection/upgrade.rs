@@ -4,7 +4,7 @@
 //! connection caps, answers 101, and then runs a `PeerSession` straight on the socket (see
 //! `io`). A plain GET on the tracker path never gets here: the routes answer it 426.
 
-use std::{convert::Infallible, rc::Rc, sync::Arc, time::Duration};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use actix::AsyncContext;
 use actix_codec::{Framed, FramedParts};
@@ -78,14 +78,14 @@ async fn upgrade(
     // Take the socket out of actix-http; its 8 KiB read and write buffers go with the
     // rest (but whatever the client sent after the request head is kept).
     let FramedParts { io, read_buf, .. } = framed.into_parts();
-    let io = Rc::new(io);
     let socket = ConnSocket {
-        fd: std::os::fd::AsRawFd::as_raw_fd(&*io),
+        fd: std::os::fd::AsRawFd::as_raw_fd(&io),
         peer: io.peer_addr().ok(),
     };
+    let (read_half, write_half) = io.into_split();
     let session = PeerSession::new(conn, ip, shared.clone());
     let frames = FrameReader::new(
-        io.clone(),
+        read_half,
         read_buf,
         Codec::new().max_size(settings.ws.max_frame_bytes),
     );
@@ -104,7 +104,7 @@ async fn upgrade(
     // the HTTP dispatcher's whole state (some 3 KB) for the life of the connection. The
     // connection stays counted in `ConnectionRegistry`, which caps WebSockets and which
     // shutdown waits on (actix-server no longer counts it).
-    actix_web::rt::spawn(ws_io::run_session(io, output, linger, conn));
+    actix_web::rt::spawn(ws_io::run_session(write_half, output, linger, conn));
     Ok(())
 }
 
