@@ -261,8 +261,8 @@ impl ConnectionRegistry {
     }
 
     /// Tells every session that swarm owners changed (the cluster's view did), so that each
-    /// re-joins the swarms that moved, and with `dropped_by` also every swarm owned by that
-    /// instance (it had dropped this instance's peers). Returns how many were told.
+    /// re-joins the swarms that moved; or with `dropped_by`, that this owner dropped our
+    /// peers, so that each re-joins the swarms it holds there. Returns how many were told.
     pub fn owners_changed(&self, dropped_by: Option<InstanceId>) -> usize {
         let sessions = Self::live_sessions(&self.lock());
         for session in &sessions {

@@ -57,8 +57,10 @@ pub struct OwnersChanged {
     /// a re-join may be lost on the way (sent to an owner that still forwards to a dead
     /// one); it is tried again, one expiry later, a few times.
     pub attempt: u8,
-    /// This owner dropped our peers (it had lost sight of this instance for a while) and
-    /// asked for them back: every swarm it owns is re-joined too, moved or not.
+    /// Set when this owner dropped our peers (it had lost sight of this instance for a
+    /// while) and asks for them back: then the swarms re-joined are those joined at it
+    /// and still owned by it, instead of those that moved (which the view change that
+    /// moved them re-joins, so none is announced twice).
     pub dropped_by: Option<InstanceId>,
 }
 
@@ -545,13 +547,17 @@ impl Handler<OwnersChanged> for PeerSession {
     type Result = ();
 
     fn handle(&mut self, msg: OwnersChanged, ctx: &mut Self::Context) {
-        // The swarms that moved, and those of the owner that dropped our peers.
         let lost: Vec<(InfoHash, Vec<PeerId>)> = self
             .joined
             .iter()
             .filter(|(info_hash, joined)| {
                 let owner = requests::remote_owner(&self.shared, info_hash);
-                joined.swarm.owner() != owner || (owner.is_some() && owner == msg.dropped_by)
+                match msg.dropped_by {
+                    Some(dropped_by) => {
+                        joined.swarm.owner() == Some(dropped_by) && owner == Some(dropped_by)
+                    }
+                    None => joined.swarm.owner() != owner,
+                }
             })
             .map(|(info_hash, joined)| (*info_hash, joined.peer_ids.clone()))
             .collect();
@@ -595,8 +601,9 @@ impl Handler<OwnersChanged> for PeerSession {
                                 if attempt < REJOIN_ATTEMPTS && !retry_scheduled.replace(true) {
                                     let later = session.shared.settings.cluster.expiry();
                                     // With `dropped_by` the retry re-joins that owner's swarms
-                                    // that did go through as well: a few harmless duplicate
-                                    // announces, against remembering which failed.
+                                    // that did go through as well (their handle does not
+                                    // change): a few harmless duplicate announces, against
+                                    // remembering which failed.
                                     let again = OwnersChanged {
                                         attempt,
                                         dropped_by: msg.dropped_by,
