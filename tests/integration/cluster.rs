@@ -389,38 +389,85 @@ async fn an_announce_to_a_killed_owner_is_served_by_the_survivor_without_waiting
     .await;
 }
 
+/// Instance a behind a `LinkProxy` (with an expiry of `a_expiry_ms`) and b (with
+/// `LONG_EXPIRY_MS`), and a client on each in one swarm: peer 1 on a, peer 2 on b.
+struct LinkCut {
+    nats: NatsServer,
+    proxy: LinkProxy,
+    a: BinaryServer,
+    b: BinaryServer,
+    ids: Vec<u64>,
+    swarm: InfoHash,
+    on_a: TestPeer,
+    on_b: TestPeer,
+}
+
+impl LinkCut {
+    /// The swarm is the first from `info_hash(from)` on that `ids[owner]` owns.
+    async fn start(a_expiry_ms: &str, owner: usize, from: u32) -> Self {
+        let nats = NatsServer::start();
+        let proxy = LinkProxy::start(nats.port);
+        let (a, b, ids) = pair(&nats, &proxy.url(), a_expiry_ms).await;
+        let swarm = swarm_owned_by(ids[owner], &ids, from);
+        let mut on_a = TestPeer::connect(&a.ws_url()).await;
+        let mut on_b = TestPeer::connect(&b.ws_url()).await;
+        on_a.join_swarm(swarm, peer_id(1)).await;
+        assert_eq!(on_b.join_swarm(swarm, peer_id(2)).await.incomplete, 2);
+        Self {
+            nats,
+            proxy,
+            a,
+            b,
+            ids,
+            swarm,
+            on_a,
+            on_b,
+        }
+    }
+
+    /// Restores a's link. Neither client announces from here on, so only a re-join can
+    /// bring the dropped peer back: the swarm counts both again through the client on its
+    /// owner (a if `a_owns`), and an offer from that client reaches the other one.
+    async fn restore_and_check(&mut self, a_owns: bool) {
+        self.proxy.restore();
+        settled(&[&self.a, &self.b]).await;
+        let swarm = self.swarm;
+        let (offerer, answerer) = if a_owns {
+            ((&mut self.on_a, peer_id(1)), (&mut self.on_b, peer_id(2)))
+        } else {
+            ((&mut self.on_b, peer_id(2)), (&mut self.on_a, peer_id(1)))
+        };
+        eventually_incomplete(offerer.0, swarm, 2).await;
+        exchange(swarm, offerer, answerer, 2).await;
+    }
+}
+
+/// Whether `instance` sees two instances with its bus up: nothing changed in its view.
+async fn sees_both(instance: &BinaryServer) -> bool {
+    let (_, live, bus_up) = view(instance).await;
+    bus_up && live.len() == 2
+}
+
 /// Only a's link to NATS drops, and comes back: b, which owns the swarm, drops a's peer
 /// meanwhile (NATS says a's inbox has no subscriber), while a never counts its bus as lost
 /// (a long expiry) and so sees no change in its view. Once a's link is back, a's client is
 /// in b's swarm again without announcing: b asks a to re-join.
 #[tokio::test]
 async fn a_peer_behind_a_briefly_cut_link_is_back_in_the_owners_swarm_without_announcing() {
-    let nats = NatsServer::start();
-    let proxy = LinkProxy::start(nats.port);
-    let (a, b, ids) = pair(&nats, &proxy.url(), LONG_EXPIRY_MS).await;
-    let swarm = swarm_owned_by(ids[1], &ids, 800);
-    let mut on_a = TestPeer::connect(&a.ws_url()).await;
-    let mut on_b = TestPeer::connect(&b.ws_url()).await;
-    on_a.join_swarm(swarm, peer_id(1)).await;
-    assert_eq!(on_b.join_swarm(swarm, peer_id(2)).await.incomplete, 2);
-
-    proxy.cut();
-    wait_inbox_unsubscribed(&nats, ids[0]).await;
+    let mut cut = LinkCut::start(LONG_EXPIRY_MS, 1, 800).await;
+    cut.proxy.cut();
+    wait_inbox_unsubscribed(&cut.nats, cut.ids[0]).await;
     // b relays this offer to a's peer; NATS answers "no responders", so b takes a out of
     // its view and drops a's peer from the swarm.
-    on_b.announce(swarm, peer_id(2), None, &[(offer_id(1), "lost-sdp")])
+    let on_b = &mut cut.on_b;
+    on_b.announce(cut.swarm, peer_id(2), None, &[(offer_id(1), "lost-sdp")])
         .await;
     on_b.recv_announce_reply().await;
-    eventually_incomplete(&mut on_b, swarm, 1).await;
-    assert_eq!(view(&b).await.1, vec![ids[1]]);
-    let (_, live, bus_up) = view(&a).await;
-    assert!(bus_up && live.len() == 2, "a noticed nothing: {live:x?}");
+    eventually_incomplete(on_b, cut.swarm, 1).await;
+    assert_eq!(view(&cut.b).await.1, vec![cut.ids[1]]);
+    assert!(sees_both(&cut.a).await, "a noticed the cut");
 
-    proxy.restore();
-    settled(&[&a, &b]).await;
-    // on_a says nothing from here on: only a re-join can bring its peer back.
-    eventually_incomplete(&mut on_b, swarm, 2).await;
-    exchange(swarm, (&mut on_b, peer_id(2)), (&mut on_a, peer_id(1)), 2).await;
+    cut.restore_and_check(false).await;
 }
 
 /// a's link to NATS drops for longer than a's expiry but not b's: a counts its bus as lost
@@ -429,26 +476,13 @@ async fn a_peer_behind_a_briefly_cut_link_is_back_in_the_owners_swarm_without_an
 /// without announcing: a asks b to re-join.
 #[tokio::test]
 async fn the_peers_of_others_are_back_in_the_swarms_of_an_instance_whose_bus_returns() {
-    let nats = NatsServer::start();
-    let proxy = LinkProxy::start(nats.port);
-    let (a, b, ids) = pair(&nats, &proxy.url(), EXPIRY_MS).await;
-    let swarm = swarm_owned_by(ids[0], &ids, 900);
-    let mut on_a = TestPeer::connect(&a.ws_url()).await;
-    let mut on_b = TestPeer::connect(&b.ws_url()).await;
-    on_a.join_swarm(swarm, peer_id(1)).await;
-    assert_eq!(on_b.join_swarm(swarm, peer_id(2)).await.incomplete, 2);
+    let mut cut = LinkCut::start(EXPIRY_MS, 0, 900).await;
+    cut.proxy.cut();
+    bus_up_is(&cut.a, false).await;
+    eventually_incomplete(&mut cut.on_a, cut.swarm, 1).await;
+    assert!(sees_both(&cut.b).await, "b noticed the cut");
 
-    proxy.cut();
-    bus_up_is(&a, false).await;
-    eventually_incomplete(&mut on_a, swarm, 1).await;
-    let (_, live, bus_up) = view(&b).await;
-    assert!(bus_up && live.len() == 2, "b noticed nothing: {live:x?}");
-
-    proxy.restore();
-    settled(&[&a, &b]).await;
-    // on_b says nothing from here on: only a re-join can bring its peer back.
-    eventually_incomplete(&mut on_a, swarm, 2).await;
-    exchange(swarm, (&mut on_a, peer_id(1)), (&mut on_b, peer_id(2)), 1).await;
+    cut.restore_and_check(true).await;
 }
 
 #[tokio::test]
