@@ -25,6 +25,11 @@
 //! reported this way; a host that vanishes without closing its sockets is still found by
 //! the expiry.
 //!
+//! An instance can leave our view and come back alive (its link dropped for a moment, or
+//! ours did): its peers left our swarms when it went, while its sessions may not have
+//! noticed anything. When it comes back the bus sends it a `Rejoin`, and it re-joins the
+//! swarms we own, so its clients need not announce again to be found.
+//!
 //! Liveness: the bus counts as up while our own heartbeats come back to us through the
 //! broker within the expiry (an end-to-end probe: a connection that looks open but
 //! delivers nothing, as after a silent partition, fails it too). When it fails the view
@@ -152,7 +157,8 @@ pub enum BusEvent {
     /// A message from another instance for this one (never a heartbeat or `Leaving`:
     /// those are consumed by the membership view).
     Message(Envelope),
-    /// The view changed: `joined` appeared, `gone` are dead to us (expired, left, or cut
+    /// The view changed: `joined` appeared (new, or back after leaving it: those are also
+    /// sent a `Rejoin` by the bus itself), `gone` are dead to us (expired, left, or cut
     /// off because the bus was lost: owners drop their peers and their swarms move).
     /// `view` is the new view, also readable through [`BusHandle::view`].
     Membership {
@@ -749,22 +755,37 @@ impl<T: Transport> BusTask<T> {
                     }
                     return;
                 }
-                if let Some(Change::Joined(instance)) = self.members.heard(from, heartbeat.seq, now)
-                {
+                if let Some(change) = self.members.heard(from, heartbeat.seq, now) {
+                    let instance = change.instance();
                     info!(
-                        "cluster: instance {} (id {instance:016x}{}{}) joined",
+                        "cluster: instance {} (id {instance:016x}{}{}) {}",
                         heartbeat.name,
                         if heartbeat.advertise_url.is_empty() {
                             ""
                         } else {
                             ", at "
                         },
-                        heartbeat.advertise_url
+                        heartbeat.advertise_url,
+                        match change {
+                            Change::Joined(_) => "joined",
+                            Change::Returned(_) => "is back; asking it to re-join",
+                        }
                     );
                     self.publish_view(vec![instance], Vec::new());
                     // Tell the newcomer about us now, not a heartbeat interval later, so
                     // that views converge within one round trip.
                     self.heartbeat().await;
+                    if let Change::Returned(_) = change {
+                        // Its peers left our swarms when it left our view, and nothing on
+                        // its side need have changed (a short cut of its link leaves its
+                        // own view whole): ask it to re-join them. After the heartbeat, so
+                        // that it has us in its view again when it does.
+                        let rejoin = Outgoing {
+                            to: instance,
+                            message: BusMessage::Rejoin,
+                        };
+                        self.send(rejoin).await;
+                    }
                 }
             }
             BusMessage::Leaving => {
@@ -1040,13 +1061,15 @@ mod tests {
     /// arrives as if from the broker, and our publishes on subscribed subjects come back
     /// (as NATS echoes them) while `echo` is on. `stall` makes every publish hang. With
     /// `no_responders` on, a publish with a reply subject to a subject nobody subscribed
-    /// (any other instance's inbox) is answered as NATS does when nobody listens.
+    /// (any other instance's inbox) is answered as NATS does when nobody listens. What is
+    /// published to another instance's inbox is kept in `sent`.
     #[derive(Clone, Default)]
     struct Broker {
         connected: Arc<AtomicBool>,
         echo: Arc<AtomicBool>,
         stall: Arc<AtomicBool>,
         no_responders: Arc<AtomicBool>,
+        sent: Arc<Mutex<Vec<(String, BusMessage)>>>,
         inject: Arc<Mutex<Option<mpsc::UnboundedSender<TransportEvent>>>>,
     }
 
@@ -1069,6 +1092,13 @@ mod tests {
                     std::future::pending::<()>().await;
                 }
                 let nobody = !self.subjects.contains(&subject);
+                if nobody && subject.contains(".inbox.") {
+                    let body = wire::decode(&payload)
+                        .expect("we publish what decodes")
+                        .body;
+                    let mut sent = self.broker.sent.lock().expect("test lock");
+                    sent.push((subject.clone(), body));
+                }
                 if let Some(reply) = reply.filter(|_| nobody) {
                     if self.broker.no_responders.load(Ordering::Relaxed) {
                         let _ = self
@@ -1110,6 +1140,15 @@ mod tests {
         fn inject(&self, subject: &str, envelope: &Envelope) {
             let payload = Bytes::from(wire::encode(envelope).expect("encodes"));
             self.inject_raw(subject, payload);
+        }
+
+        /// How many `Rejoin`s went to `instance`'s inbox.
+        fn rejoins_sent_to(&self, instance: InstanceId) -> usize {
+            let inbox = inbox_subject("t", instance);
+            let sent = self.sent.lock().expect("test lock");
+            sent.iter()
+                .filter(|(subject, body)| *subject == inbox && *body == BusMessage::Rejoin)
+                .count()
         }
 
         fn inject_raw(&self, subject: &str, payload: Bytes) {
@@ -1291,10 +1330,8 @@ mod tests {
 
     #[test]
     fn losing_the_bus_cuts_the_other_instances_off() {
-        let (broker, bus, events) = started(20, 1_000);
+        let (broker, bus, events) = started_with_other(1_000, 1);
         let control = control_subject("t");
-        broker.inject(&control, &from_other(heartbeat(1)));
-        wait_membership(&events, "the join", true, false, true);
         assert_eq!(bus.view().live, vec![ME, OTHER]);
         broker.echo.store(false, Ordering::Relaxed);
         // The other instance keeps beating (injected heartbeats bypass the echo switch),
@@ -1343,10 +1380,8 @@ mod tests {
 
     #[test]
     fn a_silent_instance_expires_and_a_leaving_one_goes_at_once() {
-        let (broker, bus, events) = started(20, 100);
+        let (broker, bus, events) = started_with_other(100, 1);
         let control = control_subject("t");
-        broker.inject(&control, &from_other(heartbeat(1)));
-        wait_membership(&events, "the join", true, false, true);
         wait_membership(&events, "the expiry", false, true, true);
 
         broker.inject(&control, &from_other(heartbeat(2)));
@@ -1358,13 +1393,35 @@ mod tests {
         bus.shutdown();
     }
 
+    /// `started`, and then `OTHER` joined with heartbeat `seq`.
+    fn started_with_other(
+        expiry_ms: u64,
+        seq: u64,
+    ) -> (Broker, BusHandle, std::sync::mpsc::Receiver<BusEvent>) {
+        let (broker, bus, events) = started(20, expiry_ms);
+        broker.inject(&control_subject("t"), &from_other(heartbeat(seq)));
+        wait_membership(&events, "the join", true, false, true);
+        (broker, bus, events)
+    }
+
+    /// `OTHER`, out of the view and never asked to re-join so far, beats with `seq`: it is
+    /// back in the view and asked to re-join, once.
+    fn returns_and_is_asked_to_rejoin(
+        broker: &Broker,
+        events: &std::sync::mpsc::Receiver<BusEvent>,
+        seq: u64,
+    ) {
+        assert_eq!(broker.rejoins_sent_to(OTHER), 0);
+        broker.inject(&control_subject("t"), &from_other(heartbeat(seq)));
+        wait_membership(events, "the return", true, false, true);
+        wait_for("the rejoin", || broker.rejoins_sent_to(OTHER) == 1);
+    }
+
     #[test]
     fn an_instance_without_a_subscriber_on_its_inbox_leaves_before_its_expiry() {
         // An expiry of a minute: only the broker's report can take the instance out.
-        let (broker, bus, events) = started(20, 60_000);
+        let (broker, bus, events) = started_with_other(60_000, 7);
         let control = control_subject("t");
-        broker.inject(&control, &from_other(heartbeat(7)));
-        wait_membership(&events, "the join", true, false, true);
 
         // Delivered somewhere while it lives: nothing happens.
         assert_eq!(bus.try_send(OTHER, deliver_to(OTHER)), Ok(()));
@@ -1389,6 +1446,39 @@ mod tests {
         bus.try_send(OTHER, deliver_to(OTHER)).expect("queued");
         wait_membership(&events, "the second report", false, true, true);
         assert_eq!(bus.stats().unreachable.load(Ordering::Relaxed), 2);
+        bus.shutdown();
+    }
+
+    /// An instance that left our view and comes back is asked to re-join our swarms (we
+    /// dropped its peers); a new one is not (it has none here).
+    #[test]
+    fn an_instance_back_in_the_view_is_asked_to_rejoin_and_a_new_one_is_not() {
+        // An expiry of a minute: only the broker's report takes the instance out.
+        let (broker, bus, events) = started_with_other(60_000, 1);
+        broker.no_responders.store(true, Ordering::Relaxed);
+        bus.try_send(OTHER, deliver_to(OTHER)).expect("queued");
+        wait_membership(&events, "the report", false, true, true);
+        broker.no_responders.store(false, Ordering::Relaxed);
+        // Both messages went after the join, so whatever the join sent is recorded by
+        // now: nothing asked the newcomer to re-join.
+        bus.try_send(OTHER, deliver_to(OTHER)).expect("queued");
+        wait_for("the marker", || {
+            broker.sent.lock().expect("test lock").len() >= 2
+        });
+        returns_and_is_asked_to_rejoin(&broker, &events, 2);
+        bus.shutdown();
+    }
+
+    #[test]
+    fn after_our_bus_was_lost_every_instance_coming_back_is_asked_to_rejoin() {
+        let (broker, bus, events) = started_with_other(200, 1);
+        // Our heartbeats stop coming back: we cut the other instance off (and, in the
+        // tracker, dropped its peers from our swarms).
+        broker.echo.store(false, Ordering::Relaxed);
+        wait_membership(&events, "the cut", false, true, false);
+        broker.echo.store(true, Ordering::Relaxed);
+        wait_membership(&events, "bus back", false, false, true);
+        returns_and_is_asked_to_rejoin(&broker, &events, 2);
         bus.shutdown();
     }
 

@@ -11,7 +11,9 @@
 //! instances (their peers are registered with a `PeerRoute::Remote` route); as the holder
 //! of sockets it delivers what owners relay to them. When the view changes, the peers of
 //! dead instances leave every swarm, swarms that now hash elsewhere close, and every
-//! session re-joins the swarms that moved.
+//! session re-joins the swarms that moved. When an owner asks for a `Rejoin` (it had
+//! dropped this instance's peers, and now sees it again), every session re-joins the
+//! swarms that owner holds.
 
 use std::sync::{atomic::Ordering, Arc, OnceLock};
 
@@ -152,7 +154,7 @@ fn on_view_change(shared: &Arc<Shared>, node: &ClusterNode, event: BusEvent) {
     for (_, shard) in shared.directory.shards() {
         shard.do_send(disown.clone());
     }
-    let told = shared.connections.owners_changed();
+    let told = shared.connections.owners_changed(None);
     debug!(
         "cluster: view {} ({} live, bus {}); {told} sessions re-check their swarms",
         view.generation,
@@ -165,6 +167,7 @@ fn on_message(shared: &Arc<Shared>, node: &Arc<ClusterNode>, envelope: Envelope)
     let kind = envelope.body.kind();
     node.stats.handled(kind);
     match envelope.body {
+        BusMessage::Rejoin => on_rejoin(shared, envelope.from),
         BusMessage::Announce(forwarded) => on_announce(shared, node, forwarded),
         BusMessage::AnnounceReply(AnnounceReply { req_id, result, .. }) => {
             node.announce_replied(req_id, result)
@@ -292,6 +295,13 @@ fn on_answer(shared: &Arc<Shared>, node: &Arc<ClusterNode>, forwarded: Forwarded
             reply_to: PeerRoute::Remote,
         });
     });
+}
+
+/// `owner` dropped our peers from its swarms and sees us again: each session re-joins the
+/// swarms it holds there (one announce without offers per peer_id, as after a view change).
+fn on_rejoin(shared: &Shared, owner: InstanceId) {
+    let told = shared.connections.owners_changed(Some(owner));
+    info!("cluster: instance {owner:016x} asked us to re-join; {told} sessions re-join its swarms");
 }
 
 fn on_leave(shared: &Arc<Shared>, forwarded: ForwardedLeave) {

@@ -11,6 +11,10 @@
 //!   once; a heartbeat of it comes back into the view only with a sequence number past
 //!   the last one heard before that (a heartbeat still in flight from a dead instance must
 //!   not revive it).
+//! - An instance that comes back into the view after leaving it (for whatever reason) is
+//!   `Returned`, not `Joined`: its peers were dropped here when it left, and it is told so
+//!   (it re-joins the swarms this instance owns). Departures are remembered for that, the
+//!   latest `REMEMBERED_DEPARTURES` of them.
 //! - This instance is always in the view.
 //! - Our own heartbeats come back to us through the bus (NATS echoes to the publisher's
 //!   own subscriptions); when they have not for `expiry`, the bus is lost for us, whatever
@@ -20,7 +24,7 @@
 //!   `bus_restored`.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{Arc, PoisonError, RwLock},
     time::{Duration, Instant},
 };
@@ -29,11 +33,29 @@ use crate::protocol::InfoHash;
 
 use super::{ring, wire::InstanceId};
 
+/// How many departed instances are remembered, to tell a returning one from a new one.
+/// Every restart departs for good (a new process draws a new id), so this bounds memory,
+/// not the length of an outage: only departures older than the latest this many are
+/// forgotten, and an instance returning after that is taken for a new one.
+const REMEMBERED_DEPARTURES: usize = 1024;
+
 /// A change of the live set seen by `heard`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
-    /// An instance not in the view sent a heartbeat.
+    /// An instance never in the view (as far as we remember) sent a heartbeat.
     Joined(InstanceId),
+    /// An instance that had left the view (expired, unreachable, left, or cut off with
+    /// our bus) sent a heartbeat: it is back, and its peers in the swarms this instance
+    /// owns were dropped when it left.
+    Returned(InstanceId),
+}
+
+impl Change {
+    pub fn instance(self) -> InstanceId {
+        match self {
+            Change::Joined(instance) | Change::Returned(instance) => instance,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +73,9 @@ pub struct Members {
     /// Instances reported unreachable, with the last sequence number heard from each and
     /// when: only a later heartbeat brings one back. Kept for one expiry.
     unreachable: HashMap<InstanceId, Member>,
+    /// Instances that left the view, oldest first, at most `REMEMBERED_DEPARTURES`, each
+    /// once.
+    departed: VecDeque<InstanceId>,
     /// Sorted; always holds `self_id`. Kept up to date on every change so readers get a
     /// slice without sorting.
     live: Vec<InstanceId>,
@@ -70,6 +95,7 @@ impl Members {
             expiry,
             others: HashMap::new(),
             unreachable: HashMap::new(),
+            departed: VecDeque::new(),
             live: vec![self_id],
             bus_down: true,
             self_heard: None,
@@ -81,8 +107,8 @@ impl Members {
         self.self_id
     }
 
-    /// A heartbeat from `instance` (ours included). Returns `Joined` for an instance that
-    /// was not in the view.
+    /// A heartbeat from `instance` (ours included). Returns `Joined` or `Returned` for an
+    /// instance that was not in the view.
     pub fn heard(&mut self, instance: InstanceId, seq: u64, now: Instant) -> Option<Change> {
         if instance == self.self_id {
             self.self_heard = Some(now);
@@ -118,7 +144,11 @@ impl Members {
                     },
                 );
                 self.rebuild();
-                Some(Change::Joined(instance))
+                let known = self.departed.iter().position(|gone| *gone == instance);
+                Some(match known.and_then(|index| self.departed.remove(index)) {
+                    Some(_) => Change::Returned(instance),
+                    None => Change::Joined(instance),
+                })
             }
         }
     }
@@ -138,8 +168,9 @@ impl Members {
             return dead;
         }
         dead.sort_unstable();
-        for instance in &dead {
-            self.others.remove(instance);
+        for &instance in &dead {
+            self.others.remove(&instance);
+            self.remember_departure(instance);
         }
         self.rebuild();
         dead
@@ -148,6 +179,7 @@ impl Members {
     /// `instance` shut down cleanly; returns whether it was in the view.
     pub fn leaving(&mut self, instance: InstanceId) -> bool {
         if self.others.remove(&instance).is_some() {
+            self.remember_departure(instance);
             self.rebuild();
             true
         } else {
@@ -169,6 +201,7 @@ impl Members {
                 seq: member.seq,
             },
         );
+        self.remember_departure(instance);
         self.rebuild();
         true
     }
@@ -184,6 +217,9 @@ impl Members {
     pub fn bus_lost(&mut self) -> Vec<InstanceId> {
         let mut gone: Vec<InstanceId> = self.others.drain().map(|(instance, _)| instance).collect();
         gone.sort_unstable();
+        for &instance in &gone {
+            self.remember_departure(instance);
+        }
         if !self.bus_down {
             self.bus_down = true;
             self.rebuild();
@@ -230,6 +266,17 @@ impl Members {
             bus_up: !self.bus_down,
             generation: self.generation,
         }
+    }
+
+    /// Remembers that `instance` left the view (see `Change::Returned`).
+    fn remember_departure(&mut self, instance: InstanceId) {
+        if self.departed.contains(&instance) {
+            return;
+        }
+        if self.departed.len() == REMEMBERED_DEPARTURES {
+            self.departed.pop_front();
+        }
+        self.departed.push_back(instance);
     }
 
     fn rebuild(&mut self) {
@@ -375,10 +422,10 @@ mod tests {
         // A heartbeat sent before the report (still in flight) does not revive it...
         assert_eq!(members.heard(70, 5, at(start, 20)), None);
         assert_eq!(members.live(), &[ME]);
-        // ... a later one (it reconnected) does.
+        // ... a later one (it reconnected) does, as a return.
         assert_eq!(
             members.heard(70, 6, at(start, 30)),
-            Some(Change::Joined(70))
+            Some(Change::Returned(70))
         );
         assert_eq!(members.live(), &[ME, 70]);
         // The record of the report goes after one expiry.
@@ -386,7 +433,7 @@ mod tests {
         members.expire(at(start, 3040));
         assert_eq!(
             members.heard(70, 1, at(start, 3050)),
-            Some(Change::Joined(70))
+            Some(Change::Returned(70))
         );
     }
 
@@ -399,7 +446,7 @@ mod tests {
         assert!(!members.leaving(70));
         assert_eq!(members.live(), &[ME]);
         // Heard again later (a restart reuses no id, but a late heartbeat may arrive).
-        assert_eq!(members.heard(70, 2, start), Some(Change::Joined(70)));
+        assert_eq!(members.heard(70, 2, start), Some(Change::Returned(70)));
     }
 
     #[test]
@@ -433,11 +480,59 @@ mod tests {
         assert_eq!(members.live(), &[ME]);
         members.bus_restored();
         assert!(members.view().bus_up);
+        // Each comes back as a return: we dropped its peers when the bus went.
         assert_eq!(
             members.heard(70, 3, at(start, 200)),
-            Some(Change::Joined(70))
+            Some(Change::Returned(70))
         );
-        assert_eq!(members.live(), &[ME, 70]);
+        assert_eq!(
+            members.heard(10, 3, at(start, 200)),
+            Some(Change::Returned(10))
+        );
+        assert_eq!(members.live(), &[10, ME, 70]);
+    }
+
+    #[test]
+    fn an_expired_instance_returns_once_and_a_new_one_joins() {
+        let start = Instant::now();
+        let mut members = restored(start);
+        assert_eq!(members.heard(70, 1, start), Some(Change::Joined(70)));
+        assert_eq!(members.expire(at(start, 3000)), vec![70]);
+        assert_eq!(
+            members.heard(70, 2, at(start, 3100)),
+            Some(Change::Returned(70))
+        );
+        assert_eq!(members.heard(70, 3, at(start, 3200)), None);
+        // Back in the view, it is no longer a departure: its next return needs a new one.
+        assert!(members.leaving(70));
+        assert!(!members.leaving(70));
+        assert_eq!(
+            members.heard(70, 4, at(start, 3300)),
+            Some(Change::Returned(70))
+        );
+        assert_eq!(
+            members.heard(71, 1, at(start, 3300)),
+            Some(Change::Joined(71))
+        );
+    }
+
+    #[test]
+    fn only_the_latest_departures_are_remembered() {
+        let start = Instant::now();
+        let mut members = restored(start);
+        let first = 1_000;
+        let count = REMEMBERED_DEPARTURES as u64 + 1;
+        for instance in first..first + count {
+            members.heard(instance, 1, start);
+            assert!(members.leaving(instance));
+        }
+        assert_eq!(members.departed.len(), REMEMBERED_DEPARTURES);
+        // The oldest was forgotten: it looks new; the next oldest is still known.
+        assert_eq!(members.heard(first, 2, start), Some(Change::Joined(first)));
+        assert_eq!(
+            members.heard(first + 1, 2, start),
+            Some(Change::Returned(first + 1))
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ use prometheus_client::{
 use super::bus::{ClusterStats, DropReason};
 
 /// Bus message kinds, in `BusMessage::kind` spelling.
-pub const KINDS: [&str; 9] = [
+pub const KINDS: [&str; 10] = [
     "heartbeat",
     "leaving",
     "announce",
@@ -32,6 +32,7 @@ pub const KINDS: [&str; 9] = [
     "deliver",
     "scrape",
     "scrape_reply",
+    "rejoin",
 ];
 
 /// Why this instance dropped something the bus did carry (the bus task counts what it

@@ -111,6 +111,12 @@ pub enum BusMessage {
     Scrape(ScrapeQuery),
     /// To the instance of the scraping socket: counts of the swarms it asked this owner.
     ScrapeReply(ScrapeReply),
+    /// To an instance that has come back into the sender's view after leaving it (its
+    /// link to the broker dropped for a moment, or the sender lost the bus): the sender
+    /// dropped its peers meanwhile, so it re-joins, at the sender, every swarm of its
+    /// sockets that the sender owns. An instance of an older release drops this as
+    /// malformed; its peers then return with their clients' next announces.
+    Rejoin,
 }
 
 impl BusMessage {
@@ -137,6 +143,7 @@ impl BusMessage {
             BusMessage::Deliver(_) => "deliver",
             BusMessage::Scrape(_) => "scrape",
             BusMessage::ScrapeReply(_) => "scrape_reply",
+            BusMessage::Rejoin => "rejoin",
         }
     }
 }
@@ -790,6 +797,7 @@ mod tests {
                         .map(|(hash, counts)| (InfoHash(hash), counts))
                         .collect(),
                 })),
+            Just(BusMessage::Rejoin),
         ]
     }
 
@@ -920,9 +928,22 @@ mod tests {
         );
     }
 
+    /// Variants are numbered by position: a new one goes at the end, so that every older
+    /// message keeps its bytes (and an older release reads all it knows).
+    #[test]
+    fn rejoin_is_the_last_variant_and_takes_one_byte() {
+        let envelope = Envelope {
+            from: 1,
+            sent_at_ms: 2,
+            body: BusMessage::Rejoin,
+        };
+        assert_eq!(encode(&envelope).expect("encodes"), [WIRE_VERSION, 1, 2, 9]);
+    }
+
     #[test]
     fn addressee_names_the_target_instance() {
         assert_eq!(sample().body.addressee(), Some(9));
         assert_eq!(BusMessage::Leaving.addressee(), None);
+        assert_eq!(BusMessage::Rejoin.addressee(), None);
     }
 }

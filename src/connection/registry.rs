@@ -261,11 +261,15 @@ impl ConnectionRegistry {
     }
 
     /// Tells every session that swarm owners changed (the cluster's view did), so that each
-    /// re-joins the swarms that moved. Returns how many were told.
-    pub fn owners_changed(&self) -> usize {
+    /// re-joins the swarms that moved; or with `dropped_by`, that this owner dropped our
+    /// peers, so that each re-joins the swarms it holds there. Returns how many were told.
+    pub fn owners_changed(&self, dropped_by: Option<InstanceId>) -> usize {
         let sessions = Self::live_sessions(&self.lock());
         for session in &sessions {
-            session.do_send(OwnersChanged::default());
+            session.do_send(OwnersChanged {
+                attempt: 0,
+                dropped_by,
+            });
         }
         sessions.len()
     }

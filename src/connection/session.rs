@@ -24,7 +24,7 @@ use super::{
     rate_limit::{RateLimit, Refusal},
     reassembly::{Reassembly, Received},
     requests::{self, Failure, SwarmHandle},
-    ConnId,
+    ConnId, InstanceId,
 };
 use crate::{
     protocol::{
@@ -57,6 +57,11 @@ pub struct OwnersChanged {
     /// a re-join may be lost on the way (sent to an owner that still forwards to a dead
     /// one); it is tried again, one expiry later, a few times.
     pub attempt: u8,
+    /// Set when this owner dropped our peers (it had lost sight of this instance for a
+    /// while) and asks for them back: then the swarms re-joined are those joined at it
+    /// and still owned by it, instead of those that moved (which the view change that
+    /// moved them re-joins, so none is announced twice).
+    pub dropped_by: Option<InstanceId>,
 }
 
 /// Time for the session's heartbeat: prove it runs (see `ConnectionRegistry::touch`), close
@@ -542,20 +547,26 @@ impl Handler<OwnersChanged> for PeerSession {
     type Result = ();
 
     fn handle(&mut self, msg: OwnersChanged, ctx: &mut Self::Context) {
-        let moved: Vec<(InfoHash, Vec<PeerId>)> = self
+        let lost: Vec<(InfoHash, Vec<PeerId>)> = self
             .joined
             .iter()
             .filter(|(info_hash, joined)| {
-                joined.swarm.owner() != requests::remote_owner(&self.shared, info_hash)
+                let owner = requests::remote_owner(&self.shared, info_hash);
+                match msg.dropped_by {
+                    Some(dropped_by) => {
+                        joined.swarm.owner() == Some(dropped_by) && owner == Some(dropped_by)
+                    }
+                    None => joined.swarm.owner() != owner,
+                }
             })
             .map(|(info_hash, joined)| (*info_hash, joined.peer_ids.clone()))
             .collect();
         // One retry per round, however many re-joins of it fail.
         let retry_scheduled = std::rc::Rc::new(std::cell::Cell::new(false));
-        for (info_hash, peer_ids) in moved {
+        for (info_hash, peer_ids) in lost {
             for peer_id in peer_ids {
-                // A plain re-announce without offers: the new owner learns the peer, and
-                // the client is told nothing (its next announce goes there anyway).
+                // A plain re-announce without offers: the owner learns the peer, and the
+                // client is told nothing (its next announce goes there anyway).
                 let request = AnnounceRequest {
                     info_hash,
                     peer_id,
@@ -589,7 +600,15 @@ impl Handler<OwnersChanged> for PeerSession {
                                 let attempt = msg.attempt + 1;
                                 if attempt < REJOIN_ATTEMPTS && !retry_scheduled.replace(true) {
                                     let later = session.shared.settings.cluster.expiry();
-                                    ctx.notify_later(OwnersChanged { attempt }, later);
+                                    // With `dropped_by` the retry re-joins that owner's swarms
+                                    // that did go through as well (their handle does not
+                                    // change): a few harmless duplicate announces, against
+                                    // remembering which failed.
+                                    let again = OwnersChanged {
+                                        attempt,
+                                        dropped_by: msg.dropped_by,
+                                    };
+                                    ctx.notify_later(again, later);
                                 }
                             }
                         }),

@@ -1,7 +1,8 @@
 //! Several instances of the real binary sharing their swarms over a real NATS server, all
 //! on loopback: peers of one swarm connected to different instances find each other, the
 //! protocol's rules hold across instances, and the cluster survives an instance that dies
-//! (SIGKILL) or goes silent (SIGSTOP), the loss of NATS itself, and a new instance.
+//! (SIGKILL) or goes silent (SIGSTOP), one instance's link to NATS dropping for a moment,
+//! the loss of NATS itself, and a new instance.
 
 use std::time::Duration;
 
@@ -67,6 +68,44 @@ async fn three_instances() -> (NatsServer, [BinaryServer; 3], Vec<u64>) {
     let [a, b, c] = &instances;
     let ids = settled(&[a, b, c]).await;
     (nats, instances, ids)
+}
+
+/// An expiry no test outlasts: only NATS's "no responders" takes such an instance out of
+/// a view, and only a lost bus makes it cut the others off.
+const LONG_EXPIRY_MS: &str = "120000";
+
+/// Instances a (reaching NATS at `a_url`: `nats` itself, or a proxy in front of it, with
+/// an expiry of `a_expiry_ms`) and b (with `LONG_EXPIRY_MS`), settled; with their ids.
+async fn pair(
+    nats: &NatsServer,
+    a_url: &str,
+    a_expiry_ms: &str,
+) -> (BinaryServer, BinaryServer, Vec<u64>) {
+    let a = cluster_instance_at(a_url, "a", &[("TRACKER__CLUSTER__EXPIRY_MS", a_expiry_ms)]);
+    let long_expiry = [("TRACKER__CLUSTER__EXPIRY_MS", LONG_EXPIRY_MS)];
+    let b = cluster_instance_with(nats, "b", &long_expiry);
+    let ids = settled(&[&a, &b]).await;
+    (a, b, ids)
+}
+
+/// Waits until `instance` says in /readyz whether its bus is up.
+async fn bus_up_is(instance: &BinaryServer, up: bool) {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let ready = instance.get_json("/readyz").await;
+        if ready["cluster"]["busUp"] == serde_json::Value::Bool(up) {
+            assert_eq!(
+                ready["ready"], true,
+                "an instance without its bus still serves"
+            );
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bus up is not {up}: {ready}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The first test swarm (from `info_hash(from)` on) that `owner` owns among `live`.
@@ -322,10 +361,7 @@ async fn a_silent_instance_is_treated_as_dead() {
 #[tokio::test]
 async fn an_announce_to_a_killed_owner_is_served_by_the_survivor_without_waiting_for_the_expiry() {
     let nats = NatsServer::start();
-    let long_expiry = [("TRACKER__CLUSTER__EXPIRY_MS", "120000")];
-    let a = cluster_instance_with(&nats, "a", &long_expiry);
-    let b = cluster_instance_with(&nats, "b", &long_expiry);
-    let ids = settled(&[&a, &b]).await;
+    let (a, b, ids) = pair(&nats, &nats.url(), LONG_EXPIRY_MS).await;
     let swarm = swarm_owned_by(ids[1], &ids, 700);
     let mut first = TestPeer::connect(&a.ws_url()).await;
     let mut second = TestPeer::connect(&a.ws_url()).await;
@@ -353,6 +389,102 @@ async fn an_announce_to_a_killed_owner_is_served_by_the_survivor_without_waiting
     .await;
 }
 
+/// Instance a behind a `LinkProxy` (with an expiry of `a_expiry_ms`) and b (with
+/// `LONG_EXPIRY_MS`), and a client on each in one swarm: peer 1 on a, peer 2 on b.
+struct LinkCut {
+    nats: NatsServer,
+    proxy: LinkProxy,
+    a: BinaryServer,
+    b: BinaryServer,
+    ids: Vec<u64>,
+    swarm: InfoHash,
+    on_a: TestPeer,
+    on_b: TestPeer,
+}
+
+impl LinkCut {
+    /// The swarm is the first from `info_hash(from)` on that `ids[owner]` owns.
+    async fn start(a_expiry_ms: &str, owner: usize, from: u32) -> Self {
+        let nats = NatsServer::start();
+        let proxy = LinkProxy::start(nats.port);
+        let (a, b, ids) = pair(&nats, &proxy.url(), a_expiry_ms).await;
+        let swarm = swarm_owned_by(ids[owner], &ids, from);
+        let mut on_a = TestPeer::connect(&a.ws_url()).await;
+        let mut on_b = TestPeer::connect(&b.ws_url()).await;
+        on_a.join_swarm(swarm, peer_id(1)).await;
+        assert_eq!(on_b.join_swarm(swarm, peer_id(2)).await.incomplete, 2);
+        Self {
+            nats,
+            proxy,
+            a,
+            b,
+            ids,
+            swarm,
+            on_a,
+            on_b,
+        }
+    }
+
+    /// Restores a's link. Neither client announces from here on, so only a re-join can
+    /// bring the dropped peer back: the swarm counts both again through the client on its
+    /// owner (a if `a_owns`), and an offer from that client reaches the other one.
+    async fn restore_and_check(&mut self, a_owns: bool) {
+        self.proxy.restore();
+        settled(&[&self.a, &self.b]).await;
+        let swarm = self.swarm;
+        let (offerer, answerer) = if a_owns {
+            ((&mut self.on_a, peer_id(1)), (&mut self.on_b, peer_id(2)))
+        } else {
+            ((&mut self.on_b, peer_id(2)), (&mut self.on_a, peer_id(1)))
+        };
+        eventually_incomplete(offerer.0, swarm, 2).await;
+        exchange(swarm, offerer, answerer, 2).await;
+    }
+}
+
+/// Whether `instance` sees two instances with its bus up: nothing changed in its view.
+async fn sees_both(instance: &BinaryServer) -> bool {
+    let (_, live, bus_up) = view(instance).await;
+    bus_up && live.len() == 2
+}
+
+/// Only a's link to NATS drops, and comes back: b, which owns the swarm, drops a's peer
+/// meanwhile (NATS says a's inbox has no subscriber), while a never counts its bus as lost
+/// (a long expiry) and so sees no change in its view. Once a's link is back, a's client is
+/// in b's swarm again without announcing: b asks a to re-join.
+#[tokio::test]
+async fn a_peer_behind_a_briefly_cut_link_is_back_in_the_owners_swarm_without_announcing() {
+    let mut cut = LinkCut::start(LONG_EXPIRY_MS, 1, 800).await;
+    cut.proxy.cut();
+    wait_inbox_unsubscribed(&cut.nats, cut.ids[0]).await;
+    // b relays this offer to a's peer; NATS answers "no responders", so b takes a out of
+    // its view and drops a's peer from the swarm.
+    let on_b = &mut cut.on_b;
+    on_b.announce(cut.swarm, peer_id(2), None, &[(offer_id(1), "lost-sdp")])
+        .await;
+    on_b.recv_announce_reply().await;
+    eventually_incomplete(on_b, cut.swarm, 1).await;
+    assert_eq!(view(&cut.b).await.1, vec![cut.ids[1]]);
+    assert!(sees_both(&cut.a).await, "a noticed the cut");
+
+    cut.restore_and_check(false).await;
+}
+
+/// a's link to NATS drops for longer than a's expiry but not b's: a counts its bus as lost
+/// and drops b's peer from the swarm a owns, while b sees nothing wrong (a long expiry, and
+/// nothing sent to a meanwhile). Once the link is back, b's client is in a's swarm again
+/// without announcing: a asks b to re-join.
+#[tokio::test]
+async fn the_peers_of_others_are_back_in_the_swarms_of_an_instance_whose_bus_returns() {
+    let mut cut = LinkCut::start(EXPIRY_MS, 0, 900).await;
+    cut.proxy.cut();
+    bus_up_is(&cut.a, false).await;
+    eventually_incomplete(&mut cut.on_a, cut.swarm, 1).await;
+    assert!(sees_both(&cut.b).await, "b noticed the cut");
+
+    cut.restore_and_check(true).await;
+}
+
 #[tokio::test]
 async fn without_nats_local_pairs_keep_working_and_cross_pairs_resume_when_it_returns() {
     let mut nats = NatsServer::start();
@@ -373,22 +505,7 @@ async fn without_nats_local_pairs_keep_working_and_cross_pairs_resume_when_it_re
     nats.kill();
     // Each instance notices within the expiry and serves every swarm itself.
     for instance in [&a, &b] {
-        let deadline = tokio::time::Instant::now() + SETTLE;
-        loop {
-            let ready = instance.get_json("/readyz").await;
-            if ready["cluster"]["busUp"] == serde_json::Value::Bool(false) {
-                assert_eq!(
-                    ready["ready"], true,
-                    "an instance without its bus still serves"
-                );
-                break;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "bus loss not noticed: {ready}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        bus_up_is(instance, false).await;
     }
     eventually_incomplete(&mut first, local, 2).await;
     exchange(

@@ -248,8 +248,14 @@ fn losing_nats_leaves_each_instance_alone_and_a_restart_brings_the_cluster_back(
     a.bus
         .try_send(b.id(), offer_for(b.id(), 4))
         .expect("the bus takes it");
-    // The first message to arrive is the new one: what was refused while the bus was
-    // down was dropped, not queued for later.
+    // Each had cut the other off (and dropped its peers): each asks the other to re-join,
+    // as soon as it sees it again, so before anything sent after that.
+    let rejoin = a.next_message();
+    assert_eq!((rejoin.from, rejoin.body), (b.id(), BusMessage::Rejoin));
+    let rejoin = b.next_message();
+    assert_eq!((rejoin.from, rejoin.body), (a.id(), BusMessage::Rejoin));
+    // Then comes the new offer: what was refused while the bus was down was dropped, not
+    // queued for later.
     assert_eq!(b.next_message().body, offer_for(b.id(), 4));
     a.stop();
     b.stop();

@@ -103,9 +103,14 @@ pub fn cluster_instance_with(
     name: &str,
     extra: &[(&str, &str)],
 ) -> BinaryServer {
-    let url = nats.url();
+    cluster_instance_at(&nats.url(), name, extra)
+}
+
+/// A tracker instance of the cluster reaching NATS at `url` (a `LinkProxy` in front of it,
+/// say), with settings of its own in `extra`.
+pub fn cluster_instance_at(url: &str, name: &str, extra: &[(&str, &str)]) -> BinaryServer {
     let mut env = vec![
-        ("TRACKER__CLUSTER__NATS_URLS", url.as_str()),
+        ("TRACKER__CLUSTER__NATS_URLS", url),
         ("TRACKER__CLUSTER__INSTANCE_ID", name),
         ("TRACKER__CLUSTER__HEARTBEAT_INTERVAL_MS", HEARTBEAT_MS),
         ("TRACKER__CLUSTER__EXPIRY_MS", EXPIRY_MS),
