@@ -5,7 +5,7 @@
 //! `{type, sdp}` rather than relayed verbatim, so a client cannot smuggle extra fields to
 //! another peer; only the SDP string itself is copied as it came (see `sdp`).
 
-use std::{borrow::Cow, io::Write};
+use std::borrow::Cow;
 
 use serde::{ser::SerializeMap, Serialize, Serializer};
 
@@ -133,7 +133,11 @@ fn write_relay(
     serde_json::to_writer(&mut *out, peer_id)?;
     out.extend_from_slice(br#","offer_id":"#);
     serde_json::to_writer(&mut *out, offer_id)?;
-    write!(out, r#","{kind}":{{"type":"{kind}","sdp":"#).map_err(serde_json::Error::io)?;
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(br#"":{"type":""#);
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(br#"","sdp":"#);
     out.extend_from_slice(sdp.as_json().as_bytes());
     out.extend_from_slice(b"}}");
     Ok(())
@@ -205,6 +209,60 @@ impl Serialize for OtherJson<'_> {
             OutMessage::Offer { .. } | OutMessage::Answer { .. } => Err(serde::ser::Error::custom(
                 "offers and answers are written by write_relay",
             )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    fn id<T>(make: fn([u8; 20]) -> T, first: u8) -> T {
+        let mut bytes = [b'a'; 20];
+        bytes[0] = first;
+        make(bytes)
+    }
+
+    #[test]
+    fn relays_carry_the_sdp_literal_verbatim_in_a_fresh_object() {
+        let sdp: &serde_json::value::RawValue =
+            serde_json::from_str(r#""v=0\r\na=\u0041""#).expect("JSON");
+        let sdp = Sdp::from_raw(sdp).expect("a string");
+        for (kind, message) in [
+            (
+                "offer",
+                OutMessage::Offer {
+                    info_hash: id(InfoHash, b'"'),
+                    peer_id: id(PeerId, 0x01),
+                    offer_id: id(OfferId, 0xE9),
+                    sdp: sdp.clone(),
+                },
+            ),
+            (
+                "answer",
+                OutMessage::Answer {
+                    info_hash: id(InfoHash, b'"'),
+                    peer_id: id(PeerId, 0x01),
+                    offer_id: id(OfferId, 0xE9),
+                    sdp: sdp.clone(),
+                },
+            ),
+        ] {
+            let text = message.to_text();
+            assert!(text.contains(r#""sdp":"v=0\r\na=\u0041"}}"#), "{text}");
+            let parsed: Value = serde_json::from_str(&text).expect("valid JSON");
+            assert_eq!(
+                parsed,
+                json!({
+                    "action": "announce",
+                    "info_hash": format!("\"{}", "a".repeat(19)),
+                    "peer_id": format!("\u{1}{}", "a".repeat(19)),
+                    "offer_id": format!("\u{e9}{}", "a".repeat(19)),
+                    kind: {"type": kind, "sdp": "v=0\r\na=A"},
+                })
+            );
         }
     }
 }

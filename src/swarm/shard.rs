@@ -22,6 +22,7 @@ use super::{
         Disown, Disowned, FindSwarm, GetSwarm, InstanceGone, ScrapeShard, SwarmIdle, SwarmRef,
     },
     route::RemoteSessions,
+    state::IdHasher,
 };
 use crate::{metrics::Metrics, protocol::InfoHash};
 
@@ -31,7 +32,7 @@ struct SwarmEntry {
 }
 
 pub struct SwarmShard {
-    swarms: HashMap<InfoHash, SwarmEntry>,
+    swarms: HashMap<InfoHash, SwarmEntry, IdHasher>,
     next_generation: u64,
     config: SwarmConfig,
     metrics: Arc<Metrics>,
@@ -45,7 +46,7 @@ impl SwarmShard {
         remote: Option<Arc<dyn RemoteSessions>>,
     ) -> Self {
         Self {
-            swarms: HashMap::new(),
+            swarms: HashMap::default(),
             next_generation: 0,
             config,
             metrics,
