@@ -8,11 +8,14 @@
 
 use std::{borrow::Cow, fmt};
 
-use serde::Deserialize;
+use serde::{
+    de::{self, SeqAccess, Visitor},
+    Deserialize, Deserializer,
+};
 use serde_json::value::RawValue;
 
 use super::{
-    ids::{IdError, InfoHash, OfferId, PeerId},
+    ids::{decode_latin1, IdError, InfoHash, OfferId, PeerId, ID_LEN},
     sdp::Sdp,
 };
 
@@ -126,10 +129,50 @@ impl fmt::Display for ParseError {
     }
 }
 
+/// A string field compared against fixed words (`action`, `event`, `type`): borrowed from
+/// the frame, copied only if it holds escapes. (serde borrows a `Cow<str>` field marked
+/// `borrow`, but not one inside an `Option`, which the newtype gets around.)
+#[derive(Deserialize)]
+struct RawText<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl std::ops::Deref for RawText<'_> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An id field, decoded while it is parsed: ids are binary strings, most of them with
+/// escapes (`\u0003`), which a string field would have to copy out first. A string that is
+/// not a valid id is kept as its `IdError`, so that validation can name the field.
+struct RawId(Result<[u8; ID_LEN], IdError>);
+
+impl<'de> Deserialize<'de> for RawId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct IdVisitor;
+
+        impl Visitor<'_> for IdVisitor {
+            type Value = RawId;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+
+            // Borrowed or unescaped into serde_json's scratch buffer: either way no copy.
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<RawId, E> {
+                Ok(RawId(decode_latin1(text)))
+            }
+        }
+
+        deserializer.deserialize_str(IdVisitor)
+    }
+}
+
 #[derive(Deserialize)]
 struct RawSdp<'a> {
     #[serde(rename = "type", borrow, default)]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<RawText<'a>>,
     /// Kept as raw JSON: relayed in its escaped form (see `sdp`).
     #[serde(borrow, default)]
     sdp: Option<&'a RawValue>,
@@ -137,17 +180,48 @@ struct RawSdp<'a> {
 
 #[derive(Deserialize)]
 struct RawOffer<'a> {
-    #[serde(borrow, default)]
-    offer_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    offer_id: Option<RawId>,
     #[serde(borrow, default)]
     offer: Option<RawSdp<'a>>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawInfoHash<'a> {
-    One(#[serde(borrow)] Cow<'a, str>),
-    Many(#[serde(borrow)] Vec<Cow<'a, str>>),
+/// `info_hash`: one id (announce, scrape) or an array of them (scrape). Told apart by the
+/// JSON type itself rather than by `#[serde(untagged)]`, which would first copy the value
+/// into serde's generic buffer.
+enum RawInfoHash {
+    One(RawId),
+    Many(Vec<RawId>),
+}
+
+impl<'de> Deserialize<'de> for RawInfoHash {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct InfoHashVisitor;
+
+        impl<'de> Visitor<'de> for InfoHashVisitor {
+            type Value = RawInfoHash;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or an array of strings")
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<RawInfoHash, E> {
+                Ok(RawInfoHash::One(RawId(decode_latin1(text))))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawInfoHash, A::Error> {
+                // serde caps what a claimed length may preallocate; the scrape limit
+                // applies once the array is read.
+                let mut ids = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+                while let Some(id) = seq.next_element::<RawId>()? {
+                    ids.push(id);
+                }
+                Ok(RawInfoHash::Many(ids))
+            }
+        }
+
+        deserializer.deserialize_any(InfoHashVisitor)
+    }
 }
 
 /// Every field any client message may carry; unknown fields (`uploaded`, `downloaded`,
@@ -155,13 +229,13 @@ enum RawInfoHash<'a> {
 #[derive(Deserialize)]
 struct RawMessage<'a> {
     #[serde(borrow, default)]
-    action: Option<Cow<'a, str>>,
+    action: Option<RawText<'a>>,
+    #[serde(default)]
+    info_hash: Option<RawInfoHash>,
+    #[serde(default)]
+    peer_id: Option<RawId>,
     #[serde(borrow, default)]
-    info_hash: Option<RawInfoHash<'a>>,
-    #[serde(borrow, default)]
-    peer_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    event: Option<Cow<'a, str>>,
+    event: Option<RawText<'a>>,
     #[serde(default)]
     left: Option<f64>,
     #[serde(default)]
@@ -170,10 +244,10 @@ struct RawMessage<'a> {
     offers: Option<Vec<RawOffer<'a>>>,
     #[serde(borrow, default)]
     answer: Option<RawSdp<'a>>,
-    #[serde(borrow, default)]
-    to_peer_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    offer_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    to_peer_id: Option<RawId>,
+    #[serde(default)]
+    offer_id: Option<RawId>,
 }
 
 /// Only what a failure needs to be addressed; read again when the full parse failed, so
@@ -284,9 +358,9 @@ fn validate(raw: RawMessage<'_>, limits: &ParseLimits) -> Result<InMessage, Pars
     }
 }
 
-fn single_info_hash(raw: &Option<RawInfoHash<'_>>) -> Option<InfoHash> {
+fn single_info_hash(raw: &Option<RawInfoHash>) -> Option<InfoHash> {
     match raw {
-        Some(RawInfoHash::One(text)) => InfoHash::from_wire(text).ok(),
+        Some(RawInfoHash::One(RawId(Ok(bytes)))) => Some(InfoHash(*bytes)),
         _ => None,
     }
 }
@@ -301,12 +375,14 @@ fn truncate(text: &str) -> &str {
 
 fn required_id<T>(
     field: &str,
-    value: Option<&str>,
-    parse: impl Fn(&str) -> Result<T, IdError>,
+    value: Option<RawId>,
+    make: impl Fn([u8; ID_LEN]) -> T,
     info_hash: Option<InfoHash>,
 ) -> Result<T, ParseError> {
     match value {
-        Some(text) => parse(text).map_err(|err| id_failure(field, err, info_hash)),
+        Some(RawId(decoded)) => decoded
+            .map(make)
+            .map_err(|err| id_failure(field, err, info_hash)),
         None => Err(fail(
             Action::Announce,
             info_hash,
@@ -380,9 +456,9 @@ fn sdp_body(
 
 fn validate_announce(raw: RawMessage<'_>, limits: &ParseLimits) -> Result<InMessage, ParseError> {
     let info_hash = match &raw.info_hash {
-        Some(RawInfoHash::One(text)) => {
-            InfoHash::from_wire(text).map_err(|err| id_failure("info_hash", err, None))?
-        }
+        Some(RawInfoHash::One(RawId(decoded))) => decoded
+            .map(InfoHash)
+            .map_err(|err| id_failure("info_hash", err, None))?,
         Some(RawInfoHash::Many(_)) => {
             return Err(fail(
                 Action::Announce,
@@ -401,21 +477,11 @@ fn validate_announce(raw: RawMessage<'_>, limits: &ParseLimits) -> Result<InMess
         }
     };
     let known = Some(info_hash);
-    let peer_id = required_id("peer_id", raw.peer_id.as_deref(), PeerId::from_wire, known)?;
+    let peer_id = required_id("peer_id", raw.peer_id, PeerId, known)?;
 
     if raw.answer.is_some() {
-        let to_peer_id = required_id(
-            "to_peer_id",
-            raw.to_peer_id.as_deref(),
-            PeerId::from_wire,
-            known,
-        )?;
-        let offer_id = required_id(
-            "offer_id",
-            raw.offer_id.as_deref(),
-            OfferId::from_wire,
-            known,
-        )?;
+        let to_peer_id = required_id("to_peer_id", raw.to_peer_id, PeerId, known)?;
+        let offer_id = required_id("offer_id", raw.offer_id, OfferId, known)?;
         let sdp = sdp_body(raw.answer, "answer", "answer", limits, info_hash)?;
         return Ok(InMessage::Answer(AnswerRequest {
             info_hash,
@@ -480,12 +546,7 @@ fn validate_announce(raw: RawMessage<'_>, limits: &ParseLimits) -> Result<InMess
         if let Some(raw_offers) = raw.offers {
             offers.reserve(raw_offers.len().min(limits.max_offers));
             for raw_offer in raw_offers.into_iter().take(limits.max_offers) {
-                let offer_id = required_id(
-                    "offer_id",
-                    raw_offer.offer_id.as_deref(),
-                    OfferId::from_wire,
-                    known,
-                )?;
+                let offer_id = required_id("offer_id", raw_offer.offer_id, OfferId, known)?;
                 let sdp = sdp_body(raw_offer.offer, "offer", "offer", limits, info_hash)?;
                 offers.push(Offer { offer_id, sdp });
             }
@@ -504,26 +565,87 @@ fn validate_announce(raw: RawMessage<'_>, limits: &ParseLimits) -> Result<InMess
 
 fn validate_scrape(raw: RawMessage<'_>, limits: &ParseLimits) -> Result<InMessage, ParseError> {
     let scrape_failure = |kind, reason: String| fail(Action::Scrape, None, kind, reason);
-    let texts: Vec<Cow<'_, str>> = match raw.info_hash {
+    let ids: Vec<RawId> = match raw.info_hash {
         None => return Ok(InMessage::Scrape(ScrapeRequest::All)),
-        Some(RawInfoHash::One(text)) => vec![text],
-        Some(RawInfoHash::Many(texts)) => texts,
+        Some(RawInfoHash::One(id)) => vec![id],
+        Some(RawInfoHash::Many(ids)) => ids,
     };
-    if texts.len() > limits.max_scrape_hashes {
+    if ids.len() > limits.max_scrape_hashes {
         return Err(scrape_failure(
             "too_many_hashes",
             format!(
                 "scrape asks for {} info_hashes, the limit is {}",
-                texts.len(),
+                ids.len(),
                 limits.max_scrape_hashes
             ),
         ));
     }
-    let mut hashes = Vec::with_capacity(texts.len());
-    for text in &texts {
-        let hash = InfoHash::from_wire(text)
-            .map_err(|err| scrape_failure("invalid_id", format!("invalid info_hash: {err}")))?;
-        hashes.push(hash);
-    }
+    let hashes = ids
+        .into_iter()
+        .map(|RawId(decoded)| {
+            decoded
+                .map(InfoHash)
+                .map_err(|err| scrape_failure("invalid_id", format!("invalid info_hash: {err}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(InMessage::Scrape(ScrapeRequest::Some(hashes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = r#""\u0001\u0002\"\\aaaaaaaaaaaaaaaa""#;
+
+    fn hash_bytes() -> [u8; ID_LEN] {
+        let mut bytes = [b'a'; ID_LEN];
+        bytes[..4].copy_from_slice(&[1, 2, b'"', b'\\']);
+        bytes
+    }
+
+    #[test]
+    fn escaped_ids_decode_whether_alone_or_in_a_scrape_array() {
+        let limits = ParseLimits::default();
+        let one = format!(r#"{{"action":"scrape","info_hash":{HASH}}}"#);
+        let many = format!(r#"{{"action":"scrape","info_hash":[{HASH},{HASH}]}}"#);
+        assert_eq!(
+            parse(&one, &limits),
+            Ok(InMessage::Scrape(ScrapeRequest::Some(vec![InfoHash(
+                hash_bytes()
+            )])))
+        );
+        assert_eq!(
+            parse(&many, &limits),
+            Ok(InMessage::Scrape(ScrapeRequest::Some(vec![
+                InfoHash(
+                    hash_bytes()
+                );
+                2
+            ])))
+        );
+    }
+
+    #[test]
+    fn a_bad_id_is_named_and_the_readable_info_hash_echoed() {
+        let text = format!(
+            r#"{{"action":"announce","info_hash":{HASH},"peer_id":"short","event":"started"}}"#
+        );
+        let err = parse(&text, &ParseLimits::default()).expect_err("refused");
+        assert_eq!(err.kind, "invalid_id");
+        assert_eq!(err.reason, "invalid peer_id: must be 20 characters, got 5");
+        assert_eq!(err.info_hash, Some(InfoHash(hash_bytes())));
+    }
+
+    #[test]
+    fn an_info_hash_of_another_json_type_is_a_typed_failure() {
+        for value in ["7", "{}", "[7]", "null"] {
+            let text = format!(r#"{{"action":"announce","info_hash":{value}}}"#);
+            let err = parse(&text, &ParseLimits::default()).expect_err("refused");
+            assert_eq!(err.action, Action::Announce, "{value}");
+            assert!(
+                matches!(err.kind, "invalid_field" | "missing_field"),
+                "{value}: {err:?}"
+            );
+        }
+    }
 }
