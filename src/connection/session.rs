@@ -374,7 +374,9 @@ impl PeerSession {
             return;
         };
         let swarm = match &joined.swarm {
-            SwarmHandle::Local(swarm) => swarm.clone(),
+            // Borrowed: cloning an actix address allocates, and only a full mailbox needs
+            // one of its own (the `send` below).
+            SwarmHandle::Local(swarm) => swarm,
             SwarmHandle::Remote(owner) => {
                 // The swarm that relayed the offer is on `owner`: the answer goes there.
                 let sent = match requests::remote_swarms(&self.shared) {
