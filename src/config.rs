@@ -70,6 +70,9 @@ pub struct ServerSettings {
     /// WebSocket close frame, for the client's close frame; after an HTTP response that
     /// closes the connection, for the client to hang up.
     pub client_disconnect_timeout_ms: u64,
+    /// Seconds between returns of freed heap memory to the OS (glibc's `malloc_trim`);
+    /// 0 = never. Without it, a burst of traffic leaves its peak in the RSS for good.
+    pub memory_trim_secs: u64,
 }
 
 impl Default for ServerSettings {
@@ -85,6 +88,7 @@ impl Default for ServerSettings {
             shutdown_timeout_secs: 5,
             client_request_timeout_secs: 5,
             client_disconnect_timeout_ms: 1_000,
+            memory_trim_secs: 30,
         }
     }
 }
@@ -461,6 +465,10 @@ impl Settings {
         check(
             self.server.client_disconnect_timeout_ms <= 60_000,
             "server.client_disconnect_timeout_ms must be at most 60000",
+        );
+        check(
+            self.server.memory_trim_secs <= 86_400,
+            "server.memory_trim_secs must be at most 86400 (0 turns it off)",
         );
         check(self.ws.path.starts_with('/'), "ws.path must start with '/'");
         check(

@@ -275,6 +275,35 @@ fn validation_refuses_an_idle_timeout_not_above_the_ping_interval() {
 }
 
 #[test]
+fn validation_bounds_the_memory_trim_period() {
+    let error = load_error(None, &[("TRACKER__SERVER__MEMORY_TRIM_SECS", "86401")]);
+    assert!(error.contains("server.memory_trim_secs"), "{error}");
+    for accepted in ["0", "1", "86400"] {
+        let settings = Settings::load_from(
+            None,
+            env(&[("TRACKER__SERVER__MEMORY_TRIM_SECS", accepted)]),
+        )
+        .expect("accepted");
+        assert_eq!(settings.server.memory_trim_secs.to_string(), accepted);
+    }
+}
+
+/// Freed memory goes back to the OS on the configured timer (the allocator would keep a
+/// burst's peak otherwise); its debug line says each round ran.
+#[test]
+fn the_binary_returns_freed_memory_on_its_timer() {
+    let server = BinaryServer::start(&[
+        ("TRACKER__SERVER__MEMORY_TRIM_SECS", "1"),
+        ("RUST_LOG", "info,p2p_mediastream::housekeeping=debug"),
+    ]);
+    let line = server.wait_for_log("memory trim:", Duration::from_secs(10));
+    assert!(
+        line.contains("released pages") || line.contains("nothing to release"),
+        "{line}"
+    );
+}
+
+#[test]
 fn validation_reports_every_problem_at_once() {
     let error = load_error(
         None,
