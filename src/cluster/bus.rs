@@ -37,6 +37,7 @@
 //! reconnecting by itself, and the first heartbeat of ours that comes back restores it.
 
 use std::{
+    collections::HashMap,
     future::Future,
     pin::Pin,
     sync::{
@@ -301,13 +302,18 @@ pub type TransportFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 /// `NoResponders` with the message's reply subject; one that cannot simply never does
 /// (the expiry still finds dead instances).
 pub trait Transport {
+    /// A subject in the engine's own form. The bus builds one per destination once and
+    /// clones it for every message, so cloning must be cheap (a reference count).
+    type Subject: Clone;
+    /// The engine's form of `subject`.
+    fn subject(&self, subject: String) -> Self::Subject;
     /// Publishes one message, with a reply subject when `reply` is set. Must not wait for
     /// a reconnect: the bus only calls it while `is_connected()`, and bounds it with a
     /// timeout anyway.
     fn publish(
         &mut self,
-        subject: String,
-        reply: Option<String>,
+        subject: Self::Subject,
+        reply: Option<Self::Subject>,
         payload: Bytes,
     ) -> TransportFuture<'_, Result<(), BusError>>;
     /// Waits until what was published has reached the broker (used at shutdown).
@@ -518,9 +524,25 @@ enum Step {
     Shutdown,
 }
 
-struct BusTask<T> {
+/// The subjects of the messages for one other instance.
+struct Route<S> {
+    inbox: S,
+    /// Where the broker's "no responders" for them comes back.
+    reply: S,
+}
+
+/// Beyond this many cached routes the cache starts again (a bound against ids that come
+/// and go without ever being reported gone; a cluster has a handful of instances).
+const MAX_ROUTES: usize = 1024;
+
+struct BusTask<T: Transport> {
     config: BusConfig,
     transport: T,
+    /// The subjects per destination, formatted once: a message's subjects cost a
+    /// reference count, not two `format!`s of a hex id. Dropped when the instance is gone.
+    routes: HashMap<InstanceId, Route<T::Subject>>,
+    /// `control` in the transport's form, for heartbeats.
+    control_subject: T::Subject,
     transport_open: bool,
     stats: Arc<ClusterStats>,
     view: Arc<SharedView>,
@@ -553,9 +575,12 @@ impl<T: Transport> BusTask<T> {
         // A publish normally completes in microseconds (it only queues in the client);
         // one that takes a heartbeat interval means the link is stalling.
         let publish_timeout = config.heartbeat_interval;
+        let control_subject = transport.subject(control.clone());
         Self {
             config,
             transport,
+            routes: HashMap::new(),
+            control_subject,
             transport_open: true,
             stats,
             view,
@@ -666,7 +691,7 @@ impl<T: Transport> BusTask<T> {
             }),
         };
         self.last_heartbeat = Some((self.heartbeat_seq, Instant::now()));
-        let subject = self.control.clone();
+        let subject = self.control_subject.clone();
         self.publish(subject, None, &envelope).await;
     }
 
@@ -814,6 +839,9 @@ impl<T: Transport> BusTask<T> {
     }
 
     fn publish_view(&mut self, joined: Vec<InstanceId>, gone: Vec<InstanceId>) {
+        for instance in &gone {
+            self.routes.remove(instance);
+        }
         let view = self.members.view();
         self.stats.bus_up.store(view.bus_up, Ordering::Relaxed);
         self.stats
@@ -834,13 +862,29 @@ impl<T: Transport> BusTask<T> {
             sent_at_ms: unix_millis(),
             body: outgoing.message,
         };
-        let subject = self.config.inbox_subject(outgoing.to);
-        let reply = self.config.unreachable_subject(outgoing.to);
+        let route = self.route(outgoing.to);
+        let (subject, reply) = (route.inbox.clone(), route.reply.clone());
         self.publish(subject, Some(reply), &envelope).await;
     }
 
+    fn route(&mut self, to: InstanceId) -> &Route<T::Subject> {
+        if self.routes.len() >= MAX_ROUTES && !self.routes.contains_key(&to) {
+            self.routes.clear();
+        }
+        let (config, transport) = (&self.config, &self.transport);
+        self.routes.entry(to).or_insert_with(|| Route {
+            inbox: transport.subject(config.inbox_subject(to)),
+            reply: transport.subject(config.unreachable_subject(to)),
+        })
+    }
+
     /// Encodes and publishes; every failure is counted, none is fatal.
-    async fn publish(&mut self, subject: String, reply: Option<String>, envelope: &Envelope) {
+    async fn publish(
+        &mut self,
+        subject: T::Subject,
+        reply: Option<T::Subject>,
+        envelope: &Envelope,
+    ) {
         let payload = match wire::encode(envelope) {
             Ok(payload) => Bytes::from(payload),
             Err(err) => {
@@ -880,7 +924,7 @@ impl<T: Transport> BusTask<T> {
                 sent_at_ms: unix_millis(),
                 body: BusMessage::Leaving,
             };
-            let subject = self.control.clone();
+            let subject = self.control_subject.clone();
             self.publish(subject, None, &envelope).await;
             if tokio::time::timeout(self.publish_timeout, self.transport.flush())
                 .await
@@ -993,10 +1037,16 @@ impl NatsTransport {
 }
 
 impl Transport for NatsTransport {
+    type Subject = async_nats::Subject;
+
+    fn subject(&self, subject: String) -> Self::Subject {
+        async_nats::Subject::from(subject)
+    }
+
     fn publish(
         &mut self,
-        subject: String,
-        reply: Option<String>,
+        subject: Self::Subject,
+        reply: Option<Self::Subject>,
         payload: Bytes,
     ) -> TransportFuture<'_, Result<(), BusError>> {
         Box::pin(async move {
@@ -1081,6 +1131,12 @@ mod tests {
     }
 
     impl Transport for MemoryTransport {
+        type Subject = String;
+
+        fn subject(&self, subject: String) -> String {
+            subject
+        }
+
         fn publish(
             &mut self,
             subject: String,
