@@ -274,11 +274,12 @@ impl std::error::Error for BusError {}
 // ---------------------------------------------------------------------------------------
 // The transport seam.
 
-/// What a transport reports.
+/// What a transport reports; subjects in the transport's own form (`Transport::Subject`),
+/// so that a message's arrival costs no copy of its subject.
 #[derive(Debug)]
-pub enum TransportEvent {
+pub enum TransportEvent<S = String> {
     /// Bytes published on `subject`, which this transport subscribed to.
-    Message { subject: String, payload: Bytes },
+    Message { subject: S, payload: Bytes },
     /// The link is up (first connect or reconnect; subscriptions are in place again).
     Connected,
     /// The link dropped; the transport reconnects by itself.
@@ -287,7 +288,7 @@ pub enum TransportEvent {
     SlowConsumer,
     /// A message we published with reply subject `subject` reached no subscriber (the
     /// broker's own answer; NATS status 503).
-    NoResponders { subject: String },
+    NoResponders { subject: S },
     /// Anything else worth a log line.
     Notice(String),
 }
@@ -304,7 +305,7 @@ pub type TransportFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 pub trait Transport {
     /// A subject in the engine's own form. The bus builds one per destination once and
     /// clones it for every message, so cloning must be cheap (a reference count).
-    type Subject: Clone;
+    type Subject: Clone + AsRef<str>;
     /// The engine's form of `subject`.
     fn subject(&self, subject: String) -> Self::Subject;
     /// Publishes one message, with a reply subject when `reply` is set. Must not wait for
@@ -319,7 +320,7 @@ pub trait Transport {
     /// Waits until what was published has reached the broker (used at shutdown).
     fn flush(&mut self) -> TransportFuture<'_, Result<(), BusError>>;
     /// The next event; `None` once the transport is closed for good.
-    fn next_event(&mut self) -> TransportFuture<'_, Option<TransportEvent>>;
+    fn next_event(&mut self) -> TransportFuture<'_, Option<TransportEvent<Self::Subject>>>;
     /// Whether the link to the broker is up now.
     fn is_connected(&self) -> bool;
 }
@@ -517,9 +518,9 @@ fn unix_millis() -> u64 {
 }
 
 /// One step of the loop, taken out of `select!` so the handlers may borrow freely.
-enum Step {
+enum Step<S> {
     Tick,
-    Event(Option<TransportEvent>),
+    Event(Option<TransportEvent<S>>),
     Send(Option<Outgoing>),
     Shutdown,
 }
@@ -695,9 +696,11 @@ impl<T: Transport> BusTask<T> {
         self.publish(subject, None, &envelope).await;
     }
 
-    async fn on_transport_event(&mut self, event: TransportEvent) {
+    async fn on_transport_event(&mut self, event: TransportEvent<T::Subject>) {
         match event {
-            TransportEvent::Message { subject, payload } => self.receive(&subject, &payload).await,
+            TransportEvent::Message { subject, payload } => {
+                self.receive(subject.as_ref(), &payload).await
+            }
             TransportEvent::Connected => {
                 if self.heartbeat_seq > 0 {
                     self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -711,7 +714,7 @@ impl<T: Transport> BusTask<T> {
                 self.stats.slow_consumer.fetch_add(1, Ordering::Relaxed);
                 warn!("cluster: the broker dropped messages for us (slow consumer)");
             }
-            TransportEvent::NoResponders { subject } => self.no_responders(&subject),
+            TransportEvent::NoResponders { subject } => self.no_responders(subject.as_ref()),
             TransportEvent::Notice(text) => info!("cluster: bus: {text}"),
         }
     }
@@ -1071,7 +1074,7 @@ impl Transport for NatsTransport {
         })
     }
 
-    fn next_event(&mut self) -> TransportFuture<'_, Option<TransportEvent>> {
+    fn next_event(&mut self) -> TransportFuture<'_, Option<TransportEvent<Self::Subject>>> {
         Box::pin(async move {
             tokio::select! {
                 event = self.events.recv() => Some(match event? {
@@ -1084,11 +1087,11 @@ impl Transport for NatsTransport {
                     let message = message?;
                     if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
                         return Some(TransportEvent::NoResponders {
-                            subject: message.subject.to_string(),
+                            subject: message.subject,
                         });
                     }
                     Some(TransportEvent::Message {
-                        subject: message.subject.to_string(),
+                        subject: message.subject,
                         payload: message.payload,
                     })
                 }
