@@ -990,6 +990,10 @@ impl NatsTransport {
             .reconnect_delay_callback(move |attempts| reconnect_delay(attempts, max_delay))
             .ping_interval(ping_interval)
             .subscription_capacity(settings.bus_queue.max(1))
+            // Every subject we publish to is the validated `subject_prefix` plus fixed
+            // tokens and hex ids (see `valid_subject_prefix`): nothing for the client to
+            // check again on each publish.
+            .skip_subject_validation(true)
             .require_tls(settings.tls_required)
             .event_callback(move |event| {
                 let events_tx = events_tx.clone();
