@@ -37,6 +37,7 @@
 //! reconnecting by itself, and the first heartbeat of ours that comes back restores it.
 
 use std::{
+    collections::HashMap,
     future::Future,
     pin::Pin,
     sync::{
@@ -273,11 +274,12 @@ impl std::error::Error for BusError {}
 // ---------------------------------------------------------------------------------------
 // The transport seam.
 
-/// What a transport reports.
+/// What a transport reports; subjects in the transport's own form (`Transport::Subject`),
+/// so that a message's arrival costs no copy of its subject.
 #[derive(Debug)]
-pub enum TransportEvent {
+pub enum TransportEvent<S = String> {
     /// Bytes published on `subject`, which this transport subscribed to.
-    Message { subject: String, payload: Bytes },
+    Message { subject: S, payload: Bytes },
     /// The link is up (first connect or reconnect; subscriptions are in place again).
     Connected,
     /// The link dropped; the transport reconnects by itself.
@@ -286,7 +288,7 @@ pub enum TransportEvent {
     SlowConsumer,
     /// A message we published with reply subject `subject` reached no subscriber (the
     /// broker's own answer; NATS status 503).
-    NoResponders { subject: String },
+    NoResponders { subject: S },
     /// Anything else worth a log line.
     Notice(String),
 }
@@ -301,19 +303,24 @@ pub type TransportFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
 /// `NoResponders` with the message's reply subject; one that cannot simply never does
 /// (the expiry still finds dead instances).
 pub trait Transport {
+    /// A subject in the engine's own form. The bus builds one per destination once and
+    /// clones it for every message, so cloning must be cheap (a reference count).
+    type Subject: Clone + AsRef<str>;
+    /// The engine's form of `subject`.
+    fn subject(&self, subject: String) -> Self::Subject;
     /// Publishes one message, with a reply subject when `reply` is set. Must not wait for
     /// a reconnect: the bus only calls it while `is_connected()`, and bounds it with a
     /// timeout anyway.
     fn publish(
         &mut self,
-        subject: String,
-        reply: Option<String>,
+        subject: Self::Subject,
+        reply: Option<Self::Subject>,
         payload: Bytes,
     ) -> TransportFuture<'_, Result<(), BusError>>;
     /// Waits until what was published has reached the broker (used at shutdown).
     fn flush(&mut self) -> TransportFuture<'_, Result<(), BusError>>;
     /// The next event; `None` once the transport is closed for good.
-    fn next_event(&mut self) -> TransportFuture<'_, Option<TransportEvent>>;
+    fn next_event(&mut self) -> TransportFuture<'_, Option<TransportEvent<Self::Subject>>>;
     /// Whether the link to the broker is up now.
     fn is_connected(&self) -> bool;
 }
@@ -511,16 +518,32 @@ fn unix_millis() -> u64 {
 }
 
 /// One step of the loop, taken out of `select!` so the handlers may borrow freely.
-enum Step {
+enum Step<S> {
     Tick,
-    Event(Option<TransportEvent>),
+    Event(Option<TransportEvent<S>>),
     Send(Option<Outgoing>),
     Shutdown,
 }
 
-struct BusTask<T> {
+/// The subjects of the messages for one other instance.
+struct Route<S> {
+    inbox: S,
+    /// Where the broker's "no responders" for them comes back.
+    reply: S,
+}
+
+/// Beyond this many cached routes the cache starts again (a bound against ids that come
+/// and go without ever being reported gone; a cluster has a handful of instances).
+const MAX_ROUTES: usize = 1024;
+
+struct BusTask<T: Transport> {
     config: BusConfig,
     transport: T,
+    /// The subjects per destination, formatted once: a message's subjects cost a
+    /// reference count, not two `format!`s of a hex id. Dropped when the instance is gone.
+    routes: HashMap<InstanceId, Route<T::Subject>>,
+    /// `control` in the transport's form, for heartbeats.
+    control_subject: T::Subject,
     transport_open: bool,
     stats: Arc<ClusterStats>,
     view: Arc<SharedView>,
@@ -553,9 +576,12 @@ impl<T: Transport> BusTask<T> {
         // A publish normally completes in microseconds (it only queues in the client);
         // one that takes a heartbeat interval means the link is stalling.
         let publish_timeout = config.heartbeat_interval;
+        let control_subject = transport.subject(control.clone());
         Self {
             config,
             transport,
+            routes: HashMap::new(),
+            control_subject,
             transport_open: true,
             stats,
             view,
@@ -666,13 +692,15 @@ impl<T: Transport> BusTask<T> {
             }),
         };
         self.last_heartbeat = Some((self.heartbeat_seq, Instant::now()));
-        let subject = self.control.clone();
+        let subject = self.control_subject.clone();
         self.publish(subject, None, &envelope).await;
     }
 
-    async fn on_transport_event(&mut self, event: TransportEvent) {
+    async fn on_transport_event(&mut self, event: TransportEvent<T::Subject>) {
         match event {
-            TransportEvent::Message { subject, payload } => self.receive(&subject, &payload).await,
+            TransportEvent::Message { subject, payload } => {
+                self.receive(subject.as_ref(), &payload).await
+            }
             TransportEvent::Connected => {
                 if self.heartbeat_seq > 0 {
                     self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -686,7 +714,7 @@ impl<T: Transport> BusTask<T> {
                 self.stats.slow_consumer.fetch_add(1, Ordering::Relaxed);
                 warn!("cluster: the broker dropped messages for us (slow consumer)");
             }
-            TransportEvent::NoResponders { subject } => self.no_responders(&subject),
+            TransportEvent::NoResponders { subject } => self.no_responders(subject.as_ref()),
             TransportEvent::Notice(text) => info!("cluster: bus: {text}"),
         }
     }
@@ -814,6 +842,9 @@ impl<T: Transport> BusTask<T> {
     }
 
     fn publish_view(&mut self, joined: Vec<InstanceId>, gone: Vec<InstanceId>) {
+        for instance in &gone {
+            self.routes.remove(instance);
+        }
         let view = self.members.view();
         self.stats.bus_up.store(view.bus_up, Ordering::Relaxed);
         self.stats
@@ -834,13 +865,29 @@ impl<T: Transport> BusTask<T> {
             sent_at_ms: unix_millis(),
             body: outgoing.message,
         };
-        let subject = self.config.inbox_subject(outgoing.to);
-        let reply = self.config.unreachable_subject(outgoing.to);
+        let route = self.route(outgoing.to);
+        let (subject, reply) = (route.inbox.clone(), route.reply.clone());
         self.publish(subject, Some(reply), &envelope).await;
     }
 
+    fn route(&mut self, to: InstanceId) -> &Route<T::Subject> {
+        if self.routes.len() >= MAX_ROUTES && !self.routes.contains_key(&to) {
+            self.routes.clear();
+        }
+        let (config, transport) = (&self.config, &self.transport);
+        self.routes.entry(to).or_insert_with(|| Route {
+            inbox: transport.subject(config.inbox_subject(to)),
+            reply: transport.subject(config.unreachable_subject(to)),
+        })
+    }
+
     /// Encodes and publishes; every failure is counted, none is fatal.
-    async fn publish(&mut self, subject: String, reply: Option<String>, envelope: &Envelope) {
+    async fn publish(
+        &mut self,
+        subject: T::Subject,
+        reply: Option<T::Subject>,
+        envelope: &Envelope,
+    ) {
         let payload = match wire::encode(envelope) {
             Ok(payload) => Bytes::from(payload),
             Err(err) => {
@@ -880,7 +927,7 @@ impl<T: Transport> BusTask<T> {
                 sent_at_ms: unix_millis(),
                 body: BusMessage::Leaving,
             };
-            let subject = self.control.clone();
+            let subject = self.control_subject.clone();
             self.publish(subject, None, &envelope).await;
             if tokio::time::timeout(self.publish_timeout, self.transport.flush())
                 .await
@@ -943,6 +990,10 @@ impl NatsTransport {
             .reconnect_delay_callback(move |attempts| reconnect_delay(attempts, max_delay))
             .ping_interval(ping_interval)
             .subscription_capacity(settings.bus_queue.max(1))
+            // Every subject we publish to is the validated `subject_prefix` plus fixed
+            // tokens and hex ids (see `valid_subject_prefix`): nothing for the client to
+            // check again on each publish.
+            .skip_subject_validation(true)
             .require_tls(settings.tls_required)
             .event_callback(move |event| {
                 let events_tx = events_tx.clone();
@@ -993,10 +1044,16 @@ impl NatsTransport {
 }
 
 impl Transport for NatsTransport {
+    type Subject = async_nats::Subject;
+
+    fn subject(&self, subject: String) -> Self::Subject {
+        async_nats::Subject::from(subject)
+    }
+
     fn publish(
         &mut self,
-        subject: String,
-        reply: Option<String>,
+        subject: Self::Subject,
+        reply: Option<Self::Subject>,
         payload: Bytes,
     ) -> TransportFuture<'_, Result<(), BusError>> {
         Box::pin(async move {
@@ -1021,7 +1078,7 @@ impl Transport for NatsTransport {
         })
     }
 
-    fn next_event(&mut self) -> TransportFuture<'_, Option<TransportEvent>> {
+    fn next_event(&mut self) -> TransportFuture<'_, Option<TransportEvent<Self::Subject>>> {
         Box::pin(async move {
             tokio::select! {
                 event = self.events.recv() => Some(match event? {
@@ -1034,11 +1091,11 @@ impl Transport for NatsTransport {
                     let message = message?;
                     if message.status == Some(async_nats::StatusCode::NO_RESPONDERS) {
                         return Some(TransportEvent::NoResponders {
-                            subject: message.subject.to_string(),
+                            subject: message.subject,
                         });
                     }
                     Some(TransportEvent::Message {
-                        subject: message.subject.to_string(),
+                        subject: message.subject,
                         payload: message.payload,
                     })
                 }
@@ -1081,6 +1138,12 @@ mod tests {
     }
 
     impl Transport for MemoryTransport {
+        type Subject = String;
+
+        fn subject(&self, subject: String) -> String {
+            subject
+        }
+
         fn publish(
             &mut self,
             subject: String,
