@@ -194,9 +194,6 @@ pub struct SwarmSettings {
     /// Consecutive relays a peer's session could not take before the peer is removed from
     /// the swarm (a client that stopped reading).
     pub max_dropped_deliveries: u32,
-    /// Milliseconds an announce may wait in its swarm's queue and still have its offers
-    /// relayed (0 = however long). Past it the announce is served without them.
-    pub offer_deadline_ms: u64,
 }
 
 impl Default for SwarmSettings {
@@ -204,7 +201,6 @@ impl Default for SwarmSettings {
         Self {
             mailbox: 1024,
             max_dropped_deliveries: 64,
-            offer_deadline_ms: 1_000,
         }
     }
 }
@@ -659,8 +655,6 @@ impl From<&Settings> for SwarmConfig {
             mailbox: settings.swarm.mailbox,
             max_dropped_deliveries: settings.swarm.max_dropped_deliveries,
             sweep_interval: Duration::from_secs(settings.tracker.sweep_interval_secs),
-            offer_deadline: (settings.swarm.offer_deadline_ms > 0)
-                .then(|| Duration::from_millis(settings.swarm.offer_deadline_ms)),
         }
     }
 }

@@ -42,8 +42,6 @@ pub struct Metrics {
     pub answers_relayed: Counter,
     pub dropped_mailbox_full: Counter,
     pub dropped_closed: Counter,
-    /// Offers not relayed because their announce waited past `swarm.offer_deadline_ms`.
-    pub dropped_late: Counter,
     protocol_errors: Family<KindLabel, Counter>,
     pub swarms: Gauge,
     pub seeders: Gauge,
@@ -140,9 +138,6 @@ impl Metrics {
         let dropped_closed = deliveries_dropped
             .get_or_create(&ReasonLabel { reason: "closed" })
             .clone();
-        let dropped_late = deliveries_dropped
-            .get_or_create(&ReasonLabel { reason: "late" })
-            .clone();
         let protocol_errors = Family::<KindLabel, Counter>::default();
         registry.register(
             "protocol_errors",
@@ -190,7 +185,6 @@ impl Metrics {
             answers_relayed,
             dropped_mailbox_full,
             dropped_closed,
-            dropped_late,
             protocol_errors,
             swarms,
             seeders,

@@ -7,7 +7,7 @@
 //! cluster implements for those, and `SwarmHandle` says where a joined swarm lives. Outside
 //! a cluster `Shared::cluster` is `None` and nothing here touches it.
 
-use std::{collections::BTreeMap, sync::Arc, time::Instant};
+use std::{collections::BTreeMap, sync::Arc};
 
 use actix::prelude::*;
 use futures_util::future::BoxFuture;
@@ -196,7 +196,6 @@ pub async fn announce_on_shard(
             conn,
             route: route.clone(),
             request: request.clone(),
-            sent_at: Instant::now(),
         };
         match swarm.addr.send(message).await {
             Ok(Ok(reply)) => return Ok((swarm, reply)),

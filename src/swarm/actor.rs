@@ -26,7 +26,7 @@ use super::{
 };
 use crate::{
     metrics::Metrics,
-    protocol::{Action, AnnounceRequest, InfoHash, OutMessage, SwarmCounts},
+    protocol::{Action, InfoHash, OutMessage, SwarmCounts},
 };
 
 /// Packs seeders (high half) and leechers (low half) so a scrape reads both at once.
@@ -48,8 +48,6 @@ pub struct SwarmConfig {
     pub mailbox: usize,
     pub max_dropped_deliveries: u32,
     pub sweep_interval: Duration,
-    /// `swarm.offer_deadline_ms`; `None` relays offers however late.
-    pub offer_deadline: Option<Duration>,
 }
 
 pub struct Swarm {
@@ -91,25 +89,6 @@ impl Swarm {
             rng: SmallRng::from_rng(&mut rand::rng()),
             closing: false,
         }
-    }
-
-    /// The request as it is to be served: without its offers when it waited in the queue
-    /// past `offer_deadline`. Under overload that sheds most of the work (each offer costs a
-    /// relay and, later, an answer), so the queue drains and latency stays near the
-    /// deadline; the announce itself still registers the peer and gets its counts.
-    fn within_deadline(
-        &self,
-        request: Arc<AnnounceRequest>,
-        sent_at: Instant,
-        now: Instant,
-    ) -> Arc<AnnounceRequest> {
-        if request.offers.is_empty() || !too_late(self.config.offer_deadline, sent_at, now) {
-            return request;
-        }
-        self.metrics
-            .dropped_late
-            .inc_by(request.offers.len() as u64);
-        Arc::new(without_offers(&request))
     }
 
     fn deliver(&mut self, deliveries: impl IntoIterator<Item = Delivery>) {
@@ -259,23 +238,6 @@ impl Actor for Swarm {
     }
 }
 
-/// Whether something sent at `sent_at` missed `deadline` by `now` (never, without one).
-fn too_late(deadline: Option<Duration>, sent_at: Instant, now: Instant) -> bool {
-    deadline.is_some_and(|deadline| now.saturating_duration_since(sent_at) > deadline)
-}
-
-/// `request` with no offers (everything else is plain data).
-fn without_offers(request: &AnnounceRequest) -> AnnounceRequest {
-    AnnounceRequest {
-        info_hash: request.info_hash,
-        peer_id: request.peer_id,
-        event: request.event,
-        left_is_zero: request.left_is_zero,
-        numwant: request.numwant,
-        offers: Vec::new(),
-    }
-}
-
 impl Handler<Announce> for Swarm {
     type Result = Result<AnnounceReply, SwarmError>;
 
@@ -289,12 +251,9 @@ impl Handler<Announce> for Swarm {
             conn,
             route,
             request,
-            sent_at,
         } = msg;
-        let now = Instant::now();
-        let request = self.within_deadline(request, sent_at, now);
         let Some(result) = self.guarded(ctx, |state, rng| {
-            state.announce(conn, route, &request, now, rng)
+            state.announce(conn, route, &request, Instant::now(), rng)
         }) else {
             return Err(SwarmError::Closed);
         };
@@ -401,50 +360,5 @@ impl Handler<Disowned> for Swarm {
         // and their sessions ask again (and are routed to the new owner).
         self.closing = true;
         ctx.stop();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::protocol::{AnnounceEvent, Offer, OfferId, PeerId, Sdp};
-
-    #[test]
-    fn offers_are_late_only_past_a_deadline() {
-        let sent = Instant::now();
-        let second = Duration::from_secs(1);
-        assert!(!too_late(Some(second), sent, sent + second));
-        assert!(too_late(
-            Some(second),
-            sent,
-            sent + second + Duration::from_millis(1)
-        ));
-        assert!(!too_late(None, sent, sent + 1000 * second));
-        // A clock read before `sent_at` (another thread's) is not late.
-        assert!(!too_late(Some(second), sent + second, sent));
-    }
-
-    #[test]
-    fn a_late_announce_keeps_everything_but_its_offers() {
-        let request = AnnounceRequest {
-            info_hash: InfoHash([1; 20]),
-            peer_id: PeerId([2; 20]),
-            event: AnnounceEvent::Started,
-            left_is_zero: Some(false),
-            numwant: Some(5),
-            offers: vec![Offer {
-                offer_id: OfferId([3; 20]),
-                sdp: Sdp::from_text("v=0"),
-            }],
-        };
-        let stripped = without_offers(&request);
-        assert!(stripped.offers.is_empty());
-        assert_eq!(
-            AnnounceRequest {
-                offers: request.offers.clone(),
-                ..stripped
-            },
-            request
-        );
     }
 }

@@ -23,7 +23,7 @@
 //! wait on sessions: a full session mailbox drops the delivery (WebTorrent tolerates lost
 //! offers; the client re-announces).
 
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
 use actix::prelude::*;
 
@@ -85,9 +85,6 @@ pub struct Announce {
     pub route: PeerRoute,
     /// Shared so a retry after `SwarmError::Closed` does not copy offers.
     pub request: Arc<AnnounceRequest>,
-    /// When it was sent: its offers are relayed only if it waited less than
-    /// `swarm.offer_deadline_ms` in the swarm's queue.
-    pub sent_at: Instant,
 }
 
 /// An answer to a relayed offer. Sent without waiting for a reply (a round trip per
