@@ -39,7 +39,9 @@ loadtest="$root/target/release/loadtest"
 work="$(mktemp -d)"
 server_pid=""
 cleanup() {
-    [[ -n "$server_pid" ]] && kill "$server_pid" 2>/dev/null || true
+    if [[ -n "$server_pid" ]]; then
+        kill "$server_pid" 2>/dev/null || true
+    fi
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -91,7 +93,9 @@ for build in "${builds[@]}"; do
         wait "$loadtest_pid" || { echo "bench-instructions.sh: loadtest failed:" >&2; cat "$work/loadtest.out" >&2; exit 1; }
         kill "$server_pid"; wait "$server_pid" 2>/dev/null || true
         server_pid=""
-        dump="$(ls -t "$out".* | head -1)"
+        # The one dump asked for (callgrind numbers them from 1; the final file is written
+        # at exit, after the window).
+        dump="$out.1"
         instructions="$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")"
         python3 -c "
 import sys
