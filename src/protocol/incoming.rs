@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 
 use super::{
     ids::{decode_latin1, IdError, InfoHash, OfferId, PeerId, ID_LEN},
-    sdp::Sdp,
+    sdp::{escaped_len_of, Sdp},
 };
 
 /// Bounds applied while validating: built from the `[tracker]` settings (`config`), whose
@@ -148,6 +148,12 @@ impl std::ops::Deref for RawText<'_> {
 /// not a valid id is kept as its `IdError`, so that validation can name the field.
 struct RawId(Result<[u8; ID_LEN], IdError>);
 
+impl RawId {
+    fn decode(text: &str) -> Self {
+        Self(decode_latin1(text))
+    }
+}
+
 impl<'de> Deserialize<'de> for RawId {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct IdVisitor;
@@ -161,7 +167,7 @@ impl<'de> Deserialize<'de> for RawId {
 
             // Borrowed or unescaped into serde_json's scratch buffer: either way no copy.
             fn visit_str<E: de::Error>(self, text: &str) -> Result<RawId, E> {
-                Ok(RawId(decode_latin1(text)))
+                Ok(RawId::decode(text))
             }
         }
 
@@ -206,7 +212,7 @@ impl<'de> Deserialize<'de> for RawInfoHash {
             }
 
             fn visit_str<E: de::Error>(self, text: &str) -> Result<RawInfoHash, E> {
-                Ok(RawInfoHash::One(RawId(decode_latin1(text))))
+                Ok(RawInfoHash::One(RawId::decode(text)))
             }
 
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawInfoHash, A::Error> {
@@ -432,7 +438,7 @@ fn sdp_body(
         ));
     };
     // Measured before anything is copied: the escaped body without its quotes.
-    let escaped_len = raw_sdp.get().len().saturating_sub(2);
+    let escaped_len = escaped_len_of(raw_sdp.get());
     if escaped_len > limits.max_sdp_bytes {
         return Err(fail(
             Action::Announce,

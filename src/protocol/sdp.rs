@@ -62,13 +62,19 @@ impl Sdp {
 
     /// Bytes of the escaped body, without the quotes: what `tracker.max_sdp_bytes` bounds.
     pub fn escaped_len(&self) -> usize {
-        self.0.len().saturating_sub(2)
+        escaped_len_of(&self.0)
     }
 
     /// The SDP text, unescaped (tests, trace logs).
     pub fn to_text(&self) -> String {
         serde_json::from_str(&self.0).unwrap_or_default()
     }
+}
+
+/// Bytes of the body of the string literal `json`, without its quotes: measured on the raw
+/// literal, so that an oversized SDP is refused before it is copied.
+pub fn escaped_len_of(json: &str) -> usize {
+    json.len().saturating_sub(2)
 }
 
 /// Length only: SDP bodies carry addresses and are never logged above trace.
