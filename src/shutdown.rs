@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use actix_web_actors::ws::CloseCode;
+use actix_http::ws::CloseCode;
 use log::{info, warn};
 
 use crate::{connection::session::CloseSession, shared::Shared};

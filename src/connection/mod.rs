@@ -3,6 +3,7 @@
 //! - `upgrade`: the WebSocket upgrade (path, Origin, handshake, admission), then hands the
 //!   raw socket to a session.
 //! - `io`: frames off the socket into the session, and its output back onto the socket.
+//! - `context`: the session's actix context, which encodes frames as they are sent.
 //! - `session`: the `PeerSession` actor, one per socket, on the HTTP worker that accepted it.
 //! - `reassembly` and `rate_limit`: the session's plain-data parts (message reassembly and
 //!   RFC 6455 checks; the token bucket), unit-tested without a runtime.
@@ -11,6 +12,7 @@
 //! - `registry`: admission caps, connection ids, the live sessions (for shutdown and the
 //!   frozen-session watchdog).
 
+pub mod context;
 pub mod io;
 pub mod memberships;
 pub mod rate_limit;

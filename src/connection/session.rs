@@ -3,8 +3,8 @@
 //! It owns the protocol side of the connection: it turns frames into messages
 //! (`reassembly`), applies the rate limit (`rate_limit`), the heartbeat and the idle
 //! timeout, parses and serialises JSON (so swarms only route), and dispatches each request
-//! to the swarm side (`requests`). Its context is actix-web-actors' `WebsocketContext`,
-//! fed and drained by `io` straight on the socket. It remembers which swarms and peer_ids
+//! to the swarm side (`requests`). Its context is a `SessionContext`, fed and drained by
+//! `io` straight on the socket. It remembers which swarms and peer_ids
 //! this connection registered (`memberships`), so that closing the socket removes them at
 //! once.
 
@@ -15,10 +15,11 @@ use std::{
 };
 
 use actix::{dev::SendError, prelude::*};
-use actix_web_actors::ws::{self, CloseCode, CloseReason};
+use actix_http::ws::{self, CloseCode, CloseReason};
 use log::{debug, trace, warn};
 
 use super::{
+    context::SessionContext,
     io::ReadError,
     memberships::Memberships,
     rate_limit::{RateLimit, Refusal},
@@ -71,6 +72,14 @@ pub struct OwnersChanged {
 #[rtype(result = "()")]
 pub struct Heartbeat;
 
+/// A thread's buffer for the JSON of outgoing messages, copied from there into the frame
+/// (the frame header needs the length first); kept unless a message made it this large.
+const JSON_KEPT_BYTES: usize = 64 * 1024;
+
+thread_local! {
+    static JSON: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Rounds of re-joins after one view change (see `OwnersChanged`).
 const REJOIN_ATTEMPTS: u8 = 4;
 
@@ -100,12 +109,7 @@ impl PeerSession {
     }
 
     /// One message off the socket: rate limit, reassembly, then dispatch.
-    fn on_message(
-        &mut self,
-        message: ws::Message,
-        now: Instant,
-        ctx: &mut ws::WebsocketContext<Self>,
-    ) {
+    fn on_message(&mut self, message: ws::Message, now: Instant, ctx: &mut SessionContext<Self>) {
         // Every message a client can make the server work for counts against its rate:
         // text messages (once, at their first fragment) and pings.
         let starts_text = Reassembly::starts_text(&message);
@@ -138,16 +142,13 @@ impl PeerSession {
         match received {
             Ok(Received::Text(text)) => self.on_text(&text, ctx),
             Ok(Received::Ping(payload)) => ctx.pong(&payload),
-            Ok(Received::Close(reason)) => {
-                ctx.close(reason);
-                ctx.stop();
-            }
+            Ok(Received::Close(reason)) => ctx.close(reason),
             Ok(Received::Nothing) => {}
             Err(violation) => self.close(ctx, violation.close_code(), violation.reason()),
         }
     }
 
-    fn on_read_error(&mut self, err: ReadError, ctx: &mut ws::WebsocketContext<Self>) {
+    fn on_read_error(&mut self, err: ReadError, ctx: &mut SessionContext<Self>) {
         match err {
             ReadError::Overflow => self.close(ctx, CloseCode::Size, "frame too large"),
             ReadError::NotUtf8 => self.close(ctx, CloseCode::Invalid, "text frame is not UTF-8"),
@@ -165,7 +166,7 @@ impl PeerSession {
 
     /// Refuses a message over the rate limit; closes the socket (1008) once the client has
     /// ignored enough refusals. Returns true if the socket is closing.
-    fn refuse_for_rate(&mut self, ctx: &mut ws::WebsocketContext<Self>, answer: bool) -> bool {
+    fn refuse_for_rate(&mut self, ctx: &mut SessionContext<Self>, answer: bool) -> bool {
         let ws = &self.shared.settings.ws;
         if self.rate.refuse(ws.max_rate_limited_messages) == Refusal::Close {
             self.close(ctx, CloseCode::Policy, "rate limit exceeded");
@@ -183,7 +184,7 @@ impl PeerSession {
         false
     }
 
-    fn refuse_unlisted(&self, ctx: &mut ws::WebsocketContext<Self>, info_hash: InfoHash) -> bool {
+    fn refuse_unlisted(&self, ctx: &mut SessionContext<Self>, info_hash: InfoHash) -> bool {
         if self.shared.access.allows(&info_hash) {
             return false;
         }
@@ -195,14 +196,21 @@ impl PeerSession {
         true
     }
 
-    fn send(&self, ctx: &mut ws::WebsocketContext<Self>, message: &OutMessage) {
+    fn send(&self, ctx: &mut SessionContext<Self>, message: &OutMessage) {
         self.shared.metrics.message_out(message.kind());
-        ctx.text(message.to_text());
+        JSON.with_borrow_mut(|json| {
+            json.clear();
+            message.write_json(json);
+            ctx.text(json);
+            if json.capacity() > JSON_KEPT_BYTES {
+                *json = Vec::new();
+            }
+        });
     }
 
     fn fail(
         &self,
-        ctx: &mut ws::WebsocketContext<Self>,
+        ctx: &mut SessionContext<Self>,
         action: Action,
         info_hash: Option<InfoHash>,
         kind: &'static str,
@@ -220,17 +228,16 @@ impl PeerSession {
         );
     }
 
-    fn close(&self, ctx: &mut ws::WebsocketContext<Self>, code: CloseCode, reason: &'static str) {
+    fn close(&self, ctx: &mut SessionContext<Self>, code: CloseCode, reason: &'static str) {
         self.shared.metrics.closed_by_server(reason);
         debug!("conn={} closing ({code:?}): {reason}", self.conn);
         ctx.close(Some(CloseReason {
             code,
             description: Some(reason.to_owned()),
         }));
-        ctx.stop();
     }
 
-    fn heartbeat(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+    fn heartbeat(&mut self, ctx: &mut SessionContext<Self>) {
         // Proof of life for the frozen-session watchdog: a session that still ticks is not
         // stuck behind a full socket (touching on every frame would cost a clock read per
         // message for nothing).
@@ -243,7 +250,7 @@ impl PeerSession {
         }
     }
 
-    fn on_text(&mut self, text: &str, ctx: &mut ws::WebsocketContext<Self>) {
+    fn on_text(&mut self, text: &str, ctx: &mut SessionContext<Self>) {
         trace!("conn={} in: {text}", self.conn);
         match protocol::parse(text, &self.shared.parse_limits) {
             Ok(InMessage::Announce(request)) => {
@@ -265,7 +272,7 @@ impl PeerSession {
         }
     }
 
-    fn on_announce(&mut self, request: AnnounceRequest, ctx: &mut ws::WebsocketContext<Self>) {
+    fn on_announce(&mut self, request: AnnounceRequest, ctx: &mut SessionContext<Self>) {
         let info_hash = request.info_hash;
         let peer_id = request.peer_id;
         if request.event != AnnounceEvent::Stopped && self.refuse_unlisted(ctx, info_hash) {
@@ -349,7 +356,7 @@ impl PeerSession {
         &self,
         info_hash: InfoHash,
         counts: protocol::SwarmCounts,
-        ctx: &mut ws::WebsocketContext<Self>,
+        ctx: &mut SessionContext<Self>,
     ) {
         let interval_secs = self.shared.settings.tracker.announce_interval_secs;
         self.send(
@@ -362,7 +369,7 @@ impl PeerSession {
         );
     }
 
-    fn on_answer(&mut self, request: AnswerRequest, ctx: &mut ws::WebsocketContext<Self>) {
+    fn on_answer(&mut self, request: AnswerRequest, ctx: &mut SessionContext<Self>) {
         let info_hash = request.info_hash;
         if self.refuse_unlisted(ctx, info_hash) {
             return;
@@ -412,17 +419,12 @@ impl PeerSession {
         }
     }
 
-    fn reject(&self, ctx: &mut ws::WebsocketContext<Self>, info_hash: InfoHash, reject: Reject) {
+    fn reject(&self, ctx: &mut SessionContext<Self>, info_hash: InfoHash, reject: Reject) {
         self.fail_announce(ctx, info_hash, Failure::from(reject));
     }
 
     /// A failure of an announce (or answer) about `info_hash`.
-    fn fail_announce(
-        &self,
-        ctx: &mut ws::WebsocketContext<Self>,
-        info_hash: InfoHash,
-        failure: Failure,
-    ) {
+    fn fail_announce(&self, ctx: &mut SessionContext<Self>, info_hash: InfoHash, failure: Failure) {
         self.fail(
             ctx,
             Action::Announce,
@@ -432,7 +434,7 @@ impl PeerSession {
         );
     }
 
-    fn on_scrape(&mut self, request: ScrapeRequest, ctx: &mut ws::WebsocketContext<Self>) {
+    fn on_scrape(&mut self, request: ScrapeRequest, ctx: &mut SessionContext<Self>) {
         let tracker = &self.shared.settings.tracker;
         match &request {
             // `[]` is a keep-alive some clients send; it gets an (empty) answer.
@@ -466,7 +468,7 @@ impl PeerSession {
 }
 
 impl Actor for PeerSession {
-    type Context = ws::WebsocketContext<Self>;
+    type Context = SessionContext<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.shared.settings.ws.session_mailbox);
@@ -506,18 +508,6 @@ impl StreamHandler<Result<ws::Message, ReadError>> for PeerSession {
             Ok(message) => self.on_message(message, now, ctx),
             Err(err) => self.on_read_error(err, ctx),
         }
-    }
-}
-
-/// Required by `WebsocketContext` for its own reader, which `upgrade` gives a stream that
-/// never yields; handled like ours all the same.
-impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for PeerSession {
-    fn handle(&mut self, item: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
-        StreamHandler::<Result<ws::Message, ReadError>>::handle(
-            self,
-            item.map_err(ReadError::from),
-            ctx,
-        );
     }
 }
 

@@ -16,11 +16,11 @@ use actix_http::{
 };
 use actix_service::{fn_service, ServiceFactory};
 use actix_web::{rt::net::TcpStream, HttpResponse};
-use actix_web_actors::ws::WebsocketContext;
 use futures_util::SinkExt;
 use log::debug;
 
 use super::{
+    context::SessionContext,
     io::{self as ws_io, FrameReader},
     registry::ConnSocket,
     session::PeerSession,
@@ -89,10 +89,8 @@ async fn upgrade(
         read_buf,
         Codec::new().max_size(settings.ws.max_frame_bytes),
     );
-    // The context's own reader gets a stream that never yields: ours is leaner (see
-    // `FrameReader`) and feeds the same `StreamHandler`.
     let listed = shared.clone();
-    let output = WebsocketContext::with_factory(futures_util::stream::pending(), move |ctx| {
+    let session = SessionContext::start(move |ctx| {
         ctx.add_stream(frames);
         // Listed here rather than kept in the session until it starts: the socket's
         // details are the registry's alone (the session releases the entry when it stops).
@@ -104,7 +102,7 @@ async fn upgrade(
     // the HTTP dispatcher's whole state (some 3 KB) for the life of the connection. The
     // connection stays counted in `ConnectionRegistry`, which caps WebSockets and which
     // shutdown waits on (actix-server no longer counts it).
-    actix_web::rt::spawn(ws_io::run_session(write_half, output, linger, conn));
+    actix_web::rt::spawn(ws_io::SessionTask::new(write_half, session, linger));
     Ok(())
 }
 

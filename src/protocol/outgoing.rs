@@ -67,29 +67,41 @@ impl OutMessage {
         // Sized up front: relayed offers and answers are SDP plus ~200 bytes of envelope,
         // and growing the buffer by doubling would copy them several times.
         let mut buffer = Vec::with_capacity(self.estimated_len());
+        self.write_json(&mut buffer);
+        String::from_utf8(buffer).unwrap_or_default()
+    }
+
+    /// Appends the JSON text of one frame to `out`. What it writes is UTF-8: serde_json
+    /// writes nothing else, and an SDP literal is copied from a string that was checked.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.reserve(self.estimated_len());
+        let start = out.len();
         let written = match self {
             OutMessage::Offer {
                 info_hash,
                 peer_id,
                 offer_id,
                 sdp,
-            } => write_relay(&mut buffer, "offer", info_hash, peer_id, offer_id, sdp),
+            } => write_relay(out, "offer", info_hash, peer_id, offer_id, sdp),
             OutMessage::Answer {
                 info_hash,
                 peer_id,
                 offer_id,
                 sdp,
-            } => write_relay(&mut buffer, "answer", info_hash, peer_id, offer_id, sdp),
-            other => serde_json::to_writer(&mut buffer, &OtherJson(other)),
+            } => write_relay(out, "answer", info_hash, peer_id, offer_id, sdp),
+            other => serde_json::to_writer(&mut *out, &OtherJson(other)),
         };
         // Serialising plain structs of ids, integers and strings into memory cannot fail;
         // the fallback keeps the connection speaking the protocol should that ever change.
-        match written {
-            Ok(()) => String::from_utf8(buffer).unwrap_or_default(),
-            Err(err) => format!(
-                "{{\"failure reason\":\"internal error: {}\",\"action\":\"announce\"}}",
-                err.to_string().replace(['"', '\\'], "'")
-            ),
+        if let Err(err) = written {
+            out.truncate(start);
+            let reason = err.to_string().replace(['"', '\\'], "'");
+            out.extend_from_slice(
+                format!(
+                    "{{\"failure reason\":\"internal error: {reason}\",\"action\":\"announce\"}}"
+                )
+                .as_bytes(),
+            );
         }
     }
 
