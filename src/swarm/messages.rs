@@ -34,10 +34,29 @@ use crate::{
 };
 
 /// A swarm's address and the generation that tells one incarnation from the next.
+///
+/// One per swarm, shared by every session that joined it: a clone of an actix address
+/// allocates twice, and a session keeps its handle for as long as it stays in the swarm.
 #[derive(Clone)]
-pub struct SwarmRef {
+pub struct SwarmRef(Arc<SwarmAddress>);
+
+pub struct SwarmAddress {
     pub addr: Addr<Swarm>,
     pub generation: u64,
+}
+
+impl SwarmRef {
+    pub fn new(addr: Addr<Swarm>, generation: u64) -> Self {
+        Self(Arc::new(SwarmAddress { addr, generation }))
+    }
+}
+
+impl std::ops::Deref for SwarmRef {
+    type Target = SwarmAddress;
+
+    fn deref(&self) -> &SwarmAddress {
+        &self.0
+    }
 }
 
 /// Ask a shard for the swarm of `info_hash`, creating it if needed. `stale` names a

@@ -69,7 +69,7 @@ impl SwarmShard {
             self.remote.clone(),
         )
         .start();
-        let swarm = SwarmRef { addr, generation };
+        let swarm = SwarmRef::new(addr, generation);
         if self
             .swarms
             .insert(
