@@ -124,11 +124,24 @@ pub async fn run(shared: Arc<Shared>, node: Arc<ClusterNode>, mut inbound: Inbou
 }
 
 fn on_view_change(shared: &Arc<Shared>, node: &ClusterNode, event: BusEvent) {
-    let BusEvent::Membership { joined, gone, view } = event else {
+    let BusEvent::Membership {
+        joined,
+        returned,
+        gone,
+        view,
+    } = event
+    else {
         return;
     };
     // Requests waiting for a lost owner are routed again by the new view.
     node.owners_gone(&gone);
+    for instance in returned {
+        // It was out of our view, so we dropped its peers from the swarms we own: it is
+        // asked for them back (see `on_rejoin` on its side). Sent like any other message to
+        // one instance, so counted as forwarded; lost only with the bus, and then its
+        // next return asks again.
+        let _ = node.send(instance, BusMessage::Rejoin);
+    }
     for instance in &joined {
         info!(
             "cluster: instance {instance:016x} joined ({} live)",

@@ -442,6 +442,25 @@ impl LinkCut {
     }
 }
 
+/// `Rejoin`s `instance` sent (`forwarded`) or acted on (`handled`), from /stats.json; the
+/// sent ones also from /metrics, which must agree.
+async fn rejoins(instance: &BinaryServer, direction: &str) -> u64 {
+    let stats = instance.get_json("/stats.json").await;
+    let counted = stats["cluster"][direction]["rejoin"]
+        .as_u64()
+        .expect("a rejoin count");
+    if direction == "forwarded" {
+        let metrics = instance.metrics_text().await;
+        let line = r#"tracker_cluster_forwarded_total{kind="rejoin"} "#;
+        let exported = metrics
+            .lines()
+            .find_map(|row| row.strip_prefix(line))
+            .and_then(|value| value.trim().parse::<u64>().ok());
+        assert_eq!(exported, Some(counted), "/metrics and /stats.json differ");
+    }
+    counted
+}
+
 /// Whether `instance` sees two instances with its bus up: nothing changed in its view.
 async fn sees_both(instance: &BinaryServer) -> bool {
     let (_, live, bus_up) = view(instance).await;
@@ -468,6 +487,10 @@ async fn a_peer_behind_a_briefly_cut_link_is_back_in_the_owners_swarm_without_an
     assert!(sees_both(&cut.a).await, "a noticed the cut");
 
     cut.restore_and_check(false).await;
+    // One rejoin, b to a, counted on both sides.
+    assert_eq!(rejoins(&cut.b, "forwarded").await, 1);
+    assert_eq!(rejoins(&cut.a, "handled").await, 1);
+    assert_eq!(rejoins(&cut.a, "forwarded").await, 0);
 }
 
 /// a's link to NATS drops for longer than a's expiry but not b's: a counts its bus as lost
@@ -483,6 +506,9 @@ async fn the_peers_of_others_are_back_in_the_swarms_of_an_instance_whose_bus_ret
     assert!(sees_both(&cut.b).await, "b noticed the cut");
 
     cut.restore_and_check(true).await;
+    // One rejoin, a to b, counted on both sides.
+    assert_eq!(rejoins(&cut.a, "forwarded").await, 1);
+    assert_eq!(rejoins(&cut.b, "handled").await, 1);
 }
 
 #[tokio::test]

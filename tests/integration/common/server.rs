@@ -203,6 +203,16 @@ impl BinaryServer {
             .expect("JSON body")
     }
 
+    /// GETs /metrics as text.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.addr))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// Sends a signal by name (`TERM`, `HUP`) with kill(1).
     pub fn signal(&self, name: &str) {
         let status = std::process::Command::new("kill")
