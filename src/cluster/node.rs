@@ -28,7 +28,7 @@ use super::{
     stats::NodeStats,
     wire::{
         AnnounceResult, BusMessage, ConnKey, Deliver, ForwardedAnnounce, ForwardedAnswer,
-        ForwardedLeave, Relay, ScrapeQuery,
+        ForwardedLeave, Relay, ScrapeQuery, MAX_HOPS,
     },
 };
 use crate::{
@@ -301,6 +301,7 @@ impl RemoteSwarms for Arc<ClusterNode> {
         owner: InstanceId,
         conn: ConnId,
         request: AnnounceRequest,
+        resent: bool,
     ) -> BoxFuture<'static, Result<AnnounceReply, NotAnnounced>> {
         let (reply, replied) = oneshot::channel();
         let Some(req_id) = self.expect_reply(owner, Pending::Announce(reply)) else {
@@ -311,7 +312,9 @@ impl RemoteSwarms for Arc<ClusterNode> {
         let message = BusMessage::Announce(ForwardedAnnounce {
             from: conn_key(conn),
             req_id,
-            hops: 0,
+            // Its trip to the owner that died was its one forward: the receiver's view may
+            // still hold that owner, and passing it on there would lose it.
+            hops: if resent { MAX_HOPS } else { 0 },
             request,
         });
         if self.send(owner, message).is_err() {

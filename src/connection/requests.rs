@@ -49,12 +49,17 @@ pub trait RemoteSwarms: Send + Sync {
     /// The instance that owns the swarm of `info_hash`, or `None` if this one does.
     fn owner(&self, info_hash: &InfoHash) -> Option<InstanceId>;
 
-    /// Announces to the swarm on `owner` for connection `conn` of this instance.
+    /// Announces to the swarm on `owner` for connection `conn` of this instance. `resent`:
+    /// the request is made again because the owner it first went to left the view before
+    /// replying; it has been forwarded once already, so `owner` serves it whatever its own
+    /// view says (see `cluster::inbound`), rather than pass it on to an instance it may
+    /// not know is dead yet.
     fn announce(
         &self,
         owner: InstanceId,
         conn: ConnId,
         request: AnnounceRequest,
+        resent: bool,
     ) -> BoxFuture<'static, Result<AnnounceReply, NotAnnounced>>;
 
     /// Sends an answer to the swarm on `owner`; its relay or failure comes back as a
@@ -154,7 +159,7 @@ pub async fn announce(
     let mut owner_lost = false;
     while let Some(owner) = remote_owner(&shared, &info_hash) {
         let cluster = remote_swarms(&shared).ok_or_else(Failure::unavailable)?;
-        match cluster.announce(owner, conn, request).await {
+        match cluster.announce(owner, conn, request, owner_lost).await {
             Ok(reply) => return Ok((SwarmHandle::Remote(owner), reply)),
             Err(NotAnnounced::OwnerGone(back)) if !owner_lost => {
                 owner_lost = true;

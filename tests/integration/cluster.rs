@@ -389,6 +389,46 @@ async fn an_announce_to_a_killed_owner_is_served_by_the_survivor_without_waiting
     .await;
 }
 
+/// c owns a swarm and is killed; a, which forwarded an announce there, learns of the
+/// death from NATS and makes the announce again at the swarm's new owner b, which has not
+/// learnt of it yet (nothing of b's went to c since, and the expiries are long) and so
+/// still names c as the owner. The announce was forwarded once already: b serves it
+/// instead of passing it on to the dead c, and the client gets its reply.
+#[tokio::test]
+async fn an_announce_made_again_after_its_owner_died_is_served_by_an_instance_still_believing_in_it(
+) {
+    let nats = NatsServer::start();
+    let long_expiry = [("TRACKER__CLUSTER__EXPIRY_MS", LONG_EXPIRY_MS)];
+    let instances = ["a", "b", "c"].map(|name| cluster_instance_with(&nats, name, &long_expiry));
+    let [a, b, c] = &instances;
+    let ids = settled(&[a, b, c]).await;
+    let survivors = sorted(&ids[..2]);
+    let swarm = (1_000..11_000)
+        .map(info_hash)
+        .find(|swarm| {
+            ring::owner(swarm, &sorted(&ids)) == Some(ids[2])
+                && ring::owner(swarm, &survivors) == Some(ids[1])
+        })
+        .expect("a swarm owned by c, and by b once c is gone");
+    let mut on_a = TestPeer::connect(&a.ws_url()).await;
+    on_a.join_swarm(swarm, peer_id(1)).await;
+
+    c.signal("KILL");
+    wait_inbox_unsubscribed(&nats, ids[2]).await;
+    assert_eq!(view(b).await.1.len(), 3, "b already counts c dead");
+
+    // To c (no responders: a drops c), then again to b, which still believes in c.
+    on_a.announce(swarm, peer_id(1), None, &[]).await;
+    assert_eq!(on_a.recv_announce_reply().await.incomplete, 1);
+    assert_eq!(view(a).await.1, survivors);
+
+    // A peer on b joins; b finds c dead on the way (its forward gets no responders) and
+    // serves the swarm it holds now: both peers meet there.
+    let mut on_b = TestPeer::connect(&b.ws_url()).await;
+    assert_eq!(on_b.join_swarm(swarm, peer_id(2)).await.incomplete, 2);
+    exchange(swarm, (&mut on_a, peer_id(1)), (&mut on_b, peer_id(2)), 1).await;
+}
+
 /// Instance a behind a `LinkProxy` (with an expiry of `a_expiry_ms`) and b (with
 /// `LONG_EXPIRY_MS`), and a client on each in one swarm: peer 1 on a, peer 2 on b.
 struct LinkCut {
