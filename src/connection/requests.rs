@@ -62,6 +62,9 @@ pub trait RemoteSwarms: Send + Sync {
         resent: bool,
     ) -> BoxFuture<'static, Result<AnnounceReply, NotAnnounced>>;
 
+    /// Waits for this re-join's turn (see `rejoin`): held until the re-join is over.
+    fn rejoin_turn(&self) -> BoxFuture<'static, Option<RejoinTurn>>;
+
     /// Sends an answer to the swarm on `owner`; its relay or failure comes back as a
     /// delivery to `conn`.
     fn answer(
@@ -81,6 +84,9 @@ pub trait RemoteSwarms: Send + Sync {
         info_hashes: Vec<InfoHash>,
     ) -> BoxFuture<'static, Result<Vec<(InfoHash, SwarmCounts)>, Failure>>;
 }
+
+/// A re-join's turn: while held, it counts against the re-joins in flight.
+pub type RejoinTurn = tokio::sync::OwnedSemaphorePermit;
 
 /// The swarms of other instances; `None` outside a cluster.
 pub fn remote_swarms(shared: &Shared) -> Option<&dyn RemoteSwarms> {
@@ -177,6 +183,25 @@ pub async fn announce(
     let route = PeerRoute::Local(deliver);
     let (swarm, reply) = announce_on_shard(&shared, cached, conn, route, request).await?;
     Ok((SwarmHandle::Local(swarm), reply))
+}
+
+/// Re-joins a swarm this connection joined (an announce without offers) after its owner
+/// changed or dropped our peers: as `announce`, once its turn comes. Thousands of sessions
+/// re-join at once after a view change; the cluster lets a bounded number of them through
+/// at a time so that they never overflow its bus queue.
+pub async fn rejoin(
+    shared: Arc<Shared>,
+    conn: ConnId,
+    deliver: Recipient<Deliver>,
+    request: AnnounceRequest,
+) -> Result<(SwarmHandle, AnnounceReply), Failure> {
+    let turn = match remote_swarms(&shared) {
+        Some(cluster) => cluster.rejoin_turn().await,
+        None => None,
+    };
+    let rejoined = announce(shared, None, conn, deliver, request).await;
+    drop(turn);
+    rejoined
 }
 
 /// Announces to the swarm of `request.info_hash` on this instance's shard, for connection

@@ -577,9 +577,8 @@ impl Handler<OwnersChanged> for PeerSession {
                     numwant: Some(0),
                     offers: Vec::new(),
                 };
-                let work = requests::announce(
+                let work = requests::rejoin(
                     self.shared.clone(),
-                    None,
                     self.conn,
                     ctx.address().recipient(),
                     request,

@@ -551,6 +551,124 @@ async fn the_peers_of_others_are_back_in_the_swarms_of_an_instance_whose_bus_ret
     assert_eq!(rejoins(&cut.b, "handled").await, 1);
 }
 
+/// What a burst of re-joins after a `Rejoin` left behind (see `rejoin_burst`).
+#[derive(Debug)]
+struct RejoinBurst {
+    /// Messages a could not queue for the bus (`dropped.queue_full` of its /stats.json).
+    dropped: u64,
+    /// a's peers back in b's swarms when all were, or when `SETTLE` ran out.
+    back: u64,
+}
+
+/// `sessions` clients on a (each one peer in one of a few swarms b owns), both instances
+/// with a bus queue of `bus_queue` and long expiries. a's link to NATS is cut, b drops a's
+/// peers (its relay to a gets "no responders"), the link comes back, and b asks a to
+/// re-join: every session of a re-joins at once. No client announces meanwhile.
+async fn rejoin_burst(sessions: u32, bus_queue: &str) -> RejoinBurst {
+    let nats = NatsServer::start();
+    let proxy = LinkProxy::start(nats.port);
+    let env = [
+        ("TRACKER__CLUSTER__EXPIRY_MS", LONG_EXPIRY_MS),
+        ("TRACKER__CLUSTER__BUS_QUEUE", bus_queue),
+        ("TRACKER__SERVER__MAX_CONNECTIONS_PER_IP", "0"),
+        // The clients read nothing while they wait, so they answer no ping.
+        ("TRACKER__WS__IDLE_TIMEOUT_SECS", "600"),
+    ];
+    let a = cluster_instance_at(&proxy.url(), "a", &env);
+    let b = cluster_instance_with(&nats, "b", &env);
+    let ids = settled(&[&a, &b]).await;
+    let swarms: Vec<InfoHash> = (0..4)
+        .map(|n| swarm_owned_by(ids[1], &ids, 1_100 + n * 100))
+        .collect();
+    let mut clients = Vec::new();
+    // Joined a few at a time: the client announces must not overflow the queue either.
+    let at_once: u32 = bus_queue.parse::<u32>().expect("a number").min(400) / 4;
+    for first in (0..sessions).step_by(at_once as usize) {
+        let batch = (first..sessions.min(first + at_once)).map(|n| {
+            let (url, swarm) = (a.ws_url(), swarms[n as usize % swarms.len()]);
+            async move {
+                let mut client = TestPeer::connect(&url).await;
+                client.join_swarm(swarm, peer_id(n)).await;
+                client
+            }
+        });
+        clients.extend(futures_util::future::join_all(batch).await);
+    }
+    let mut on_b = TestPeer::connect(&b.ws_url()).await;
+    on_b.join_swarm(swarms[0], peer_id(sessions)).await;
+    assert_eq!(leechers(&mut on_b, &swarms).await, u64::from(sessions) + 1);
+
+    proxy.cut();
+    wait_inbox_unsubscribed(&nats, ids[0]).await;
+    // The offer goes to a peer on a: NATS answers "no responders", b drops a's peers.
+    on_b.announce(swarms[0], peer_id(sessions), None, &[(offer_id(1), "sdp")])
+        .await;
+    on_b.recv_announce_reply().await;
+    eventually_incomplete(&mut on_b, swarms[0], 1).await;
+    assert_eq!(
+        leechers(&mut on_b, &swarms).await,
+        1,
+        "b still holds peers of a"
+    );
+
+    proxy.restore();
+    settled(&[&a, &b]).await;
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    let back = loop {
+        let back = leechers(&mut on_b, &swarms).await - 1;
+        if back == u64::from(sessions) || tokio::time::Instant::now() >= deadline {
+            break back;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let stats = a.get_json("/stats.json").await;
+    let dropped = stats["cluster"]["dropped"]["queue_full"]
+        .as_u64()
+        .expect("queue_full");
+    drop(clients);
+    RejoinBurst { dropped, back }
+}
+
+/// Leechers of all of `swarms`, counted through `peer`.
+async fn leechers(peer: &mut TestPeer, swarms: &[InfoHash]) -> u64 {
+    let mut counted = 0;
+    for swarm in swarms {
+        counted += peer.scrape_counts(*swarm).await.1;
+    }
+    counted
+}
+
+/// Every session of a re-joins after a `Rejoin`, with a bus queue far smaller than the
+/// sessions: none of the re-joins is dropped for a full queue, and all are back at once
+/// (without waiting for a retry one expiry later, two minutes here).
+#[tokio::test]
+async fn a_burst_of_rejoins_never_overflows_the_bus_queue() {
+    let burst = rejoin_burst(400, "16").await;
+    assert_eq!((burst.dropped, burst.back), (0, 400), "{burst:?}");
+}
+
+/// The figure for many sessions (not part of the suite: it opens thousands of sockets).
+/// `REJOIN_SESSIONS=5000 REJOIN_BUS_QUEUE=1024 cargo test --test integration -- --ignored
+/// --nocapture cluster::measure_a_burst_of_rejoins`
+#[tokio::test]
+#[ignore = "a measurement: run it by name"]
+async fn measure_a_burst_of_rejoins() {
+    let number = |name: &str, default: u32| {
+        std::env::var(name)
+            .ok()
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(default)
+    };
+    let sessions = number("REJOIN_SESSIONS", 5000);
+    let bus_queue = number("REJOIN_BUS_QUEUE", 65_536).to_string();
+    let burst = rejoin_burst(sessions, &bus_queue).await;
+    println!(
+        "rejoin burst: {sessions} sessions, bus_queue {bus_queue}: {} dropped (queue_full), \
+         {} of {sessions} back",
+        burst.dropped, burst.back
+    );
+}
+
 #[tokio::test]
 async fn without_nats_local_pairs_keep_working_and_cross_pairs_resume_when_it_returns() {
     let mut nats = NatsServer::start();
