@@ -337,6 +337,10 @@ impl RemoteSwarms for Arc<ClusterNode> {
         (owner != self.self_id).then_some(owner)
     }
 
+    fn view_generation(&self) -> u64 {
+        self.view().generation
+    }
+
     fn announce(
         &self,
         owner: InstanceId,

@@ -49,6 +49,10 @@ pub trait RemoteSwarms: Send + Sync {
     /// The instance that owns the swarm of `info_hash`, or `None` if this one does.
     fn owner(&self, info_hash: &InfoHash) -> Option<InstanceId>;
 
+    /// The generation of the current view of the live instances (see
+    /// `cluster::members::LiveView`): changes whenever owners may have.
+    fn view_generation(&self) -> u64;
+
     /// Announces to the swarm on `owner` for connection `conn` of this instance. `resent`:
     /// the request is made again because the owner it first went to left the view before
     /// replying; it has been forwarded once already, so `owner` serves it whatever its own
@@ -94,6 +98,20 @@ pub fn remote_swarms(shared: &Shared) -> Option<&dyn RemoteSwarms> {
         .cluster
         .as_ref()
         .map(|cluster| cluster as &dyn RemoteSwarms)
+}
+
+/// The generation of the cluster's current view; 0 outside a cluster (owners never
+/// change).
+pub fn view_generation(shared: &Shared) -> u64 {
+    remote_swarms(shared).map_or(0, |cluster| cluster.view_generation())
+}
+
+/// An announce the swarm took: where the swarm lives, its reply, and the generation of
+/// the view that chose that owner (see `Memberships::record`).
+pub struct Announced {
+    pub swarm: SwarmHandle,
+    pub reply: AnnounceReply,
+    pub routed_by: u64,
 }
 
 /// The instance owning the swarm of `info_hash` if it is not this one.
@@ -158,15 +176,27 @@ pub async fn announce(
     conn: ConnId,
     deliver: Recipient<Deliver>,
     mut request: AnnounceRequest,
-) -> Result<(SwarmHandle, AnnounceReply), Failure> {
+) -> Result<Announced, Failure> {
     let info_hash = request.info_hash;
     // An owner found gone while the request waited is replaced once, by the view that
     // dropped it; a second loss in a row is a failure the client retries.
     let mut owner_lost = false;
-    while let Some(owner) = remote_owner(&shared, &info_hash) {
+    let routed_by = loop {
+        // Read before the owner: a view that changes in between makes the generation
+        // older than the owner, which costs a needless re-join, never a missed one.
+        let routed_by = view_generation(&shared);
+        let Some(owner) = remote_owner(&shared, &info_hash) else {
+            break routed_by;
+        };
         let cluster = remote_swarms(&shared).ok_or_else(Failure::unavailable)?;
         match cluster.announce(owner, conn, request, owner_lost).await {
-            Ok(reply) => return Ok((SwarmHandle::Remote(owner), reply)),
+            Ok(reply) => {
+                return Ok(Announced {
+                    swarm: SwarmHandle::Remote(owner),
+                    reply,
+                    routed_by,
+                })
+            }
             Err(NotAnnounced::OwnerGone(back)) if !owner_lost => {
                 owner_lost = true;
                 request = back;
@@ -174,7 +204,7 @@ pub async fn announce(
             Err(NotAnnounced::OwnerGone(_)) => return Err(Failure::unavailable()),
             Err(NotAnnounced::Failed(failure)) => return Err(failure),
         }
-    }
+    };
     // A swarm cached as remote is owned here now: ask the shard for it.
     let cached = match cached {
         Some(SwarmHandle::Local(swarm)) => Some(swarm),
@@ -182,7 +212,11 @@ pub async fn announce(
     };
     let route = PeerRoute::Local(deliver);
     let (swarm, reply) = announce_on_shard(&shared, cached, conn, route, request).await?;
-    Ok((SwarmHandle::Local(swarm), reply))
+    Ok(Announced {
+        swarm: SwarmHandle::Local(swarm),
+        reply,
+        routed_by,
+    })
 }
 
 /// Re-joins a swarm this connection joined (an announce without offers) after its owner
@@ -194,7 +228,7 @@ pub async fn rejoin(
     conn: ConnId,
     deliver: Recipient<Deliver>,
     request: AnnounceRequest,
-) -> Result<(SwarmHandle, AnnounceReply), Failure> {
+) -> Result<Announced, Failure> {
     let turn = match remote_swarms(&shared) {
         Some(cluster) => cluster.rejoin_turn().await,
         None => None,

@@ -429,6 +429,107 @@ async fn an_announce_made_again_after_its_owner_died_is_served_by_an_instance_st
     exchange(swarm, (&mut on_a, peer_id(1)), (&mut on_b, peer_id(2)), 1).await;
 }
 
+/// Waits until `instance` has handled `count` announce replies (its own requests'
+/// replies; see `bus_count`); says whether it did before `SETTLE` ran out.
+async fn announce_replies_reach(instance: &BinaryServer, count: u64) -> bool {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while bus_count(instance, "handled", "announce_reply").await < count {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// A re-join whose reply comes after the view that routed it has changed again leaves no
+/// outdated swarm handle behind. Instances with long expiries (views change only by a
+/// clean departure and a newcomer here). A peer on a is in swarms that c owns; b, their
+/// next owner, is frozen (SIGSTOP), c leaves, and a's re-joins wait at b; then f joins and
+/// takes some of the swarms, where a's session re-joins at once. b thaws and replies to
+/// the first re-joins (or passes them on to f) after that: a's session must still know
+/// the peer at f, which the leave of its socket shows: it reaches f, whose swarms empty.
+#[tokio::test]
+async fn a_rejoin_answered_after_the_view_changed_again_is_made_again_at_the_current_owner() {
+    let nats = NatsServer::start();
+    let long_expiry = [("TRACKER__CLUSTER__EXPIRY_MS", LONG_EXPIRY_MS)];
+    let [a, b, c] = ["a", "b", "c"].map(|name| cluster_instance_with(&nats, name, &long_expiry));
+    let ids = settled(&[&a, &b, &c]).await;
+    let survivors = sorted(&ids[..2]);
+    // Each moves to the newcomer with chance 1/3: none of 40 does with chance 1e-7.
+    let swarms: Vec<InfoHash> = (2_000..12_000)
+        .map(info_hash)
+        .filter(|swarm| {
+            ring::owner(swarm, &sorted(&ids)) == Some(ids[2])
+                && ring::owner(swarm, &survivors) == Some(ids[1])
+        })
+        .take(40)
+        .collect();
+    let count = swarms.len() as u64;
+    assert_eq!(count, 40, "too few swarms owned by c, then b");
+    let mut on_a = TestPeer::connect(&a.ws_url()).await;
+    for swarm in &swarms {
+        on_a.join_swarm(*swarm, peer_id(1)).await;
+    }
+
+    b.signal("STOP");
+    let sent = bus_count(&a, "forwarded", "announce").await;
+    c.signal("TERM");
+    // a's session re-joins every swarm at b, which holds them unanswered while frozen.
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while bus_count(&a, "forwarded", "announce").await < sent + count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no re-joins went to b"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(view(&a).await.1, survivors);
+
+    let replies = bus_count(&a, "handled", "announce_reply").await;
+    let f = cluster_instance_with(&nats, "f", &long_expiry);
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    let f_id = loop {
+        let (_, live, _) = view(&a).await;
+        if let Some(&new) = live.iter().find(|id| !ids.contains(id)) {
+            break new;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "f never joined a's view"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let all = sorted(&[ids[0], ids[1], f_id]);
+    let moved: Vec<InfoHash> = swarms
+        .iter()
+        .copied()
+        .filter(|swarm| ring::owner(swarm, &all) == Some(f_id))
+        .collect();
+    assert!(!moved.is_empty(), "no swarm moved to f");
+    // Every swarm is re-joined again (none was answered yet): those that moved at f at
+    // once, the others at b again.
+    assert!(
+        announce_replies_reach(&a, replies + moved.len() as u64).await,
+        "f never replied"
+    );
+    let mut on_f = TestPeer::connect(&f.ws_url()).await;
+    for swarm in &moved {
+        eventually_incomplete(&mut on_f, *swarm, 1).await;
+    }
+
+    b.signal("CONT");
+    // Every swarm answered three times in all: at its owner by the new view (f, or b late),
+    // the late reply to the first re-join at b, and a re-join made again because the view
+    // changed while that one waited. (Without those this wait runs out, and the check
+    // below fails.)
+    announce_replies_reach(&a, replies + 3 * count).await;
+    on_a.close().await;
+    for swarm in &moved {
+        eventually_incomplete(&mut on_f, *swarm, 0).await;
+    }
+}
+
 /// Instance a behind a `LinkProxy` (with an expiry of `a_expiry_ms`) and b (with
 /// `LONG_EXPIRY_MS`), and a client on each in one swarm: peer 1 on a, peer 2 on b.
 struct LinkCut {
@@ -482,13 +583,19 @@ impl LinkCut {
     }
 }
 
+/// Bus messages of `kind` that `instance` sent (`forwarded`) or acted on (`handled`),
+/// from /stats.json.
+async fn bus_count(instance: &BinaryServer, direction: &str, kind: &str) -> u64 {
+    let stats = instance.get_json("/stats.json").await;
+    stats["cluster"][direction][kind]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {direction} count of {kind}: {stats}"))
+}
+
 /// `Rejoin`s `instance` sent (`forwarded`) or acted on (`handled`), from /stats.json; the
 /// sent ones also from /metrics, which must agree.
 async fn rejoins(instance: &BinaryServer, direction: &str) -> u64 {
-    let stats = instance.get_json("/stats.json").await;
-    let counted = stats["cluster"][direction]["rejoin"]
-        .as_u64()
-        .expect("a rejoin count");
+    let counted = bus_count(instance, direction, "rejoin").await;
     if direction == "forwarded" {
         let metrics = instance.metrics_text().await;
         let line = r#"tracker_cluster_forwarded_total{kind="rejoin"} "#;
