@@ -10,8 +10,9 @@
 //! As an owner this instance serves requests for its swarms on behalf of sockets on other
 //! instances (their peers are registered with a `PeerRoute::Remote` route); as the holder
 //! of sockets it delivers what owners relay to them. When the view changes, the peers of
-//! dead instances leave every swarm, swarms that now hash elsewhere close, and every
-//! session re-joins the swarms that moved. When an owner asks for a `Rejoin` (it had
+//! dead instances leave every swarm, swarms that now hash elsewhere close, instances back
+//! in the view after leaving it are sent a `Rejoin`, and every session re-joins the swarms
+//! that moved (paced: see `node::RejoinGate`). When an owner asks for a `Rejoin` (it had
 //! dropped this instance's peers, and now sees it again), every session re-joins the
 //! swarms that owner holds.
 

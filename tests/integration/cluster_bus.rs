@@ -87,31 +87,35 @@ impl Instance {
         }
     }
 
-    /// Waits for a membership event in which `instance` is gone.
-    fn wait_gone(&self, instance: u64) {
+    /// Waits for a membership event that `wanted` accepts (given its `gone` and
+    /// `returned`), skipping others.
+    fn wait_view_change(&self, what: &str, wanted: impl Fn(&[u64], &[u64]) -> bool) {
         let deadline = Instant::now() + WAIT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.events.recv_timeout(left) {
-                Ok(BusEvent::Membership { gone, .. }) if gone.contains(&instance) => return,
+                Ok(BusEvent::Membership { gone, returned, .. }) if wanted(&gone, &returned) => {
+                    return
+                }
                 Ok(_) => continue,
-                Err(err) => panic!("instance {instance:016x} never went: {err}"),
+                Err(err) => panic!("no view change in which {what}: {err}"),
             }
         }
+    }
+
+    /// Waits for a membership event in which `instance` is gone.
+    fn wait_gone(&self, instance: u64) {
+        self.wait_view_change(&format!("{instance:016x} is gone"), |gone, _| {
+            gone.contains(&instance)
+        });
     }
 
     /// Waits for a membership event in which `instance` is back after leaving the view
     /// (so to be asked to re-join).
     fn wait_returned(&self, instance: u64) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.events.recv_timeout(left) {
-                Ok(BusEvent::Membership { returned, .. }) if returned.contains(&instance) => return,
-                Ok(_) => continue,
-                Err(err) => panic!("instance {instance:016x} never returned: {err}"),
-            }
-        }
+        self.wait_view_change(&format!("{instance:016x} returned"), |_, returned| {
+            returned.contains(&instance)
+        });
     }
 
     fn stop(self) {
