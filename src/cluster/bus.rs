@@ -27,8 +27,9 @@
 //!
 //! An instance can leave our view and come back alive (its link dropped for a moment, or
 //! ours did): its peers left our swarms when it went, while its sessions may not have
-//! noticed anything. When it comes back the bus sends it a `Rejoin`, and it re-joins the
-//! swarms we own, so its clients need not announce again to be found.
+//! noticed anything. When it comes back the bus names it as returned in the view change,
+//! the tracker sends it a `Rejoin`, and it re-joins the swarms we own, so its clients need
+//! not announce again to be found.
 //!
 //! Liveness: the bus counts as up while our own heartbeats come back to us through the
 //! broker within the expiry (an end-to-end probe: a connection that looks open but
@@ -158,12 +159,16 @@ pub enum BusEvent {
     /// A message from another instance for this one (never a heartbeat or `Leaving`:
     /// those are consumed by the membership view).
     Message(Envelope),
-    /// The view changed: `joined` appeared (new, or back after leaving it: those are also
-    /// sent a `Rejoin` by the bus itself), `gone` are dead to us (expired, left, or cut
-    /// off because the bus was lost: owners drop their peers and their swarms move).
-    /// `view` is the new view, also readable through [`BusHandle::view`].
+    /// The view changed: `joined` appeared (new, or back after leaving it), `gone` are
+    /// dead to us (expired, left, or cut off because the bus was lost: owners drop their
+    /// peers and their swarms move). `returned` are those of `joined` that were in the
+    /// view before: their peers were dropped from our swarms when they left, so they are
+    /// to be sent a `Rejoin` (by the receiver of this event, which counts what it sends;
+    /// our heartbeat to them is already out, so they have us in their view again when it
+    /// arrives). `view` is the new view, also readable through [`BusHandle::view`].
     Membership {
         joined: Vec<InstanceId>,
+        returned: Vec<InstanceId>,
         gone: Vec<InstanceId>,
         view: Arc<LiveView>,
     },
@@ -799,21 +804,19 @@ impl<T: Transport> BusTask<T> {
                             Change::Returned(_) => "is back; asking it to re-join",
                         }
                     );
-                    self.publish_view(vec![instance], Vec::new());
+                    // Its peers left our swarms when it left our view, and nothing on its
+                    // side need have changed (a short cut of its link leaves its own view
+                    // whole): the receiver of the event asks it to re-join them. Its
+                    // `Rejoin` goes through the queue, so it leaves after the heartbeat
+                    // below, which this call publishes before the queue is read again.
+                    let returned = match change {
+                        Change::Returned(_) => vec![instance],
+                        Change::Joined(_) => Vec::new(),
+                    };
+                    self.publish_view_with(vec![instance], returned, Vec::new());
                     // Tell the newcomer about us now, not a heartbeat interval later, so
                     // that views converge within one round trip.
                     self.heartbeat().await;
-                    if let Change::Returned(_) = change {
-                        // Its peers left our swarms when it left our view, and nothing on
-                        // its side need have changed (a short cut of its link leaves its
-                        // own view whole): ask it to re-join them. After the heartbeat, so
-                        // that it has us in its view again when it does.
-                        let rejoin = Outgoing {
-                            to: instance,
-                            message: BusMessage::Rejoin,
-                        };
-                        self.send(rejoin).await;
-                    }
                 }
             }
             BusMessage::Leaving => {
@@ -842,6 +845,15 @@ impl<T: Transport> BusTask<T> {
     }
 
     fn publish_view(&mut self, joined: Vec<InstanceId>, gone: Vec<InstanceId>) {
+        self.publish_view_with(joined, Vec::new(), gone);
+    }
+
+    fn publish_view_with(
+        &mut self,
+        joined: Vec<InstanceId>,
+        returned: Vec<InstanceId>,
+        gone: Vec<InstanceId>,
+    ) {
         for instance in &gone {
             self.routes.remove(instance);
         }
@@ -852,7 +864,12 @@ impl<T: Transport> BusTask<T> {
             .store(view.live.len(), Ordering::Relaxed);
         self.view.store(view);
         let view = self.view.load();
-        (self.on_event)(BusEvent::Membership { joined, gone, view });
+        (self.on_event)(BusEvent::Membership {
+            joined,
+            returned,
+            gone,
+            view,
+        });
     }
 
     async fn send(&mut self, outgoing: Outgoing) {
@@ -1118,15 +1135,13 @@ mod tests {
     /// arrives as if from the broker, and our publishes on subscribed subjects come back
     /// (as NATS echoes them) while `echo` is on. `stall` makes every publish hang. With
     /// `no_responders` on, a publish with a reply subject to a subject nobody subscribed
-    /// (any other instance's inbox) is answered as NATS does when nobody listens. What is
-    /// published to another instance's inbox is kept in `sent`.
+    /// (any other instance's inbox) is answered as NATS does when nobody listens.
     #[derive(Clone, Default)]
     struct Broker {
         connected: Arc<AtomicBool>,
         echo: Arc<AtomicBool>,
         stall: Arc<AtomicBool>,
         no_responders: Arc<AtomicBool>,
-        sent: Arc<Mutex<Vec<(String, BusMessage)>>>,
         inject: Arc<Mutex<Option<mpsc::UnboundedSender<TransportEvent>>>>,
     }
 
@@ -1155,13 +1170,6 @@ mod tests {
                     std::future::pending::<()>().await;
                 }
                 let nobody = !self.subjects.contains(&subject);
-                if nobody && subject.contains(".inbox.") {
-                    let body = wire::decode(&payload)
-                        .expect("we publish what decodes")
-                        .body;
-                    let mut sent = self.broker.sent.lock().expect("test lock");
-                    sent.push((subject.clone(), body));
-                }
                 if let Some(reply) = reply.filter(|_| nobody) {
                     if self.broker.no_responders.load(Ordering::Relaxed) {
                         let _ = self
@@ -1203,15 +1211,6 @@ mod tests {
         fn inject(&self, subject: &str, envelope: &Envelope) {
             let payload = Bytes::from(wire::encode(envelope).expect("encodes"));
             self.inject_raw(subject, payload);
-        }
-
-        /// How many `Rejoin`s went to `instance`'s inbox.
-        fn rejoins_sent_to(&self, instance: InstanceId) -> usize {
-            let inbox = inbox_subject("t", instance);
-            let sent = self.sent.lock().expect("test lock");
-            sent.iter()
-                .filter(|(subject, body)| *subject == inbox && *body == BusMessage::Rejoin)
-                .count()
         }
 
         fn inject_raw(&self, subject: &str, payload: Bytes) {
@@ -1352,7 +1351,7 @@ mod tests {
         bus_up: bool,
     ) {
         wait_event(events, what, |event| {
-            matches!(event, BusEvent::Membership { joined, gone, view }
+            matches!(event, BusEvent::Membership { joined, gone, view, .. }
                 if joined.contains(&OTHER) == joined_other
                     && gone.contains(&OTHER) == gone_other
                     && view.bus_up == bus_up)
@@ -1456,28 +1455,38 @@ mod tests {
         bus.shutdown();
     }
 
-    /// `started`, and then `OTHER` joined with heartbeat `seq`.
+    /// `started`, and then `OTHER` joined with heartbeat `seq`: a newcomer, not to be
+    /// asked to re-join (it has no peers in our swarms).
     fn started_with_other(
         expiry_ms: u64,
         seq: u64,
     ) -> (Broker, BusHandle, std::sync::mpsc::Receiver<BusEvent>) {
         let (broker, bus, events) = started(20, expiry_ms);
         broker.inject(&control_subject("t"), &from_other(heartbeat(seq)));
-        wait_membership(&events, "the join", true, false, true);
+        let join = wait_event(
+            &events,
+            "the join",
+            |event| matches!(event, BusEvent::Membership { joined, .. } if joined.contains(&OTHER)),
+        );
+        assert!(
+            matches!(&join, BusEvent::Membership { returned, .. } if returned.is_empty()),
+            "{join:?}"
+        );
         (broker, bus, events)
     }
 
-    /// `OTHER`, out of the view and never asked to re-join so far, beats with `seq`: it is
-    /// back in the view and asked to re-join, once.
+    /// `OTHER`, out of the view, beats with `seq`: it is back in the view, and named as
+    /// returned (to be asked to re-join).
     fn returns_and_is_asked_to_rejoin(
         broker: &Broker,
         events: &std::sync::mpsc::Receiver<BusEvent>,
         seq: u64,
     ) {
-        assert_eq!(broker.rejoins_sent_to(OTHER), 0);
         broker.inject(&control_subject("t"), &from_other(heartbeat(seq)));
-        wait_membership(events, "the return", true, false, true);
-        wait_for("the rejoin", || broker.rejoins_sent_to(OTHER) == 1);
+        wait_event(events, "the return", |event| {
+            matches!(event, BusEvent::Membership { joined, returned, view, .. }
+                if joined.contains(&OTHER) && returned == &[OTHER] && view.bus_up)
+        });
     }
 
     #[test]
@@ -1522,12 +1531,6 @@ mod tests {
         bus.try_send(OTHER, deliver_to(OTHER)).expect("queued");
         wait_membership(&events, "the report", false, true, true);
         broker.no_responders.store(false, Ordering::Relaxed);
-        // Both messages went after the join, so whatever the join sent is recorded by
-        // now: nothing asked the newcomer to re-join.
-        bus.try_send(OTHER, deliver_to(OTHER)).expect("queued");
-        wait_for("the marker", || {
-            broker.sent.lock().expect("test lock").len() >= 2
-        });
         returns_and_is_asked_to_rejoin(&broker, &events, 2);
         bus.shutdown();
     }

@@ -10,8 +10,9 @@
 //! As an owner this instance serves requests for its swarms on behalf of sockets on other
 //! instances (their peers are registered with a `PeerRoute::Remote` route); as the holder
 //! of sockets it delivers what owners relay to them. When the view changes, the peers of
-//! dead instances leave every swarm, swarms that now hash elsewhere close, and every
-//! session re-joins the swarms that moved. When an owner asks for a `Rejoin` (it had
+//! dead instances leave every swarm, swarms that now hash elsewhere close, instances back
+//! in the view after leaving it are sent a `Rejoin`, and every session re-joins the swarms
+//! that moved (paced: see `node::RejoinGate`). When an owner asks for a `Rejoin` (it had
 //! dropped this instance's peers, and now sees it again), every session re-joins the
 //! swarms that owner holds.
 
@@ -124,11 +125,24 @@ pub async fn run(shared: Arc<Shared>, node: Arc<ClusterNode>, mut inbound: Inbou
 }
 
 fn on_view_change(shared: &Arc<Shared>, node: &ClusterNode, event: BusEvent) {
-    let BusEvent::Membership { joined, gone, view } = event else {
+    let BusEvent::Membership {
+        joined,
+        returned,
+        gone,
+        view,
+    } = event
+    else {
         return;
     };
     // Requests waiting for a lost owner are routed again by the new view.
     node.owners_gone(&gone);
+    for instance in returned {
+        // It was out of our view, so we dropped its peers from the swarms we own: it is
+        // asked for them back (see `on_rejoin` on its side). Sent like any other message to
+        // one instance, so counted as forwarded; lost only with the bus, and then its
+        // next return asks again.
+        let _ = node.send(instance, BusMessage::Rejoin);
+    }
     for instance in &joined {
         info!(
             "cluster: instance {instance:016x} joined ({} live)",

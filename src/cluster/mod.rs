@@ -72,6 +72,11 @@ pub fn join(
         bus: bus.stats().clone(),
         node: stats.clone(),
     }));
-    let node = Arc::new(ClusterNode::new(bus, settings.expiry(), stats));
+    let node = Arc::new(ClusterNode::new(
+        bus,
+        settings.expiry(),
+        settings.bus_queue,
+        stats,
+    ));
     Ok(Some((node, inbound)))
 }

@@ -20,7 +20,7 @@ use std::{
 
 use futures_util::future::BoxFuture;
 use log::debug;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Semaphore};
 
 use super::{
     bus::{BusHandle, SendRefused},
@@ -28,13 +28,13 @@ use super::{
     stats::NodeStats,
     wire::{
         AnnounceResult, BusMessage, ConnKey, Deliver, ForwardedAnnounce, ForwardedAnswer,
-        ForwardedLeave, Relay, ScrapeQuery,
+        ForwardedLeave, Relay, ScrapeQuery, MAX_HOPS,
     },
 };
 use crate::{
     connection::{
         conn_id, instance_of,
-        requests::{Failure, NotAnnounced, RemoteSwarms},
+        requests::{Failure, NotAnnounced, RejoinTurn, RemoteSwarms},
         ConnId, InstanceId,
     },
     protocol::{AnnounceRequest, AnswerRequest, InfoHash, OutMessage, PeerId, SwarmCounts},
@@ -85,6 +85,39 @@ impl Pending {
     }
 }
 
+/// At most this many re-joins in flight, however large the bus queue.
+const MAX_REJOINS_IN_FLIGHT: usize = 1024;
+
+/// Paces the re-joins of this instance's sessions (after a view change or a `Rejoin`,
+/// every session re-announces the swarms concerned, thousands at once): at most `limit`
+/// are in flight, from their turn until their owner's reply (or their failure), and the
+/// others wait for a turn in order. So re-joins alone never fill more than a quarter of
+/// the bus queue (the rest stays for the traffic of the moment), and an owner's queue of
+/// replies holds no more of ours than that either.
+pub struct RejoinGate {
+    turns: Arc<Semaphore>,
+}
+
+impl RejoinGate {
+    pub fn new(bus_queue: usize) -> Self {
+        Self {
+            turns: Arc::new(Semaphore::new(Self::limit(bus_queue))),
+        }
+    }
+
+    /// Re-joins in flight at once for a bus queue of `bus_queue` messages.
+    pub fn limit(bus_queue: usize) -> usize {
+        (bus_queue / 4).clamp(1, MAX_REJOINS_IN_FLIGHT)
+    }
+
+    /// Resolves with a turn, held until the re-join is over; `None` never happens while
+    /// the gate lives (its semaphore is never closed).
+    pub fn turn(&self) -> BoxFuture<'static, Option<RejoinTurn>> {
+        let turns = self.turns.clone();
+        Box::pin(async move { turns.acquire_owned().await.ok() })
+    }
+}
+
 pub struct ClusterNode {
     bus: BusHandle,
     self_id: InstanceId,
@@ -96,17 +129,25 @@ pub struct ClusterNode {
     /// leaves at its reply, its owner's departure from the view, or its deadline. Each
     /// entry keeps the instance it waits for.
     pending: Mutex<HashMap<u64, (InstanceId, Pending)>>,
+    rejoins: RejoinGate,
     pub stats: Arc<NodeStats>,
 }
 
 impl ClusterNode {
-    pub fn new(bus: BusHandle, reply_timeout: Duration, stats: Arc<NodeStats>) -> Self {
+    /// `bus_queue`: the bus's queue (`cluster.bus_queue`), which paces re-joins.
+    pub fn new(
+        bus: BusHandle,
+        reply_timeout: Duration,
+        bus_queue: usize,
+        stats: Arc<NodeStats>,
+    ) -> Self {
         Self {
             self_id: bus.self_id(),
             bus,
             reply_timeout,
             next_request: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
+            rejoins: RejoinGate::new(bus_queue),
             stats,
         }
     }
@@ -296,11 +337,16 @@ impl RemoteSwarms for Arc<ClusterNode> {
         (owner != self.self_id).then_some(owner)
     }
 
+    fn view_generation(&self) -> u64 {
+        self.view().generation
+    }
+
     fn announce(
         &self,
         owner: InstanceId,
         conn: ConnId,
         request: AnnounceRequest,
+        resent: bool,
     ) -> BoxFuture<'static, Result<AnnounceReply, NotAnnounced>> {
         let (reply, replied) = oneshot::channel();
         let Some(req_id) = self.expect_reply(owner, Pending::Announce(reply)) else {
@@ -311,7 +357,9 @@ impl RemoteSwarms for Arc<ClusterNode> {
         let message = BusMessage::Announce(ForwardedAnnounce {
             from: conn_key(conn),
             req_id,
-            hops: 0,
+            // Its trip to the owner that died was its one forward: the receiver's view may
+            // still hold that owner, and passing it on there would lose it.
+            hops: if resent { MAX_HOPS } else { 0 },
             request,
         });
         if self.send(owner, message).is_err() {
@@ -332,6 +380,10 @@ impl RemoteSwarms for Arc<ClusterNode> {
                 AnnounceResult::Unavailable => Err(NotAnnounced::Failed(Failure::unavailable())),
             }
         })
+    }
+
+    fn rejoin_turn(&self) -> BoxFuture<'static, Option<RejoinTurn>> {
+        self.rejoins.turn()
     }
 
     fn answer(
@@ -420,6 +472,30 @@ impl RemoteSessions for ClusterNode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rejoins_in_flight_are_a_quarter_of_the_bus_queue_within_bounds() {
+        assert_eq!(RejoinGate::limit(16), 4);
+        assert_eq!(RejoinGate::limit(1024), 256);
+        assert_eq!(RejoinGate::limit(3), 1, "always one at least");
+        assert_eq!(RejoinGate::limit(65_536), MAX_REJOINS_IN_FLIGHT);
+    }
+
+    #[test]
+    fn a_rejoin_waits_for_its_turn_until_one_in_flight_is_over() {
+        use futures_util::FutureExt;
+        let gate = RejoinGate::new(8);
+        let first = gate.turn().now_or_never().flatten().expect("a turn");
+        let second = gate.turn().now_or_never().flatten().expect("a turn");
+        let mut third = gate.turn();
+        assert!(
+            (&mut third).now_or_never().is_none(),
+            "two in flight at most"
+        );
+        drop(first);
+        assert!(third.now_or_never().flatten().is_some(), "the freed turn");
+        drop(second);
+    }
 
     #[test]
     fn connection_ids_survive_the_bus() {

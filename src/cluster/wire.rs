@@ -48,7 +48,9 @@ pub const WIRE_VERSION: u8 = 2;
 /// How many times a request may be forwarded after its first hop. Views of the live set
 /// differ for up to one expiry after an instance joins or dies: an instance that receives
 /// a request for a swarm it does not own (by its own view) forwards it once more at most;
-/// a request that already made that extra hop is handled where it lands.
+/// a request that already made that extra hop is handled where it lands. An announce
+/// made again because its owner died before replying counts its trip to the dead owner as
+/// that extra hop: it is sent with `MAX_HOPS` and handled where it lands.
 pub const MAX_HOPS: u8 = 1;
 
 /// One tracker process, for one life: random at every start (the high half of every

@@ -60,6 +60,31 @@ impl<S> Memberships<S> {
         self.0.push((info_hash, Joined { swarm, peer_ids }));
     }
 
+    /// Records the outcome of an announce of `peer_id` (`registered`: the swarm holds it
+    /// now; else it left or was refused) whose owner was chosen by view `routed_by`, with
+    /// `view` the cluster's view now (generations; 0 and 0 outside a cluster). Returns
+    /// whether the membership must be re-joined at the swarm's current owner: the view
+    /// changed while the announce was on its way, so the session may already have checked
+    /// its memberships against the new view without this one (and an owner that lost the
+    /// swarm in between dropped the peer even if it owns the swarm again now).
+    pub fn record(
+        &mut self,
+        info_hash: InfoHash,
+        peer_id: PeerId,
+        swarm: S,
+        registered: bool,
+        routed_by: u64,
+        view: u64,
+    ) -> bool {
+        if registered {
+            self.add(info_hash, peer_id, swarm);
+            routed_by != view
+        } else {
+            self.remove(&info_hash, &peer_id);
+            false
+        }
+    }
+
     /// Forgets `peer_id` in the swarm of `info_hash`; the swarm goes when no peer_id of
     /// this connection is left in it.
     pub fn remove(&mut self, info_hash: &InfoHash, peer_id: &PeerId) {
@@ -122,5 +147,22 @@ mod tests {
         let drained: Vec<InfoHash> = joined.drain().map(|(hash, _)| hash).collect();
         assert!(drained == [hash(2)]);
         assert!(joined.is_empty());
+    }
+    #[test]
+    fn a_membership_recorded_under_an_outdated_view_is_to_be_rejoined() {
+        let mut joined = Memberships::<u64>::default();
+        assert!(
+            !joined.record(hash(1), peer(1), 7, true, 3, 3),
+            "current view"
+        );
+        assert!(
+            joined.record(hash(2), peer(1), 8, true, 3, 4),
+            "the view changed"
+        );
+        assert_eq!(joined.get(&hash(2)).expect("recorded").swarm, 8);
+        // Gone or refused: nothing to re-join, whatever the view.
+        assert!(!joined.record(hash(2), peer(1), 9, false, 3, 5));
+        assert!(joined.get(&hash(2)).is_none());
+        assert_eq!(joined.len(), 1);
     }
 }

@@ -49,13 +49,25 @@ pub trait RemoteSwarms: Send + Sync {
     /// The instance that owns the swarm of `info_hash`, or `None` if this one does.
     fn owner(&self, info_hash: &InfoHash) -> Option<InstanceId>;
 
-    /// Announces to the swarm on `owner` for connection `conn` of this instance.
+    /// The generation of the current view of the live instances (see
+    /// `cluster::members::LiveView`): changes whenever owners may have.
+    fn view_generation(&self) -> u64;
+
+    /// Announces to the swarm on `owner` for connection `conn` of this instance. `resent`:
+    /// the request is made again because the owner it first went to left the view before
+    /// replying; it has been forwarded once already, so `owner` serves it whatever its own
+    /// view says (see `cluster::inbound`), rather than pass it on to an instance it may
+    /// not know is dead yet.
     fn announce(
         &self,
         owner: InstanceId,
         conn: ConnId,
         request: AnnounceRequest,
+        resent: bool,
     ) -> BoxFuture<'static, Result<AnnounceReply, NotAnnounced>>;
+
+    /// Waits for this re-join's turn (see `rejoin`): held until the re-join is over.
+    fn rejoin_turn(&self) -> BoxFuture<'static, Option<RejoinTurn>>;
 
     /// Sends an answer to the swarm on `owner`; its relay or failure comes back as a
     /// delivery to `conn`.
@@ -77,12 +89,29 @@ pub trait RemoteSwarms: Send + Sync {
     ) -> BoxFuture<'static, Result<Vec<(InfoHash, SwarmCounts)>, Failure>>;
 }
 
+/// A re-join's turn: while held, it counts against the re-joins in flight.
+pub type RejoinTurn = tokio::sync::OwnedSemaphorePermit;
+
 /// The swarms of other instances; `None` outside a cluster.
 pub fn remote_swarms(shared: &Shared) -> Option<&dyn RemoteSwarms> {
     shared
         .cluster
         .as_ref()
         .map(|cluster| cluster as &dyn RemoteSwarms)
+}
+
+/// The generation of the cluster's current view; 0 outside a cluster (owners never
+/// change).
+pub fn view_generation(shared: &Shared) -> u64 {
+    remote_swarms(shared).map_or(0, |cluster| cluster.view_generation())
+}
+
+/// An announce the swarm took: where the swarm lives, its reply, and the generation of
+/// the view that chose that owner (see `Memberships::record`).
+pub struct Announced {
+    pub swarm: SwarmHandle,
+    pub reply: AnnounceReply,
+    pub routed_by: u64,
 }
 
 /// The instance owning the swarm of `info_hash` if it is not this one.
@@ -147,15 +176,27 @@ pub async fn announce(
     conn: ConnId,
     deliver: Recipient<Deliver>,
     mut request: AnnounceRequest,
-) -> Result<(SwarmHandle, AnnounceReply), Failure> {
+) -> Result<Announced, Failure> {
     let info_hash = request.info_hash;
     // An owner found gone while the request waited is replaced once, by the view that
     // dropped it; a second loss in a row is a failure the client retries.
     let mut owner_lost = false;
-    while let Some(owner) = remote_owner(&shared, &info_hash) {
+    let routed_by = loop {
+        // Read before the owner: a view that changes in between makes the generation
+        // older than the owner, which costs a needless re-join, never a missed one.
+        let routed_by = view_generation(&shared);
+        let Some(owner) = remote_owner(&shared, &info_hash) else {
+            break routed_by;
+        };
         let cluster = remote_swarms(&shared).ok_or_else(Failure::unavailable)?;
-        match cluster.announce(owner, conn, request).await {
-            Ok(reply) => return Ok((SwarmHandle::Remote(owner), reply)),
+        match cluster.announce(owner, conn, request, owner_lost).await {
+            Ok(reply) => {
+                return Ok(Announced {
+                    swarm: SwarmHandle::Remote(owner),
+                    reply,
+                    routed_by,
+                })
+            }
             Err(NotAnnounced::OwnerGone(back)) if !owner_lost => {
                 owner_lost = true;
                 request = back;
@@ -163,7 +204,7 @@ pub async fn announce(
             Err(NotAnnounced::OwnerGone(_)) => return Err(Failure::unavailable()),
             Err(NotAnnounced::Failed(failure)) => return Err(failure),
         }
-    }
+    };
     // A swarm cached as remote is owned here now: ask the shard for it.
     let cached = match cached {
         Some(SwarmHandle::Local(swarm)) => Some(swarm),
@@ -171,7 +212,30 @@ pub async fn announce(
     };
     let route = PeerRoute::Local(deliver);
     let (swarm, reply) = announce_on_shard(&shared, cached, conn, route, request).await?;
-    Ok((SwarmHandle::Local(swarm), reply))
+    Ok(Announced {
+        swarm: SwarmHandle::Local(swarm),
+        reply,
+        routed_by,
+    })
+}
+
+/// Re-joins a swarm this connection joined (an announce without offers) after its owner
+/// changed or dropped our peers: as `announce`, once its turn comes. Thousands of sessions
+/// re-join at once after a view change; the cluster lets a bounded number of them through
+/// at a time so that they never overflow its bus queue.
+pub async fn rejoin(
+    shared: Arc<Shared>,
+    conn: ConnId,
+    deliver: Recipient<Deliver>,
+    request: AnnounceRequest,
+) -> Result<Announced, Failure> {
+    let turn = match remote_swarms(&shared) {
+        Some(cluster) => cluster.rejoin_turn().await,
+        None => None,
+    };
+    let rejoined = announce(shared, None, conn, deliver, request).await;
+    drop(turn);
+    rejoined
 }
 
 /// Announces to the swarm of `request.info_hash` on this instance's shard, for connection

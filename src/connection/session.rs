@@ -9,7 +9,9 @@
 //! once.
 
 use std::{
+    cell::Cell,
     net::IpAddr,
+    rc::Rc,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -24,7 +26,7 @@ use super::{
     memberships::Memberships,
     rate_limit::{RateLimit, Refusal},
     reassembly::{Reassembly, Received},
-    requests::{self, Failure, SwarmHandle},
+    requests::{self, Announced, Failure, SwarmHandle},
     ConnId, InstanceId,
 };
 use crate::{
@@ -50,7 +52,9 @@ pub struct CloseSession {
 
 /// The cluster's view changed: swarms this connection joined may be owned by another
 /// instance now. The session re-joins each swarm that moved at its new owner, so that its
-/// peers are found there before their next announce.
+/// peers are found there before their next announce. An announce or re-join still on its
+/// way is not in the memberships this checks: when its reply comes, it is re-joined again
+/// if the view changed since it was routed (see `PeerSession::record_membership`).
 #[derive(Message, Clone, Copy, Default)]
 #[rtype(result = "()")]
 pub struct OwnersChanged {
@@ -305,9 +309,10 @@ impl PeerSession {
         ctx.wait(
             work.into_actor(self)
                 .map(move |result, session, ctx| match result {
-                    Ok((swarm, reply)) => {
-                        session.record_membership(info_hash, peer_id, swarm, reply.registered);
-                        session.send_announce_response(info_hash, reply.counts, ctx);
+                    Ok(announced) => {
+                        let counts = announced.reply.counts;
+                        session.record_membership(info_hash, peer_id, announced, 0, ctx);
+                        session.send_announce_response(info_hash, counts, ctx);
                     }
                     Err(failure) => session.fail_announce(ctx, info_hash, failure),
                 }),
@@ -338,18 +343,92 @@ impl PeerSession {
         }
     }
 
+    /// Records where an announce of `peer_id` left it. If the cluster's view changed while
+    /// the announce was on its way, the swarm is re-joined at its owner by the view of now
+    /// (`attempt`: re-joins of this membership in a row so far, bounded).
     fn record_membership(
         &mut self,
         info_hash: InfoHash,
         peer_id: PeerId,
-        swarm: SwarmHandle,
-        registered: bool,
+        announced: Announced,
+        attempt: u8,
+        ctx: &mut ws::WebsocketContext<Self>,
     ) {
-        if registered {
-            self.joined.add(info_hash, peer_id, swarm);
-        } else {
-            self.joined.remove(&info_hash, &peer_id);
+        let view = requests::view_generation(&self.shared);
+        let outdated = self.joined.record(
+            info_hash,
+            peer_id,
+            announced.swarm,
+            announced.reply.registered,
+            announced.routed_by,
+            view,
+        );
+        if outdated && attempt + 1 < REJOIN_ATTEMPTS {
+            debug!(
+                "conn={} {info_hash} was joined under view {}, now {view}: re-joining",
+                self.conn, announced.routed_by
+            );
+            let round = Rc::new(Cell::new(false));
+            self.rejoin(info_hash, peer_id, attempt + 1, None, round, ctx);
         }
+    }
+
+    /// Re-announces `peer_id` (without offers) to the swarm of `info_hash` at its owner by
+    /// the current view, once the cluster gives it a turn. A failure schedules one more
+    /// round of `OwnersChanged` one expiry later (once per `retry_scheduled`, which the
+    /// re-joins of one round share), while `attempt` stays below `REJOIN_ATTEMPTS`.
+    fn rejoin(
+        &mut self,
+        info_hash: InfoHash,
+        peer_id: PeerId,
+        attempt: u8,
+        dropped_by: Option<InstanceId>,
+        retry_scheduled: Rc<Cell<bool>>,
+        ctx: &mut ws::WebsocketContext<Self>,
+    ) {
+        // A plain re-announce without offers: the owner learns the peer, and the client
+        // is told nothing (its next announce goes there anyway).
+        let request = AnnounceRequest {
+            info_hash,
+            peer_id,
+            event: AnnounceEvent::Update,
+            left_is_zero: None,
+            numwant: Some(0),
+            offers: Vec::new(),
+        };
+        let work = requests::rejoin(
+            self.shared.clone(),
+            self.conn,
+            ctx.address().recipient(),
+            request,
+        );
+        ctx.spawn(
+            work.into_actor(self)
+                .map(move |result, session, ctx| match result {
+                    Ok(announced) => {
+                        session.record_membership(info_hash, peer_id, announced, attempt, ctx)
+                    }
+                    Err(failure) => {
+                        debug!(
+                            "conn={} re-join of {info_hash} failed: {}",
+                            session.conn, failure.reason
+                        );
+                        let attempt = attempt + 1;
+                        if attempt < REJOIN_ATTEMPTS && !retry_scheduled.replace(true) {
+                            let later = session.shared.settings.cluster.expiry();
+                            // With `dropped_by` the retry re-joins that owner's swarms that
+                            // did go through as well (their handle does not change): a few
+                            // harmless duplicate announces, against remembering which
+                            // failed.
+                            let again = OwnersChanged {
+                                attempt,
+                                dropped_by,
+                            };
+                            ctx.notify_later(again, later);
+                        }
+                    }
+                }),
+        );
     }
 
     fn send_announce_response(
@@ -554,57 +633,11 @@ impl Handler<OwnersChanged> for PeerSession {
             .map(|(info_hash, joined)| (*info_hash, joined.peer_ids.clone()))
             .collect();
         // One retry per round, however many re-joins of it fail.
-        let retry_scheduled = std::rc::Rc::new(std::cell::Cell::new(false));
+        let retry_scheduled = Rc::new(Cell::new(false));
         for (info_hash, peer_ids) in lost {
             for peer_id in peer_ids {
-                // A plain re-announce without offers: the owner learns the peer, and the
-                // client is told nothing (its next announce goes there anyway).
-                let request = AnnounceRequest {
-                    info_hash,
-                    peer_id,
-                    event: AnnounceEvent::Update,
-                    left_is_zero: None,
-                    numwant: Some(0),
-                    offers: Vec::new(),
-                };
-                let work = requests::announce(
-                    self.shared.clone(),
-                    None,
-                    self.conn,
-                    ctx.address().recipient(),
-                    request,
-                );
-                let retry_scheduled = retry_scheduled.clone();
-                ctx.spawn(
-                    work.into_actor(self)
-                        .map(move |result, session, ctx| match result {
-                            Ok((swarm, reply)) => session.record_membership(
-                                info_hash,
-                                peer_id,
-                                swarm,
-                                reply.registered,
-                            ),
-                            Err(failure) => {
-                                debug!(
-                                    "conn={} re-join of {info_hash} failed: {}",
-                                    session.conn, failure.reason
-                                );
-                                let attempt = msg.attempt + 1;
-                                if attempt < REJOIN_ATTEMPTS && !retry_scheduled.replace(true) {
-                                    let later = session.shared.settings.cluster.expiry();
-                                    // With `dropped_by` the retry re-joins that owner's swarms
-                                    // that did go through as well (their handle does not
-                                    // change): a few harmless duplicate announces, against
-                                    // remembering which failed.
-                                    let again = OwnersChanged {
-                                        attempt,
-                                        dropped_by: msg.dropped_by,
-                                    };
-                                    ctx.notify_later(again, later);
-                                }
-                            }
-                        }),
-                );
+                let round = retry_scheduled.clone();
+                self.rejoin(info_hash, peer_id, msg.attempt, msg.dropped_by, round, ctx);
             }
         }
     }

@@ -193,14 +193,24 @@ impl BinaryServer {
         format!("ws://{}/announce", self.addr)
     }
 
-    /// GETs `path` and parses the JSON body.
-    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+    async fn get(&self, path: &str) -> reqwest::Response {
         reqwest::get(format!("http://{}{path}", self.addr))
             .await
-            .expect("GET")
-            .json()
+            .unwrap_or_else(|err| panic!("GET {path}: {err}"))
+    }
+
+    /// GETs `path` and parses the JSON body.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        self.get(path).await.json().await.expect("JSON body")
+    }
+
+    /// GETs /metrics as text.
+    pub async fn metrics_text(&self) -> String {
+        self.get("/metrics")
             .await
-            .expect("JSON body")
+            .text()
+            .await
+            .expect("metrics text")
     }
 
     /// Sends a signal by name (`TERM`, `HUP`) with kill(1).
