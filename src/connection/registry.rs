@@ -5,6 +5,7 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
+    num::NonZeroU64,
     os::fd::RawFd,
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -47,8 +48,36 @@ impl AdmitError {
 /// The TCP socket under a session, recorded at the WebSocket upgrade.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnSocket {
-    pub fd: RawFd,
-    pub peer: Option<SocketAddr>,
+    fd: RawFd,
+    /// The peer's address as `peer_key` folds it: a quarter of the 32 bytes of a
+    /// `SocketAddr`, in an entry every connection has. `None` if the kernel did not say.
+    peer: Option<NonZeroU64>,
+}
+
+impl ConnSocket {
+    pub fn new(fd: RawFd, peer: Option<SocketAddr>) -> Self {
+        Self {
+            fd,
+            peer: peer.map(peer_key),
+        }
+    }
+}
+
+/// An IPv4 peer's address and port exactly; an IPv6 one's hashed to 63 bits (with the top
+/// bit set, so the two kinds never meet).
+fn peer_key(peer: SocketAddr) -> NonZeroU64 {
+    let key = match peer {
+        SocketAddr::V4(v4) => {
+            (1 << 48) | (u64::from(v4.ip().to_bits()) << 16) | u64::from(v4.port())
+        }
+        SocketAddr::V6(v6) => {
+            use std::hash::BuildHasher;
+            // A fixed seed: the key of a socket must not change between its registration and
+            // the check, and nothing here is chosen by a client to aim at a bucket.
+            foldhash::quality::FixedState::with_seed(0).hash_one(v6) | (1 << 63)
+        }
+    };
+    NonZeroU64::new(key).unwrap_or(NonZeroU64::MIN)
 }
 
 struct SessionEntry {
@@ -287,8 +316,8 @@ impl ConnectionRegistry {
 ///
 /// The descriptor could in principle have been closed and reused by a new connection in
 /// the instant between the old connection's end and its session's deregistration; the
-/// peer address check (ip and port) makes acting on a stranger's socket impossible in
-/// practice.
+/// peer address check (ip and port, exact for IPv4, a 63-bit hash for IPv6) makes acting
+/// on a stranger's socket impossible in practice.
 fn shut_down(socket: ConnSocket) -> bool {
     use std::os::fd::BorrowedFd;
     let Some(peer) = socket.peer else {
@@ -302,7 +331,7 @@ fn shut_down(socket: ConnSocket) -> bool {
         .peer_addr()
         .ok()
         .and_then(|addr| addr.as_socket())
-        .is_some_and(|addr| addr == peer);
+        .is_some_and(|addr| peer_key(addr) == peer);
     same_peer && sock.shutdown(std::net::Shutdown::Both).is_ok()
 }
 
@@ -343,5 +372,38 @@ mod tests {
         assert_ne!(one, two);
         assert_eq!(super::super::instance_of(one), 7);
         assert_eq!(super::super::instance_of(two), 7);
+    }
+
+    #[test]
+    fn peer_keys_tell_addresses_and_families_apart() {
+        let key = |text: &str| peer_key(text.parse().expect("socket address"));
+        assert_eq!(key("192.0.2.1:4000"), key("192.0.2.1:4000"));
+        assert_ne!(key("192.0.2.1:4000"), key("192.0.2.1:4001"));
+        assert_ne!(key("192.0.2.1:4000"), key("192.0.2.2:4000"));
+        assert_ne!(key("[2001:db8::1]:4000"), key("[2001:db8::1]:4001"));
+        assert_ne!(key("[2001:db8::1]:4000"), key("[2001:db8::2]:4000"));
+        assert_ne!(key("[::ffff:192.0.2.1]:4000"), key("192.0.2.1:4000"));
+        assert!(key("[2001:db8::1]:4000").get() >= 1 << 63);
+        assert!(key("255.255.255.255:65535").get() < 1 << 63);
+    }
+
+    #[test]
+    fn only_the_socket_to_the_recorded_peer_is_shut_down() {
+        use std::{io::Read, os::fd::AsRawFd};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let mut client =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (accepted, peer) = listener.accept().expect("accept");
+        let mut stranger = peer;
+        stranger.set_port(peer.port().wrapping_add(1));
+        assert!(!shut_down(ConnSocket::new(
+            accepted.as_raw_fd(),
+            Some(stranger)
+        )));
+        assert!(!shut_down(ConnSocket::new(accepted.as_raw_fd(), None)));
+        assert!(shut_down(ConnSocket::new(accepted.as_raw_fd(), Some(peer))));
+        // The client sees the end of the stream.
+        let mut rest = Vec::new();
+        assert_eq!(client.read_to_end(&mut rest).expect("read"), 0);
     }
 }

@@ -78,10 +78,7 @@ async fn upgrade(
     // Take the socket out of actix-http; its 8 KiB read and write buffers go with the
     // rest (but whatever the client sent after the request head is kept).
     let FramedParts { io, read_buf, .. } = framed.into_parts();
-    let socket = ConnSocket {
-        fd: std::os::fd::AsRawFd::as_raw_fd(&io),
-        peer: io.peer_addr().ok(),
-    };
+    let socket = ConnSocket::new(std::os::fd::AsRawFd::as_raw_fd(&io), io.peer_addr().ok());
     let (read_half, write_half) = io.into_split();
     let session = PeerSession::new(conn, ip, shared.clone());
     let frames = FrameReader::new(
