@@ -33,12 +33,12 @@ use bytes::{Buf, BytesMut};
 use bytestring::ByteString;
 use futures_util::{ready, Stream};
 use log::debug;
-
-use super::context::SessionContext;
 use tokio::{
     io::{AsyncRead, AsyncWriteExt, ReadBuf},
     net::tcp::{OwnedReadHalf, OwnedWriteHalf},
 };
+
+use super::context::SessionContext;
 
 /// Why the frames of a connection stopped: matched by the session by variant.
 #[derive(Debug)]
