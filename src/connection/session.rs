@@ -352,7 +352,7 @@ impl PeerSession {
         peer_id: PeerId,
         announced: Announced,
         attempt: u8,
-        ctx: &mut ws::WebsocketContext<Self>,
+        ctx: &mut SessionContext<Self>,
     ) {
         let view = requests::view_generation(&self.shared);
         let outdated = self.joined.record(
@@ -384,7 +384,7 @@ impl PeerSession {
         attempt: u8,
         dropped_by: Option<InstanceId>,
         retry_scheduled: Rc<Cell<bool>>,
-        ctx: &mut ws::WebsocketContext<Self>,
+        ctx: &mut SessionContext<Self>,
     ) {
         // A plain re-announce without offers: the owner learns the peer, and the client
         // is told nothing (its next announce goes there anyway).
