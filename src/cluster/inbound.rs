@@ -98,7 +98,7 @@ fn serve_here(shared: &Shared, node: &ClusterNode, envelope: Envelope) -> Option
     match envelope.body {
         BusMessage::Deliver(deliver) => on_deliver(shared, node, deliver),
         BusMessage::AnnounceReply(AnnounceReply { req_id, result, .. }) => {
-            node.announce_replied(req_id, result)
+            node.announce_replied(req_id, envelope.from, result)
         }
         BusMessage::ScrapeReply(ScrapeReply { req_id, files, .. }) => {
             node.scrape_replied(req_id, files)
@@ -184,7 +184,7 @@ fn on_message(shared: &Arc<Shared>, node: &Arc<ClusterNode>, envelope: Envelope)
         BusMessage::Rejoin => on_rejoin(shared, envelope.from),
         BusMessage::Announce(forwarded) => on_announce(shared, node, forwarded),
         BusMessage::AnnounceReply(AnnounceReply { req_id, result, .. }) => {
-            node.announce_replied(req_id, result)
+            node.announce_replied(req_id, envelope.from, result)
         }
         BusMessage::Answer(forwarded) => on_answer(shared, node, forwarded),
         BusMessage::Leave(forwarded) => on_leave(shared, forwarded),

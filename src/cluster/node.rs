@@ -67,7 +67,8 @@ enum Outcome<T> {
 
 /// A request of ours waiting for its reply.
 enum Pending {
-    Announce(oneshot::Sender<Outcome<AnnounceResult>>),
+    /// Resolved with the instance that replied (see `announce_replied`) and its result.
+    Announce(oneshot::Sender<Outcome<(InstanceId, AnnounceResult)>>),
     Scrape(oneshot::Sender<Outcome<Vec<(InfoHash, SwarmCounts)>>>),
 }
 
@@ -219,11 +220,13 @@ impl ClusterNode {
         self.pending().remove(&req_id);
     }
 
-    /// The owner answered an announce of ours.
-    pub fn announce_replied(&self, req_id: u64, result: AnnounceResult) {
+    /// `from` answered an announce of ours: the owner we sent it to, or the instance that
+    /// owner passed it on to (its view named another owner), which is then the one that
+    /// holds the peer.
+    pub fn announce_replied(&self, req_id: u64, from: InstanceId, result: AnnounceResult) {
         match self.pending().remove(&req_id) {
             Some((_, Pending::Announce(waiting))) => {
-                let _ = waiting.send(Outcome::Replied(result));
+                let _ = waiting.send(Outcome::Replied((from, result)));
             }
             other => self.late_reply(req_id, other),
         }
@@ -347,7 +350,7 @@ impl RemoteSwarms for Arc<ClusterNode> {
         conn: ConnId,
         request: AnnounceRequest,
         resent: bool,
-    ) -> BoxFuture<'static, Result<AnnounceReply, NotAnnounced>> {
+    ) -> BoxFuture<'static, Result<(InstanceId, AnnounceReply), NotAnnounced>> {
         let (reply, replied) = oneshot::channel();
         let Some(req_id) = self.expect_reply(owner, Pending::Announce(reply)) else {
             return Box::pin(async { Err(NotAnnounced::OwnerGone(request)) });
@@ -368,13 +371,13 @@ impl RemoteSwarms for Arc<ClusterNode> {
         }
         let replied = self.await_reply(req_id, replied);
         Box::pin(async move {
-            let result = match replied.await.map_err(NotAnnounced::Failed)? {
-                Outcome::Replied(result) => result,
+            let (taken_by, result) = match replied.await.map_err(NotAnnounced::Failed)? {
+                Outcome::Replied(replied) => replied,
                 Outcome::OwnerGone => return Err(NotAnnounced::OwnerGone(retry)),
             };
             match result {
                 AnnounceResult::Accepted { counts, registered } => {
-                    Ok(AnnounceReply { counts, registered })
+                    Ok((taken_by, AnnounceReply { counts, registered }))
                 }
                 AnnounceResult::Rejected(reject) => Err(NotAnnounced::Failed(reject.into())),
                 AnnounceResult::Unavailable => Err(NotAnnounced::Failed(Failure::unavailable())),
@@ -471,7 +474,10 @@ impl RemoteSessions for ClusterNode {
 
 #[cfg(test)]
 mod tests {
+    use tokio::sync::mpsc;
+
     use super::*;
+    use crate::cluster::bus::Outgoing;
 
     #[test]
     fn rejoins_in_flight_are_a_quarter_of_the_bus_queue_within_bounds() {
@@ -495,6 +501,77 @@ mod tests {
         drop(first);
         assert!(third.now_or_never().flatten().is_some(), "the freed turn");
         drop(second);
+    }
+
+    const ME: InstanceId = 0x1;
+    const OWNER: InstanceId = 0x2;
+    const ELSEWHERE: InstanceId = 0x3;
+
+    /// A node whose view holds `live`, on a bus that only queues what it is given.
+    fn node_seeing(live: &[InstanceId]) -> (Arc<ClusterNode>, mpsc::Receiver<Outgoing>) {
+        let mut live = live.to_vec();
+        live.sort_unstable();
+        let view = LiveView {
+            self_id: ME,
+            live,
+            bus_up: true,
+            generation: 1,
+        };
+        let (bus, sent) = BusHandle::detached(view, 16);
+        let expiry = Duration::from_secs(600);
+        let node = ClusterNode::new(bus, expiry, 64, Arc::new(NodeStats::new()));
+        (Arc::new(node), sent)
+    }
+
+    fn join_request() -> AnnounceRequest {
+        AnnounceRequest {
+            info_hash: InfoHash([1; 20]),
+            peer_id: PeerId([2; 20]),
+            event: crate::protocol::AnnounceEvent::Started,
+            left_is_zero: None,
+            numwant: None,
+            offers: Vec::new(),
+        }
+    }
+
+    /// The announce `node` handed to the bus, which must be for `to`.
+    fn forwarded_to(sent: &mut mpsc::Receiver<Outgoing>, to: InstanceId) -> ForwardedAnnounce {
+        match sent.try_recv() {
+            Ok(Outgoing {
+                to: sent_to,
+                message: BusMessage::Announce(forwarded),
+            }) if sent_to == to => forwarded,
+            other => panic!("expected an announce for {to:x}, got {other:?}"),
+        }
+    }
+
+    fn joined() -> AnnounceResult {
+        AnnounceResult::Accepted {
+            counts: SwarmCounts {
+                complete: 0,
+                incomplete: 1,
+            },
+            registered: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_announce_is_held_by_the_instance_that_replied() {
+        let (node, mut sent) = node_seeing(&[ME, OWNER, ELSEWHERE]);
+        let conn = conn_id(ME, 5);
+        let waiting = node.announce(OWNER, conn, join_request(), false);
+        let forwarded = forwarded_to(&mut sent, OWNER);
+        // OWNER's view named another owner, which took the announce and replied.
+        node.announce_replied(forwarded.req_id, ELSEWHERE, joined());
+        let (taken_by, reply) = waiting.await.expect("accepted");
+        assert_eq!(taken_by, ELSEWHERE, "the peer is registered there");
+        assert!(reply.registered);
+
+        // The usual case: the owner it went to replies itself.
+        let waiting = node.announce(OWNER, conn, join_request(), false);
+        let forwarded = forwarded_to(&mut sent, OWNER);
+        node.announce_replied(forwarded.req_id, OWNER, joined());
+        assert_eq!(waiting.await.expect("accepted").0, OWNER);
     }
 
     #[test]

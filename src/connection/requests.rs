@@ -53,7 +53,9 @@ pub trait RemoteSwarms: Send + Sync {
     /// `cluster::members::LiveView`): changes whenever owners may have.
     fn view_generation(&self) -> u64;
 
-    /// Announces to the swarm on `owner` for connection `conn` of this instance. `resent`:
+    /// Announces to the swarm on `owner` for connection `conn` of this instance; resolves
+    /// with the instance that took it, which holds the peer from then on: `owner`, or the
+    /// instance `owner` passed it on to when its view named another owner. `resent`:
     /// the request is made again because the owner it first went to left the view before
     /// replying; it has been forwarded once already, so `owner` serves it whatever its own
     /// view says (see `cluster::inbound`), rather than pass it on to an instance it may
@@ -64,7 +66,7 @@ pub trait RemoteSwarms: Send + Sync {
         conn: ConnId,
         request: AnnounceRequest,
         resent: bool,
-    ) -> BoxFuture<'static, Result<AnnounceReply, NotAnnounced>>;
+    ) -> BoxFuture<'static, Result<(InstanceId, AnnounceReply), NotAnnounced>>;
 
     /// Waits for this re-join's turn (see `rejoin`): held until the re-join is over.
     fn rejoin_turn(&self) -> BoxFuture<'static, Option<RejoinTurn>>;
@@ -190,9 +192,9 @@ pub async fn announce(
         };
         let cluster = remote_swarms(&shared).ok_or_else(Failure::unavailable)?;
         match cluster.announce(owner, conn, request, owner_lost).await {
-            Ok(reply) => {
+            Ok((taken_by, reply)) => {
                 return Ok(Announced {
-                    swarm: SwarmHandle::Remote(owner),
+                    swarm: SwarmHandle::Remote(taken_by),
                     reply,
                     routed_by,
                 })

@@ -7,8 +7,13 @@
 use std::time::Duration;
 
 use p2p_mediastream::{
-    cluster::ring,
-    protocol::{client::TrackerMessage, InfoHash, OfferId, PeerId},
+    cluster::{
+        bus::{self, BusEvent, BusHandle},
+        ring,
+        settings::ClusterSettings,
+        wire::{self, BusMessage},
+    },
+    protocol::{client::TrackerMessage, InfoHash, OfferId, PeerId, SwarmCounts},
 };
 
 use crate::common::*;
@@ -871,4 +876,141 @@ fn sorted(ids: &[u64]) -> Vec<u64> {
     let mut ids = ids.to_vec();
     ids.sort_unstable();
     ids
+}
+
+/// A bus of the test's own in the cluster, standing in for an instance: it heartbeats
+/// like one (so the instances count it alive and give it swarms), the test reads what the
+/// instances send it and sends them what it likes.
+struct StandIn {
+    bus: BusHandle,
+    events: std::sync::mpsc::Receiver<BusEvent>,
+}
+
+impl StandIn {
+    fn start(nats: &NatsServer) -> Self {
+        let settings = ClusterSettings {
+            nats_urls: vec![nats.url()],
+            heartbeat_interval_ms: HEARTBEAT_MS.parse().expect("a number"),
+            expiry_ms: EXPIRY_MS.parse().expect("a number"),
+            ..ClusterSettings::default()
+        };
+        let (tx, events) = std::sync::mpsc::channel();
+        let on_event = Box::new(move |event| {
+            let _ = tx.send(event);
+        });
+        let bus = bus::start_nats(&settings, bus::new_instance_id(), on_event)
+            .expect("the stand-in's bus starts");
+        Self { bus, events }
+    }
+
+    fn id(&self) -> u64 {
+        self.bus.self_id()
+    }
+
+    /// The next message sent to this stand-in (view changes skipped), if one comes within
+    /// `SETTLE`.
+    async fn next_message(&self) -> Option<BusMessage> {
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        while tokio::time::Instant::now() < deadline {
+            match self.events.try_recv() {
+                Ok(BusEvent::Message(envelope)) => return Some(envelope.body),
+                Ok(BusEvent::Membership { .. }) => continue,
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+        None
+    }
+
+    /// Whatever was sent to this stand-in and is waiting, view changes skipped.
+    fn received(&self) -> Vec<BusMessage> {
+        self.events
+            .try_iter()
+            .filter_map(|event| match event {
+                BusEvent::Message(envelope) => Some(envelope.body),
+                BusEvent::Membership { .. } => None,
+            })
+            .collect()
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        self.bus.shutdown();
+    }
+}
+
+/// Waits until `instance` sees `count` live instances; returns them.
+async fn sees_instances(instance: &BinaryServer, count: usize) -> Vec<u64> {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let (_, live, up) = view(instance).await;
+        if up && live.len() == count {
+            return live;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the instance sees {live:x?}, not {count} instances"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The owner of a swarm by a's view passes a's announce on to another instance (its own
+/// view names that one; two stand-ins play them), which registers the peer and replies.
+/// a's session then holds the swarm where the peer is: its answer, and its leave when its
+/// socket closes, go to the instance that replied, with no view change in between to
+/// repair an owner recorded wrongly.
+#[tokio::test]
+async fn answers_and_leaves_go_to_the_instance_that_registered_the_peer() {
+    let nats = NatsServer::start();
+    let a = cluster_instance(&nats, "a");
+    let owner = StandIn::start(&nats);
+    let taker = StandIn::start(&nats);
+    let live = sees_instances(&a, 3).await;
+    let generation = a.get_json("/stats.json").await["cluster"]["viewGeneration"].clone();
+    let swarm = swarm_owned_by(owner.id(), &live, 3_000);
+
+    let mut on_a = TestPeer::connect(&a.ws_url()).await;
+    on_a.announce(swarm, peer_id(1), None, &[]).await;
+    let forwarded = match owner.next_message().await {
+        Some(BusMessage::Announce(forwarded)) => forwarded,
+        other => panic!("expected the announce at its owner, got {other:?}"),
+    };
+    let reply = BusMessage::AnnounceReply(wire::AnnounceReply {
+        to: forwarded.from,
+        req_id: forwarded.req_id,
+        result: wire::AnnounceResult::Accepted {
+            counts: SwarmCounts {
+                complete: 0,
+                incomplete: 1,
+            },
+            registered: true,
+        },
+    });
+    taker
+        .bus
+        .try_send(forwarded.from.instance, reply)
+        .expect("queued");
+    assert_eq!(on_a.recv_announce_reply().await.incomplete, 1);
+
+    on_a.answer(swarm, peer_id(1), peer_id(2), offer_id(1), "answer-sdp")
+        .await;
+    match taker.next_message().await {
+        Some(BusMessage::Answer(answer)) => assert_eq!(answer.request.info_hash, swarm),
+        other => panic!("expected the answer where the peer is, got {other:?}"),
+    }
+    on_a.close().await;
+    match taker.next_message().await {
+        Some(BusMessage::Leave(leave)) => {
+            assert_eq!((leave.info_hash, leave.peer_ids), (swarm, vec![peer_id(1)]));
+        }
+        other => panic!("expected the leave where the peer is, got {other:?}"),
+    }
+    assert_eq!(
+        owner.received(),
+        vec![],
+        "nothing more went to the first owner"
+    );
+    let now = a.get_json("/stats.json").await["cluster"]["viewGeneration"].clone();
+    assert_eq!(now, generation, "a's view changed");
 }
