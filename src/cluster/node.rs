@@ -5,7 +5,9 @@
 //! bus handle. Every call is non-blocking: requests are queued with `try_send` (a full
 //! queue or a lost bus is a refusal, counted), and a request that wants a reply gets a
 //! future that resolves when the owner answers, when the owner leaves the view (an
-//! announce then comes back to be routed again), or when the reply deadline passes.
+//! announce then comes back to be routed again), or when the reply deadline passes. An
+//! announce the owner passed on to another instance (`PassedOn`) waits for that one
+//! instead, and comes back at once if that one is dead to us.
 //!
 //! What arrives from other instances is handled by `inbound`.
 
@@ -229,6 +231,27 @@ impl ClusterNode {
                 let _ = waiting.send(Outcome::Replied((from, result)));
             }
             other => self.late_reply(req_id, other),
+        }
+    }
+
+    /// The instance we sent announce `req_id` to passed it on to `owner` (its view named
+    /// that one): the request waits for `owner` from then on. If `owner` has left our
+    /// view, it is dead to us and the announce lost there, so the request is released at
+    /// once, as by `owners_gone`, to be made again where our view says. An `owner` we
+    /// have not heard of yet (a newcomer) is waited for like any owner.
+    pub fn announce_passed_on(&self, req_id: u64, owner: InstanceId) {
+        match self.pending().get_mut(&req_id) {
+            Some((waits_for, Pending::Announce(_))) => *waits_for = owner,
+            // Replied already (the reply may overtake this notice), or timed out.
+            _ => return,
+        }
+        // Waiting for `owner` first and checked after, as in `expect_reply`: a departure
+        // this check misses is in a view change whose `owners_gone` finds the entry.
+        if self.view().counts_gone(owner) {
+            let released = self.pending().remove(&req_id);
+            if let Some((_, waiting)) = released {
+                waiting.owner_gone();
+            }
         }
     }
 
@@ -507,8 +530,12 @@ mod tests {
     const OWNER: InstanceId = 0x2;
     const ELSEWHERE: InstanceId = 0x3;
 
-    /// A node whose view holds `live`, on a bus that only queues what it is given.
-    fn node_seeing(live: &[InstanceId]) -> (Arc<ClusterNode>, mpsc::Receiver<Outgoing>) {
+    /// A node whose view holds `live` and counts `departed` gone, on a bus that only
+    /// queues what it is given.
+    fn node_seeing(
+        live: &[InstanceId],
+        departed: &[InstanceId],
+    ) -> (Arc<ClusterNode>, mpsc::Receiver<Outgoing>) {
         let mut live = live.to_vec();
         live.sort_unstable();
         let view = LiveView {
@@ -516,6 +543,7 @@ mod tests {
             live,
             bus_up: true,
             generation: 1,
+            departed: departed.to_vec(),
         };
         let (bus, sent) = BusHandle::detached(view, 16);
         let expiry = Duration::from_secs(600);
@@ -557,7 +585,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_announce_is_held_by_the_instance_that_replied() {
-        let (node, mut sent) = node_seeing(&[ME, OWNER, ELSEWHERE]);
+        let (node, mut sent) = node_seeing(&[ME, OWNER, ELSEWHERE], &[]);
         let conn = conn_id(ME, 5);
         let waiting = node.announce(OWNER, conn, join_request(), false);
         let forwarded = forwarded_to(&mut sent, OWNER);
@@ -572,6 +600,63 @@ mod tests {
         let forwarded = forwarded_to(&mut sent, OWNER);
         node.announce_replied(forwarded.req_id, OWNER, joined());
         assert_eq!(waiting.await.expect("accepted").0, OWNER);
+    }
+
+    /// Whether `waiting` came back to be made again (polled once: a release is at once).
+    fn made_again(
+        waiting: &mut BoxFuture<'static, Result<(InstanceId, AnnounceReply), NotAnnounced>>,
+    ) -> bool {
+        use futures_util::FutureExt;
+        match waiting.now_or_never() {
+            Some(Err(NotAnnounced::OwnerGone(request))) => {
+                assert!(request == join_request(), "the request comes back whole");
+                true
+            }
+            None => false,
+            Some(other) => panic!("expected the request back, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_announce_passed_on_to_an_instance_dead_to_us_comes_back_at_once() {
+        let (node, mut sent) = node_seeing(&[ME, OWNER], &[ELSEWHERE]);
+        let mut waiting = node.announce(OWNER, conn_id(ME, 5), join_request(), false);
+        let forwarded = forwarded_to(&mut sent, OWNER);
+        assert!(!made_again(&mut waiting), "waits for its owner");
+        node.announce_passed_on(forwarded.req_id, ELSEWHERE);
+        assert!(made_again(&mut waiting), "ELSEWHERE will never reply");
+    }
+
+    #[tokio::test]
+    async fn an_announce_passed_on_waits_for_the_instance_it_went_to() {
+        const NEWCOMER: InstanceId = 0x4;
+        let (node, mut sent) = node_seeing(&[ME, OWNER, ELSEWHERE], &[]);
+        let conn = conn_id(ME, 5);
+
+        // Passed on to a live instance: released when that one leaves, not the owner.
+        let mut waiting = node.announce(OWNER, conn, join_request(), false);
+        let forwarded = forwarded_to(&mut sent, OWNER);
+        node.announce_passed_on(forwarded.req_id, ELSEWHERE);
+        node.owners_gone(&[OWNER]);
+        assert!(
+            !made_again(&mut waiting),
+            "the owner it went to is out of it"
+        );
+        node.owners_gone(&[ELSEWHERE]);
+        assert!(made_again(&mut waiting));
+
+        // Passed on to an instance we have not heard of yet: it may have just started,
+        // and its reply is waited for.
+        let mut waiting = node.announce(OWNER, conn, join_request(), false);
+        let forwarded = forwarded_to(&mut sent, OWNER);
+        node.announce_passed_on(forwarded.req_id, NEWCOMER);
+        assert!(!made_again(&mut waiting), "a newcomer is not dead");
+        node.announce_replied(forwarded.req_id, NEWCOMER, joined());
+        assert_eq!(waiting.await.expect("accepted").0, NEWCOMER);
+
+        // Told after the reply (the two come from different instances): nothing to do.
+        node.announce_passed_on(forwarded.req_id, ELSEWHERE);
+        assert!(node.pending().is_empty());
     }
 
     #[test]

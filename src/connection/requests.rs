@@ -56,10 +56,11 @@ pub trait RemoteSwarms: Send + Sync {
     /// Announces to the swarm on `owner` for connection `conn` of this instance; resolves
     /// with the instance that took it, which holds the peer from then on: `owner`, or the
     /// instance `owner` passed it on to when its view named another owner. `resent`:
-    /// the request is made again because the owner it first went to left the view before
-    /// replying; it has been forwarded once already, so `owner` serves it whatever its own
-    /// view says (see `cluster::inbound`), rather than pass it on to an instance it may
-    /// not know is dead yet.
+    /// the request is made again because the instance it waited for (the owner it first
+    /// went to, or the one that owner passed it on to) left the view before replying; it
+    /// has been forwarded once more already, so `owner` serves it whatever its own view
+    /// says (see `cluster::inbound`), rather than pass it on to an instance it may not
+    /// know is dead yet.
     fn announce(
         &self,
         owner: InstanceId,
@@ -126,8 +127,9 @@ pub fn remote_owner(shared: &Shared, info_hash: &InfoHash) -> Option<InstanceId>
 pub enum NotAnnounced {
     /// The owner refused it, or cannot be reached: the client gets this failure.
     Failed(Failure),
-    /// The owner left the live instances before it replied (the request may never have
-    /// reached it): the request comes back, to be announced where the new view says.
+    /// The owner, or the instance it passed the request on to, left the live instances
+    /// before it replied (the request may never have reached it): the request comes back,
+    /// to be announced where the new view says.
     OwnerGone(AnnounceRequest),
 }
 
@@ -180,8 +182,9 @@ pub async fn announce(
     mut request: AnnounceRequest,
 ) -> Result<Announced, Failure> {
     let info_hash = request.info_hash;
-    // An owner found gone while the request waited is replaced once, by the view that
-    // dropped it; a second loss in a row is a failure the client retries.
+    // An owner found gone while the request waited (or the instance it passed the request
+    // on to) is replaced once, by the view that dropped it; a second loss in a row is a
+    // failure the client retries.
     let mut owner_lost = false;
     let routed_by = loop {
         // Read before the owner: a view that changes in between makes the generation

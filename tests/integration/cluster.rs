@@ -434,6 +434,82 @@ async fn an_announce_made_again_after_its_owner_died_is_served_by_an_instance_st
     exchange(swarm, (&mut on_a, peer_id(1)), (&mut on_b, peer_id(2)), 1).await;
 }
 
+/// Three instances, c owning a swarm that b owns once c is gone. c is killed (`KILL`) or
+/// frozen (`STOP`), and a counts it dead while b does not: a KILL is learnt by a's own
+/// announce to c (NATS's "no responders"; every expiry is long), a STOP by a's expiry (a
+/// short one at a, long ones at b and c). Then a client on a joins the swarm for the
+/// first time: a sends the announce to b, its owner by a's view, and b, whose view still
+/// names c, passes it on to c, where it is lost. b tells a where it went; a counts c dead
+/// and makes the announce again at b, which serves it: the client gets its reply, and a
+/// second peer joining later is counted with it (and, once b has found c dead too, they
+/// exchange an offer and an answer).
+async fn a_fresh_announce_passed_on_to_an_instance_its_sender_counts_dead(signal: &str) {
+    let nats = NatsServer::start();
+    let long_expiry = [("TRACKER__CLUSTER__EXPIRY_MS", LONG_EXPIRY_MS)];
+    let a_expiry = if signal == "STOP" {
+        EXPIRY_MS
+    } else {
+        LONG_EXPIRY_MS
+    };
+    let a = cluster_instance_with(&nats, "a", &[("TRACKER__CLUSTER__EXPIRY_MS", a_expiry)]);
+    let [b, c] = ["b", "c"].map(|name| cluster_instance_with(&nats, name, &long_expiry));
+    let ids = settled(&[&a, &b, &c]).await;
+    let survivors = sorted(&ids[..2]);
+    let owned_by_c_then_b = |swarm: &InfoHash| {
+        ring::owner(swarm, &sorted(&ids)) == Some(ids[2])
+            && ring::owner(swarm, &survivors) == Some(ids[1])
+    };
+    let swarm = (4_000..14_000)
+        .map(info_hash)
+        .find(owned_by_c_then_b)
+        .expect("a swarm owned by c, and by b once c is gone");
+    let mut on_a = TestPeer::connect(&a.ws_url()).await;
+
+    c.signal(signal);
+    if signal == "KILL" {
+        wait_inbox_unsubscribed(&nats, ids[2]).await;
+        // Another swarm of c's: a's announce there gets no responders, a drops c.
+        let other = swarm_owned_by(ids[2], &ids, 5_000);
+        on_a.join_swarm(other, peer_id(9)).await;
+    }
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while view(&a).await.1 != survivors {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a still counts c alive"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(view(&b).await.1.len(), 3, "b already counts c dead");
+
+    assert_eq!(on_a.join_swarm(swarm, peer_id(1)).await.incomplete, 1);
+    assert!(
+        bus_count(&a, "handled", "passed_on").await >= 1,
+        "b did not say where the announce went"
+    );
+    if signal == "KILL" {
+        // b learns of c's death by passing the announce on (or by its own request to c):
+        // the swarm is its own.
+        let mut on_b = TestPeer::connect(&b.ws_url()).await;
+        assert_eq!(on_b.join_swarm(swarm, peer_id(2)).await.incomplete, 2);
+        exchange(swarm, (&mut on_a, peer_id(1)), (&mut on_b, peer_id(2)), 1).await;
+    } else {
+        // b still counts the frozen c alive: another peer's announce goes the same way.
+        let mut second = TestPeer::connect(&a.ws_url()).await;
+        assert_eq!(second.join_swarm(swarm, peer_id(2)).await.incomplete, 2);
+    }
+}
+
+#[tokio::test]
+async fn a_fresh_announce_is_not_lost_to_a_killed_owner_its_receiver_still_counts_alive() {
+    a_fresh_announce_passed_on_to_an_instance_its_sender_counts_dead("KILL").await;
+}
+
+#[tokio::test]
+async fn a_fresh_announce_is_not_lost_to_a_frozen_owner_its_receiver_still_counts_alive() {
+    a_fresh_announce_passed_on_to_an_instance_its_sender_counts_dead("STOP").await;
+}
+
 /// Waits until `instance` has handled `count` announce replies (its own requests'
 /// replies; see `bus_count`); says whether it did before `SETTLE` ran out.
 async fn announce_replies_reach(instance: &BinaryServer, count: u64) -> bool {
