@@ -180,9 +180,9 @@ pub type OnEvent = Box<dyn FnMut(BusEvent) + Send + 'static>;
 
 /// A message waiting for the bus task.
 #[derive(Debug)]
-struct Outgoing {
-    to: InstanceId,
-    message: BusMessage,
+pub(crate) struct Outgoing {
+    pub(crate) to: InstanceId,
+    pub(crate) message: BusMessage,
 }
 
 /// Why `try_send` did not take a message (it was counted as dropped).
@@ -411,6 +411,29 @@ impl BusHandle {
                 error!("cluster bus thread panicked");
             }
         }
+    }
+}
+
+#[cfg(test)]
+impl BusHandle {
+    /// A handle with no bus thread behind it, for unit tests of what is built on the bus:
+    /// its link counts as up, its view is `view` (change it through `shared_view`), and
+    /// what is sent through it waits in the returned queue (`queue` messages at most).
+    pub(crate) fn detached(view: LiveView, queue: usize) -> (Self, mpsc::Receiver<Outgoing>) {
+        let stats = Arc::new(ClusterStats::default());
+        stats.connected.store(true, Ordering::Relaxed);
+        let (tx, sent) = mpsc::channel(queue);
+        let handle = BusHandle {
+            inner: Arc::new(Inner {
+                self_id: view.self_id,
+                tx,
+                stats,
+                view: Arc::new(SharedView::new(view)),
+                shutdown: Mutex::new(None),
+                thread: Mutex::new(None),
+            }),
+        };
+        (handle, sent)
     }
 }
 

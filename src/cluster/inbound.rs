@@ -1,14 +1,17 @@
 //! What other instances ask of this one, and what the bus tells about the live instances.
 //! The bus thread hands each event over a bounded queue to one task on the system's main
 //! arbiter (`run`); the task never waits on an actor itself: each request that needs a
-//! swarm's reply runs as a task of its own. The two kinds that need no actor, relays to
-//! local sessions and replies to our own requests, are served on the bus thread itself
-//! once `run` has started (a registry lookup and a `try_send`, a map removal and a oneshot
-//! send: nothing that blocks), which saves them a thread hop; they keep their order among
-//! themselves, as the owner sent them.
+//! swarm's reply runs as a task of its own. The kinds that need no actor, relays to local
+//! sessions, replies to our own requests and word of where one was passed on, are served
+//! on the bus thread itself once `run` has started (a registry lookup and a `try_send`, a
+//! map update and a oneshot send: nothing that blocks), which saves them a thread hop;
+//! they keep their order among themselves, as the owner sent them.
 //!
 //! As an owner this instance serves requests for its swarms on behalf of sockets on other
-//! instances (their peers are registered with a `PeerRoute::Remote` route); as the holder
+//! instances (their peers are registered with a `PeerRoute::Remote` route). A request for
+//! a swarm our view gives to another instance is passed on there once (`MAX_HOPS`), and
+//! the requester of a passed-on announce is told where it went (`PassedOn`), so that it
+//! does not wait for an instance it knows dead. As the holder
 //! of sockets it delivers what owners relay to them. When the view changes, the peers of
 //! dead instances leave every swarm, swarms that now hash elsewhere close, instances back
 //! in the view after leaving it are sent a `Rejoin`, and every session re-joins the swarms
@@ -27,7 +30,7 @@ use super::{
     stats::RouteDrop,
     wire::{
         AnnounceReply, AnnounceResult, BusMessage, Deliver, Envelope, ForwardedAnnounce,
-        ForwardedAnswer, ForwardedLeave, Relay, ScrapeQuery, ScrapeReply, MAX_HOPS,
+        ForwardedAnswer, ForwardedLeave, PassedOn, Relay, ScrapeQuery, ScrapeReply, MAX_HOPS,
     },
 };
 use crate::{
@@ -98,10 +101,13 @@ fn serve_here(shared: &Shared, node: &ClusterNode, envelope: Envelope) -> Option
     match envelope.body {
         BusMessage::Deliver(deliver) => on_deliver(shared, node, deliver),
         BusMessage::AnnounceReply(AnnounceReply { req_id, result, .. }) => {
-            node.announce_replied(req_id, result)
+            node.announce_replied(req_id, envelope.from, result)
         }
         BusMessage::ScrapeReply(ScrapeReply { req_id, files, .. }) => {
             node.scrape_replied(req_id, files)
+        }
+        BusMessage::PassedOn(PassedOn { req_id, owner, .. }) => {
+            node.announce_passed_on(req_id, owner)
         }
         _ => return Some(envelope),
     }
@@ -184,7 +190,7 @@ fn on_message(shared: &Arc<Shared>, node: &Arc<ClusterNode>, envelope: Envelope)
         BusMessage::Rejoin => on_rejoin(shared, envelope.from),
         BusMessage::Announce(forwarded) => on_announce(shared, node, forwarded),
         BusMessage::AnnounceReply(AnnounceReply { req_id, result, .. }) => {
-            node.announce_replied(req_id, result)
+            node.announce_replied(req_id, envelope.from, result)
         }
         BusMessage::Answer(forwarded) => on_answer(shared, node, forwarded),
         BusMessage::Leave(forwarded) => on_leave(shared, forwarded),
@@ -192,6 +198,9 @@ fn on_message(shared: &Arc<Shared>, node: &Arc<ClusterNode>, envelope: Envelope)
         BusMessage::Scrape(query) => on_scrape(shared, node, query),
         BusMessage::ScrapeReply(ScrapeReply { req_id, files, .. }) => {
             node.scrape_replied(req_id, files)
+        }
+        BusMessage::PassedOn(PassedOn { req_id, owner, .. }) => {
+            node.announce_passed_on(req_id, owner)
         }
         // Consumed by the bus task's membership view; never handed here.
         BusMessage::Heartbeat(_) | BusMessage::Leaving => {}
@@ -205,11 +214,11 @@ fn pass_on_to(node: &ClusterNode, info_hash: &InfoHash, hops: u8) -> Option<Inst
     (owner != node.self_id() && hops < MAX_HOPS).then_some(owner)
 }
 
-/// Passes a request on to `owner` (see `pass_on_to`). Lost if refused: the requester's
-/// deadline passes and its client announces again.
-fn pass_on(node: &ClusterNode, owner: InstanceId, message: BusMessage) {
+/// Passes a request on to `owner` (see `pass_on_to`); returns whether it was queued. Lost
+/// if refused: the requester's deadline passes and its client announces again.
+fn pass_on(node: &ClusterNode, owner: InstanceId, message: BusMessage) -> bool {
     node.stats.reforwarded.fetch_add(1, Ordering::Relaxed);
-    let _ = node.send(owner, message);
+    node.send(owner, message).is_ok()
 }
 
 /// The swarm of `info_hash` on this instance, if there is one (never created).
@@ -225,11 +234,22 @@ async fn find_swarm(shared: &Shared, info_hash: InfoHash) -> Option<SwarmRef> {
 
 fn on_announce(shared: &Arc<Shared>, node: &Arc<ClusterNode>, forwarded: ForwardedAnnounce) {
     if let Some(owner) = pass_on_to(node, &forwarded.request.info_hash, forwarded.hops) {
+        let (requester, req_id) = (forwarded.from, forwarded.req_id);
         let again = ForwardedAnnounce {
             hops: forwarded.hops + 1,
             ..forwarded
         };
-        pass_on(node, owner, BusMessage::Announce(again));
+        if pass_on(node, owner, BusMessage::Announce(again)) {
+            // The requester may count `owner` dead already (its view differs from ours,
+            // or we would not be passing this on): told where the announce went, it makes
+            // it again at once rather than wait for a reply that will not come.
+            let where_to = PassedOn {
+                to: requester,
+                req_id,
+                owner,
+            };
+            let _ = node.send(requester.instance, BusMessage::PassedOn(where_to));
+        }
         return;
     }
     let shared = shared.clone();

@@ -265,6 +265,7 @@ impl Members {
             live: self.live.clone(),
             bus_up: !self.bus_down,
             generation: self.generation,
+            departed: self.departed.iter().copied().collect(),
         }
     }
 
@@ -298,6 +299,10 @@ pub struct LiveView {
     pub bus_up: bool,
     /// Tells one view from the next (see `Members::generation`).
     pub generation: u64,
+    /// Instances that left the view and have not come back (the latest
+    /// `REMEMBERED_DEPARTURES`): dead as far as this instance knows, unlike an instance it
+    /// has not heard of yet.
+    pub departed: Vec<InstanceId>,
 }
 
 impl LiveView {
@@ -308,12 +313,20 @@ impl LiveView {
             live: vec![self_id],
             bus_up: false,
             generation: 0,
+            departed: Vec::new(),
         }
     }
 
     /// The owner of a swarm in this view.
     pub fn owner(&self, info_hash: &InfoHash) -> InstanceId {
         ring::owner(info_hash, &self.live).unwrap_or(self.self_id)
+    }
+
+    /// Whether `instance` left this view and has not come back: to this instance it is
+    /// dead, and whatever is sent to it lost. An instance never heard of is not (it may be
+    /// a newcomer whose first heartbeat has not arrived yet).
+    pub fn counts_gone(&self, instance: InstanceId) -> bool {
+        self.departed.contains(&instance)
     }
 
     /// Whether this instance owns the swarm (then nothing about it touches the bus).
@@ -514,6 +527,20 @@ mod tests {
             members.heard(71, 1, at(start, 3300)),
             Some(Change::Joined(71))
         );
+    }
+
+    #[test]
+    fn the_view_counts_gone_what_left_it_and_not_what_it_never_held() {
+        let start = Instant::now();
+        let mut members = restored(start);
+        members.heard(70, 1, start);
+        assert!(members.unreachable(70, start));
+        let view = members.view();
+        assert!(view.counts_gone(70));
+        assert!(!view.counts_gone(71), "a newcomer not heard yet");
+        assert!(!view.counts_gone(ME));
+        members.heard(70, 2, at(start, 100));
+        assert!(!members.view().counts_gone(70), "back");
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! bus handle. Every call is non-blocking: requests are queued with `try_send` (a full
 //! queue or a lost bus is a refusal, counted), and a request that wants a reply gets a
 //! future that resolves when the owner answers, when the owner leaves the view (an
-//! announce then comes back to be routed again), or when the reply deadline passes.
+//! announce then comes back to be routed again), or when the reply deadline passes. An
+//! announce the owner passed on to another instance (`PassedOn`) waits for that one
+//! instead, and comes back at once if that one is dead to us.
 //!
 //! What arrives from other instances is handled by `inbound`.
 
@@ -67,7 +69,8 @@ enum Outcome<T> {
 
 /// A request of ours waiting for its reply.
 enum Pending {
-    Announce(oneshot::Sender<Outcome<AnnounceResult>>),
+    /// Resolved with the instance that replied (see `announce_replied`) and its result.
+    Announce(oneshot::Sender<Outcome<(InstanceId, AnnounceResult)>>),
     Scrape(oneshot::Sender<Outcome<Vec<(InfoHash, SwarmCounts)>>>),
 }
 
@@ -219,13 +222,36 @@ impl ClusterNode {
         self.pending().remove(&req_id);
     }
 
-    /// The owner answered an announce of ours.
-    pub fn announce_replied(&self, req_id: u64, result: AnnounceResult) {
+    /// `from` answered an announce of ours: the owner we sent it to, or the instance that
+    /// owner passed it on to (its view named another owner), which is then the one that
+    /// holds the peer.
+    pub fn announce_replied(&self, req_id: u64, from: InstanceId, result: AnnounceResult) {
         match self.pending().remove(&req_id) {
             Some((_, Pending::Announce(waiting))) => {
-                let _ = waiting.send(Outcome::Replied(result));
+                let _ = waiting.send(Outcome::Replied((from, result)));
             }
             other => self.late_reply(req_id, other),
+        }
+    }
+
+    /// The instance we sent announce `req_id` to passed it on to `owner` (its view named
+    /// that one): the request waits for `owner` from then on. If `owner` has left our
+    /// view, it is dead to us and the announce lost there, so the request is released at
+    /// once, as by `owners_gone`, to be made again where our view says. An `owner` we
+    /// have not heard of yet (a newcomer) is waited for like any owner.
+    pub fn announce_passed_on(&self, req_id: u64, owner: InstanceId) {
+        match self.pending().get_mut(&req_id) {
+            Some((waits_for, Pending::Announce(_))) => *waits_for = owner,
+            // Replied already (the reply may overtake this notice), or timed out.
+            _ => return,
+        }
+        // Waiting for `owner` first and checked after, as in `expect_reply`: a departure
+        // this check misses is in a view change whose `owners_gone` finds the entry.
+        if self.view().counts_gone(owner) {
+            let released = self.pending().remove(&req_id);
+            if let Some((_, waiting)) = released {
+                waiting.owner_gone();
+            }
         }
     }
 
@@ -347,7 +373,7 @@ impl RemoteSwarms for Arc<ClusterNode> {
         conn: ConnId,
         request: AnnounceRequest,
         resent: bool,
-    ) -> BoxFuture<'static, Result<AnnounceReply, NotAnnounced>> {
+    ) -> BoxFuture<'static, Result<(InstanceId, AnnounceReply), NotAnnounced>> {
         let (reply, replied) = oneshot::channel();
         let Some(req_id) = self.expect_reply(owner, Pending::Announce(reply)) else {
             return Box::pin(async { Err(NotAnnounced::OwnerGone(request)) });
@@ -368,13 +394,13 @@ impl RemoteSwarms for Arc<ClusterNode> {
         }
         let replied = self.await_reply(req_id, replied);
         Box::pin(async move {
-            let result = match replied.await.map_err(NotAnnounced::Failed)? {
-                Outcome::Replied(result) => result,
+            let (taken_by, result) = match replied.await.map_err(NotAnnounced::Failed)? {
+                Outcome::Replied(replied) => replied,
                 Outcome::OwnerGone => return Err(NotAnnounced::OwnerGone(retry)),
             };
             match result {
                 AnnounceResult::Accepted { counts, registered } => {
-                    Ok(AnnounceReply { counts, registered })
+                    Ok((taken_by, AnnounceReply { counts, registered }))
                 }
                 AnnounceResult::Rejected(reject) => Err(NotAnnounced::Failed(reject.into())),
                 AnnounceResult::Unavailable => Err(NotAnnounced::Failed(Failure::unavailable())),
@@ -471,7 +497,10 @@ impl RemoteSessions for ClusterNode {
 
 #[cfg(test)]
 mod tests {
+    use tokio::sync::mpsc;
+
     use super::*;
+    use crate::cluster::bus::Outgoing;
 
     #[test]
     fn rejoins_in_flight_are_a_quarter_of_the_bus_queue_within_bounds() {
@@ -495,6 +524,139 @@ mod tests {
         drop(first);
         assert!(third.now_or_never().flatten().is_some(), "the freed turn");
         drop(second);
+    }
+
+    const ME: InstanceId = 0x1;
+    const OWNER: InstanceId = 0x2;
+    const ELSEWHERE: InstanceId = 0x3;
+
+    /// A node whose view holds `live` and counts `departed` gone, on a bus that only
+    /// queues what it is given.
+    fn node_seeing(
+        live: &[InstanceId],
+        departed: &[InstanceId],
+    ) -> (Arc<ClusterNode>, mpsc::Receiver<Outgoing>) {
+        let mut live = live.to_vec();
+        live.sort_unstable();
+        let view = LiveView {
+            self_id: ME,
+            live,
+            bus_up: true,
+            generation: 1,
+            departed: departed.to_vec(),
+        };
+        let (bus, sent) = BusHandle::detached(view, 16);
+        let expiry = Duration::from_secs(600);
+        let node = ClusterNode::new(bus, expiry, 64, Arc::new(NodeStats::new()));
+        (Arc::new(node), sent)
+    }
+
+    fn join_request() -> AnnounceRequest {
+        AnnounceRequest {
+            info_hash: InfoHash([1; 20]),
+            peer_id: PeerId([2; 20]),
+            event: crate::protocol::AnnounceEvent::Started,
+            left_is_zero: None,
+            numwant: None,
+            offers: Vec::new(),
+        }
+    }
+
+    /// The announce `node` handed to the bus, which must be for `to`.
+    fn forwarded_to(sent: &mut mpsc::Receiver<Outgoing>, to: InstanceId) -> ForwardedAnnounce {
+        match sent.try_recv() {
+            Ok(Outgoing {
+                to: sent_to,
+                message: BusMessage::Announce(forwarded),
+            }) if sent_to == to => forwarded,
+            other => panic!("expected an announce for {to:x}, got {other:?}"),
+        }
+    }
+
+    fn joined() -> AnnounceResult {
+        AnnounceResult::Accepted {
+            counts: SwarmCounts {
+                complete: 0,
+                incomplete: 1,
+            },
+            registered: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_announce_is_held_by_the_instance_that_replied() {
+        let (node, mut sent) = node_seeing(&[ME, OWNER, ELSEWHERE], &[]);
+        let conn = conn_id(ME, 5);
+        let waiting = node.announce(OWNER, conn, join_request(), false);
+        let forwarded = forwarded_to(&mut sent, OWNER);
+        // OWNER's view named another owner, which took the announce and replied.
+        node.announce_replied(forwarded.req_id, ELSEWHERE, joined());
+        let (taken_by, reply) = waiting.await.expect("accepted");
+        assert_eq!(taken_by, ELSEWHERE, "the peer is registered there");
+        assert!(reply.registered);
+
+        // The usual case: the owner it went to replies itself.
+        let waiting = node.announce(OWNER, conn, join_request(), false);
+        let forwarded = forwarded_to(&mut sent, OWNER);
+        node.announce_replied(forwarded.req_id, OWNER, joined());
+        assert_eq!(waiting.await.expect("accepted").0, OWNER);
+    }
+
+    /// Whether `waiting` came back to be made again (polled once: a release is at once).
+    fn made_again(
+        waiting: &mut BoxFuture<'static, Result<(InstanceId, AnnounceReply), NotAnnounced>>,
+    ) -> bool {
+        use futures_util::FutureExt;
+        match waiting.now_or_never() {
+            Some(Err(NotAnnounced::OwnerGone(request))) => {
+                assert!(request == join_request(), "the request comes back whole");
+                true
+            }
+            None => false,
+            Some(other) => panic!("expected the request back, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_announce_passed_on_to_an_instance_dead_to_us_comes_back_at_once() {
+        let (node, mut sent) = node_seeing(&[ME, OWNER], &[ELSEWHERE]);
+        let mut waiting = node.announce(OWNER, conn_id(ME, 5), join_request(), false);
+        let forwarded = forwarded_to(&mut sent, OWNER);
+        assert!(!made_again(&mut waiting), "waits for its owner");
+        node.announce_passed_on(forwarded.req_id, ELSEWHERE);
+        assert!(made_again(&mut waiting), "ELSEWHERE will never reply");
+    }
+
+    #[tokio::test]
+    async fn an_announce_passed_on_waits_for_the_instance_it_went_to() {
+        const NEWCOMER: InstanceId = 0x4;
+        let (node, mut sent) = node_seeing(&[ME, OWNER, ELSEWHERE], &[]);
+        let conn = conn_id(ME, 5);
+
+        // Passed on to a live instance: released when that one leaves, not the owner.
+        let mut waiting = node.announce(OWNER, conn, join_request(), false);
+        let forwarded = forwarded_to(&mut sent, OWNER);
+        node.announce_passed_on(forwarded.req_id, ELSEWHERE);
+        node.owners_gone(&[OWNER]);
+        assert!(
+            !made_again(&mut waiting),
+            "the owner it went to is out of it"
+        );
+        node.owners_gone(&[ELSEWHERE]);
+        assert!(made_again(&mut waiting));
+
+        // Passed on to an instance we have not heard of yet: it may have just started,
+        // and its reply is waited for.
+        let mut waiting = node.announce(OWNER, conn, join_request(), false);
+        let forwarded = forwarded_to(&mut sent, OWNER);
+        node.announce_passed_on(forwarded.req_id, NEWCOMER);
+        assert!(!made_again(&mut waiting), "a newcomer is not dead");
+        node.announce_replied(forwarded.req_id, NEWCOMER, joined());
+        assert_eq!(waiting.await.expect("accepted").0, NEWCOMER);
+
+        // Told after the reply (the two come from different instances): nothing to do.
+        node.announce_passed_on(forwarded.req_id, ELSEWHERE);
+        assert!(node.pending().is_empty());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use prometheus_client::{
 use super::bus::{ClusterStats, DropReason};
 
 /// Bus message kinds, in `BusMessage::kind` spelling.
-pub const KINDS: [&str; 10] = [
+pub const KINDS: [&str; 11] = [
     "heartbeat",
     "leaving",
     "announce",
@@ -33,6 +33,7 @@ pub const KINDS: [&str; 10] = [
     "scrape",
     "scrape_reply",
     "rejoin",
+    "passed_on",
 ];
 
 /// Why this instance dropped something the bus did carry (the bus task counts what it

@@ -119,6 +119,11 @@ pub enum BusMessage {
     /// sockets that the sender owns. An instance of an older release drops this as
     /// malformed; its peers then return with their clients' next announces.
     Rejoin,
+    /// To the instance of an announcing socket, from the instance it forwarded the
+    /// announce to, which passed it on to `owner` (its own view names another owner; see
+    /// [`MAX_HOPS`]): the announce waits for `owner` now. An instance of an older release
+    /// drops this as malformed; its announce then waits for its deadline, as before.
+    PassedOn(PassedOn),
 }
 
 impl BusMessage {
@@ -129,6 +134,7 @@ impl BusMessage {
             BusMessage::AnnounceReply(reply) => Some(reply.to.instance),
             BusMessage::Deliver(deliver) => Some(deliver.to.instance),
             BusMessage::ScrapeReply(reply) => Some(reply.to.instance),
+            BusMessage::PassedOn(passed) => Some(passed.to.instance),
             _ => None,
         }
     }
@@ -146,6 +152,7 @@ impl BusMessage {
             BusMessage::Scrape(_) => "scrape",
             BusMessage::ScrapeReply(_) => "scrape_reply",
             BusMessage::Rejoin => "rejoin",
+            BusMessage::PassedOn(_) => "passed_on",
         }
     }
 }
@@ -185,6 +192,16 @@ pub struct AnnounceReply {
     pub to: ConnKey,
     pub req_id: u64,
     pub result: AnnounceResult,
+}
+
+/// Where a forwarded announce went on to (see [`BusMessage::PassedOn`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassedOn {
+    /// The announcing socket (`ForwardedAnnounce::from`).
+    pub to: ConnKey,
+    pub req_id: u64,
+    /// The instance the announce was passed on to, which replies if it takes it.
+    pub owner: InstanceId,
 }
 
 /// What became of a forwarded announce.
@@ -800,6 +817,9 @@ mod tests {
                         .collect(),
                 })),
             Just(BusMessage::Rejoin),
+            (conn_key(), any::<u64>(), any::<u64>()).prop_map(|(to, req_id, owner)| {
+                BusMessage::PassedOn(PassedOn { to, req_id, owner })
+            }),
         ]
     }
 
@@ -933,13 +953,26 @@ mod tests {
     /// Variants are numbered by position: a new one goes at the end, so that every older
     /// message keeps its bytes (and an older release reads all it knows).
     #[test]
-    fn rejoin_is_the_last_variant_and_takes_one_byte() {
-        let envelope = Envelope {
+    fn the_variants_added_last_keep_their_places() {
+        let envelope = |body| Envelope {
             from: 1,
             sent_at_ms: 2,
-            body: BusMessage::Rejoin,
+            body,
         };
-        assert_eq!(encode(&envelope).expect("encodes"), [WIRE_VERSION, 1, 2, 9]);
+        let rejoin = envelope(BusMessage::Rejoin);
+        assert_eq!(encode(&rejoin).expect("encodes"), [WIRE_VERSION, 1, 2, 9]);
+        let passed_on = envelope(BusMessage::PassedOn(PassedOn {
+            to: ConnKey {
+                instance: 3,
+                conn: 4,
+            },
+            req_id: 5,
+            owner: 6,
+        }));
+        assert_eq!(
+            encode(&passed_on).expect("encodes"),
+            [WIRE_VERSION, 1, 2, 10, 3, 4, 5, 6]
+        );
     }
 
     #[test]

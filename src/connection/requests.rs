@@ -53,18 +53,21 @@ pub trait RemoteSwarms: Send + Sync {
     /// `cluster::members::LiveView`): changes whenever owners may have.
     fn view_generation(&self) -> u64;
 
-    /// Announces to the swarm on `owner` for connection `conn` of this instance. `resent`:
-    /// the request is made again because the owner it first went to left the view before
-    /// replying; it has been forwarded once already, so `owner` serves it whatever its own
-    /// view says (see `cluster::inbound`), rather than pass it on to an instance it may
-    /// not know is dead yet.
+    /// Announces to the swarm on `owner` for connection `conn` of this instance; resolves
+    /// with the instance that took it, which holds the peer from then on: `owner`, or the
+    /// instance `owner` passed it on to when its view named another owner. `resent`:
+    /// the request is made again because the instance it waited for (the owner it first
+    /// went to, or the one that owner passed it on to) left the view before replying; it
+    /// has been forwarded once more already, so `owner` serves it whatever its own view
+    /// says (see `cluster::inbound`), rather than pass it on to an instance it may not
+    /// know is dead yet.
     fn announce(
         &self,
         owner: InstanceId,
         conn: ConnId,
         request: AnnounceRequest,
         resent: bool,
-    ) -> BoxFuture<'static, Result<AnnounceReply, NotAnnounced>>;
+    ) -> BoxFuture<'static, Result<(InstanceId, AnnounceReply), NotAnnounced>>;
 
     /// Waits for this re-join's turn (see `rejoin`): held until the re-join is over.
     fn rejoin_turn(&self) -> BoxFuture<'static, Option<RejoinTurn>>;
@@ -124,8 +127,9 @@ pub fn remote_owner(shared: &Shared, info_hash: &InfoHash) -> Option<InstanceId>
 pub enum NotAnnounced {
     /// The owner refused it, or cannot be reached: the client gets this failure.
     Failed(Failure),
-    /// The owner left the live instances before it replied (the request may never have
-    /// reached it): the request comes back, to be announced where the new view says.
+    /// The owner, or the instance it passed the request on to, left the live instances
+    /// before it replied (the request may never have reached it): the request comes back,
+    /// to be announced where the new view says.
     OwnerGone(AnnounceRequest),
 }
 
@@ -178,8 +182,9 @@ pub async fn announce(
     mut request: AnnounceRequest,
 ) -> Result<Announced, Failure> {
     let info_hash = request.info_hash;
-    // An owner found gone while the request waited is replaced once, by the view that
-    // dropped it; a second loss in a row is a failure the client retries.
+    // An owner found gone while the request waited (or the instance it passed the request
+    // on to) is replaced once, by the view that dropped it; a second loss in a row is a
+    // failure the client retries.
     let mut owner_lost = false;
     let routed_by = loop {
         // Read before the owner: a view that changes in between makes the generation
@@ -190,9 +195,9 @@ pub async fn announce(
         };
         let cluster = remote_swarms(&shared).ok_or_else(Failure::unavailable)?;
         match cluster.announce(owner, conn, request, owner_lost).await {
-            Ok(reply) => {
+            Ok((taken_by, reply)) => {
                 return Ok(Announced {
-                    swarm: SwarmHandle::Remote(owner),
+                    swarm: SwarmHandle::Remote(taken_by),
                     reply,
                     routed_by,
                 })

@@ -7,8 +7,13 @@
 use std::time::Duration;
 
 use p2p_mediastream::{
-    cluster::ring,
-    protocol::{client::TrackerMessage, InfoHash, OfferId, PeerId},
+    cluster::{
+        bus::{self, BusEvent, BusHandle},
+        ring,
+        settings::ClusterSettings,
+        wire::{self, BusMessage},
+    },
+    protocol::{client::TrackerMessage, InfoHash, OfferId, PeerId, SwarmCounts},
 };
 
 use crate::common::*;
@@ -427,6 +432,82 @@ async fn an_announce_made_again_after_its_owner_died_is_served_by_an_instance_st
     let mut on_b = TestPeer::connect(&b.ws_url()).await;
     assert_eq!(on_b.join_swarm(swarm, peer_id(2)).await.incomplete, 2);
     exchange(swarm, (&mut on_a, peer_id(1)), (&mut on_b, peer_id(2)), 1).await;
+}
+
+/// Three instances, c owning a swarm that b owns once c is gone. c is killed (`KILL`) or
+/// frozen (`STOP`), and a counts it dead while b does not: a KILL is learnt by a's own
+/// announce to c (NATS's "no responders"; every expiry is long), a STOP by a's expiry (a
+/// short one at a, long ones at b and c). Then a client on a joins the swarm for the
+/// first time: a sends the announce to b, its owner by a's view, and b, whose view still
+/// names c, passes it on to c, where it is lost. b tells a where it went; a counts c dead
+/// and makes the announce again at b, which serves it: the client gets its reply, and a
+/// second peer joining later is counted with it (and, once b has found c dead too, they
+/// exchange an offer and an answer).
+async fn a_fresh_announce_passed_on_to_an_instance_its_sender_counts_dead(signal: &str) {
+    let nats = NatsServer::start();
+    let long_expiry = [("TRACKER__CLUSTER__EXPIRY_MS", LONG_EXPIRY_MS)];
+    let a_expiry = if signal == "STOP" {
+        EXPIRY_MS
+    } else {
+        LONG_EXPIRY_MS
+    };
+    let a = cluster_instance_with(&nats, "a", &[("TRACKER__CLUSTER__EXPIRY_MS", a_expiry)]);
+    let [b, c] = ["b", "c"].map(|name| cluster_instance_with(&nats, name, &long_expiry));
+    let ids = settled(&[&a, &b, &c]).await;
+    let survivors = sorted(&ids[..2]);
+    let owned_by_c_then_b = |swarm: &InfoHash| {
+        ring::owner(swarm, &sorted(&ids)) == Some(ids[2])
+            && ring::owner(swarm, &survivors) == Some(ids[1])
+    };
+    let swarm = (4_000..14_000)
+        .map(info_hash)
+        .find(owned_by_c_then_b)
+        .expect("a swarm owned by c, and by b once c is gone");
+    let mut on_a = TestPeer::connect(&a.ws_url()).await;
+
+    c.signal(signal);
+    if signal == "KILL" {
+        wait_inbox_unsubscribed(&nats, ids[2]).await;
+        // Another swarm of c's: a's announce there gets no responders, a drops c.
+        let other = swarm_owned_by(ids[2], &ids, 5_000);
+        on_a.join_swarm(other, peer_id(9)).await;
+    }
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while view(&a).await.1 != survivors {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a still counts c alive"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(view(&b).await.1.len(), 3, "b already counts c dead");
+
+    assert_eq!(on_a.join_swarm(swarm, peer_id(1)).await.incomplete, 1);
+    assert!(
+        bus_count(&a, "handled", "passed_on").await >= 1,
+        "b did not say where the announce went"
+    );
+    if signal == "KILL" {
+        // b learns of c's death by passing the announce on (or by its own request to c):
+        // the swarm is its own.
+        let mut on_b = TestPeer::connect(&b.ws_url()).await;
+        assert_eq!(on_b.join_swarm(swarm, peer_id(2)).await.incomplete, 2);
+        exchange(swarm, (&mut on_a, peer_id(1)), (&mut on_b, peer_id(2)), 1).await;
+    } else {
+        // b still counts the frozen c alive: another peer's announce goes the same way.
+        let mut second = TestPeer::connect(&a.ws_url()).await;
+        assert_eq!(second.join_swarm(swarm, peer_id(2)).await.incomplete, 2);
+    }
+}
+
+#[tokio::test]
+async fn a_fresh_announce_is_not_lost_to_a_killed_owner_its_receiver_still_counts_alive() {
+    a_fresh_announce_passed_on_to_an_instance_its_sender_counts_dead("KILL").await;
+}
+
+#[tokio::test]
+async fn a_fresh_announce_is_not_lost_to_a_frozen_owner_its_receiver_still_counts_alive() {
+    a_fresh_announce_passed_on_to_an_instance_its_sender_counts_dead("STOP").await;
 }
 
 /// Waits until `instance` has handled `count` announce replies (its own requests'
@@ -871,4 +952,141 @@ fn sorted(ids: &[u64]) -> Vec<u64> {
     let mut ids = ids.to_vec();
     ids.sort_unstable();
     ids
+}
+
+/// A bus of the test's own in the cluster, standing in for an instance: it heartbeats
+/// like one (so the instances count it alive and give it swarms), the test reads what the
+/// instances send it and sends them what it likes.
+struct StandIn {
+    bus: BusHandle,
+    events: std::sync::mpsc::Receiver<BusEvent>,
+}
+
+impl StandIn {
+    fn start(nats: &NatsServer) -> Self {
+        let settings = ClusterSettings {
+            nats_urls: vec![nats.url()],
+            heartbeat_interval_ms: HEARTBEAT_MS.parse().expect("a number"),
+            expiry_ms: EXPIRY_MS.parse().expect("a number"),
+            ..ClusterSettings::default()
+        };
+        let (tx, events) = std::sync::mpsc::channel();
+        let on_event = Box::new(move |event| {
+            let _ = tx.send(event);
+        });
+        let bus = bus::start_nats(&settings, bus::new_instance_id(), on_event)
+            .expect("the stand-in's bus starts");
+        Self { bus, events }
+    }
+
+    fn id(&self) -> u64 {
+        self.bus.self_id()
+    }
+
+    /// The next message sent to this stand-in (view changes skipped), if one comes within
+    /// `SETTLE`.
+    async fn next_message(&self) -> Option<BusMessage> {
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        while tokio::time::Instant::now() < deadline {
+            match self.events.try_recv() {
+                Ok(BusEvent::Message(envelope)) => return Some(envelope.body),
+                Ok(BusEvent::Membership { .. }) => continue,
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+        None
+    }
+
+    /// Whatever was sent to this stand-in and is waiting, view changes skipped.
+    fn received(&self) -> Vec<BusMessage> {
+        self.events
+            .try_iter()
+            .filter_map(|event| match event {
+                BusEvent::Message(envelope) => Some(envelope.body),
+                BusEvent::Membership { .. } => None,
+            })
+            .collect()
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        self.bus.shutdown();
+    }
+}
+
+/// Waits until `instance` sees `count` live instances; returns them.
+async fn sees_instances(instance: &BinaryServer, count: usize) -> Vec<u64> {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        let (_, live, up) = view(instance).await;
+        if up && live.len() == count {
+            return live;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the instance sees {live:x?}, not {count} instances"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The owner of a swarm by a's view passes a's announce on to another instance (its own
+/// view names that one; two stand-ins play them), which registers the peer and replies.
+/// a's session then holds the swarm where the peer is: its answer, and its leave when its
+/// socket closes, go to the instance that replied, with no view change in between to
+/// repair an owner recorded wrongly.
+#[tokio::test]
+async fn answers_and_leaves_go_to_the_instance_that_registered_the_peer() {
+    let nats = NatsServer::start();
+    let a = cluster_instance(&nats, "a");
+    let owner = StandIn::start(&nats);
+    let taker = StandIn::start(&nats);
+    let live = sees_instances(&a, 3).await;
+    let generation = a.get_json("/stats.json").await["cluster"]["viewGeneration"].clone();
+    let swarm = swarm_owned_by(owner.id(), &live, 3_000);
+
+    let mut on_a = TestPeer::connect(&a.ws_url()).await;
+    on_a.announce(swarm, peer_id(1), None, &[]).await;
+    let forwarded = match owner.next_message().await {
+        Some(BusMessage::Announce(forwarded)) => forwarded,
+        other => panic!("expected the announce at its owner, got {other:?}"),
+    };
+    let reply = BusMessage::AnnounceReply(wire::AnnounceReply {
+        to: forwarded.from,
+        req_id: forwarded.req_id,
+        result: wire::AnnounceResult::Accepted {
+            counts: SwarmCounts {
+                complete: 0,
+                incomplete: 1,
+            },
+            registered: true,
+        },
+    });
+    taker
+        .bus
+        .try_send(forwarded.from.instance, reply)
+        .expect("queued");
+    assert_eq!(on_a.recv_announce_reply().await.incomplete, 1);
+
+    on_a.answer(swarm, peer_id(1), peer_id(2), offer_id(1), "answer-sdp")
+        .await;
+    match taker.next_message().await {
+        Some(BusMessage::Answer(answer)) => assert_eq!(answer.request.info_hash, swarm),
+        other => panic!("expected the answer where the peer is, got {other:?}"),
+    }
+    on_a.close().await;
+    match taker.next_message().await {
+        Some(BusMessage::Leave(leave)) => {
+            assert_eq!((leave.info_hash, leave.peer_ids), (swarm, vec![peer_id(1)]));
+        }
+        other => panic!("expected the leave where the peer is, got {other:?}"),
+    }
+    assert_eq!(
+        owner.received(),
+        vec![],
+        "nothing more went to the first owner"
+    );
+    let now = a.get_json("/stats.json").await["cluster"]["viewGeneration"].clone();
+    assert_eq!(now, generation, "a's view changed");
 }
