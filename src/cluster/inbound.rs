@@ -294,21 +294,27 @@ fn rejection(failure: Failure) -> AnnounceResult {
         .map_or(AnnounceResult::Unavailable, AnnounceResult::Rejected)
 }
 
+/// An answer comes to the instance whose swarm relayed its offer (the one the answering
+/// session's announce was registered at), so a swarm of that info_hash here is the one to
+/// take it, whatever this instance's view says: while views differ, the view may name an
+/// owner that never saw the offer (one the requester already counts dead, for a swarm this
+/// instance served because of that). Passed on by the view only when there is no swarm
+/// here.
 fn on_answer(shared: &Arc<Shared>, node: &Arc<ClusterNode>, forwarded: ForwardedAnswer) {
-    if let Some(owner) = pass_on_to(node, &forwarded.request.info_hash, forwarded.hops) {
-        let again = ForwardedAnswer {
-            hops: forwarded.hops + 1,
-            ..forwarded
-        };
-        pass_on(node, owner, BusMessage::Answer(again));
-        return;
-    }
     let shared = shared.clone();
     let node = node.clone();
     actix_web::rt::spawn(async move {
         let info_hash = forwarded.request.info_hash;
         let conn = conn_of(forwarded.from);
         let Some(swarm) = find_swarm(&shared, info_hash).await else {
+            if let Some(owner) = pass_on_to(&node, &info_hash, forwarded.hops) {
+                let again = ForwardedAnswer {
+                    hops: forwarded.hops + 1,
+                    ..forwarded
+                };
+                pass_on(&node, owner, BusMessage::Answer(again));
+                return;
+            }
             // No swarm here: whoever made the offer has left (or the swarm moved).
             let failure = Relay::Failure {
                 info_hash,
