@@ -4,12 +4,11 @@
 //! (`reassembly`), applies the rate limit (`rate_limit`), the heartbeat and the idle
 //! timeout, parses and serialises JSON (so swarms only route), and dispatches each request
 //! to the swarm side (`requests`). Its context is a `SessionContext`, fed and drained by
-//! `io` straight on the socket. It remembers which swarms and peer_ids
-//! this connection registered (`memberships`), so that closing the socket removes them at
-//! once.
+//! `io` straight on the socket. It remembers which swarms and peer_ids this connection
+//! registered (`memberships`), so that closing the socket removes them at once.
 
 use std::{
-    cell::Cell,
+    cell::{Cell, RefCell},
     net::IpAddr,
     rc::Rc,
     sync::Arc,
@@ -81,7 +80,7 @@ pub struct Heartbeat;
 const JSON_KEPT_BYTES: usize = 64 * 1024;
 
 thread_local! {
-    static JSON: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    static JSON: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Rounds of re-joins after one view change (see `OwnersChanged`).
