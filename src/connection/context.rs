@@ -64,13 +64,7 @@ where
     /// it, so a closing session is a stopping one, and what it would send later is dropped.
     pub fn close(&mut self, reason: Option<CloseReason>) {
         if !self.stopping() {
-            Parser::write_message(
-                &mut self.output,
-                close_payload(reason),
-                OpCode::Close,
-                true,
-                false,
-            );
+            Parser::write_close(&mut self.output, reason, false);
             self.parts.stop();
         }
     }
@@ -97,18 +91,6 @@ where
             ActorState::Stopping | ActorState::Stopped
         )
     }
-}
-
-/// The close code and reason, as RFC 6455 5.5.1 lays them out.
-fn close_payload(reason: Option<CloseReason>) -> Vec<u8> {
-    let Some(reason) = reason else {
-        return Vec::new();
-    };
-    let mut payload = u16::from(reason.code).to_be_bytes().to_vec();
-    if let Some(description) = reason.description {
-        payload.extend_from_slice(description.as_bytes());
-    }
-    payload
 }
 
 impl<A> ActorContext for SessionContext<A>
