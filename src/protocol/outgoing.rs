@@ -64,9 +64,7 @@ pub enum OutMessage {
 impl OutMessage {
     /// Serialises to the JSON text of one frame.
     pub fn to_text(&self) -> String {
-        // Sized up front: relayed offers and answers are SDP plus ~200 bytes of envelope,
-        // and growing the buffer by doubling would copy them several times.
-        let mut buffer = Vec::with_capacity(self.estimated_len());
+        let mut buffer = Vec::new();
         self.write_json(&mut buffer);
         String::from_utf8(buffer).unwrap_or_default()
     }
@@ -74,6 +72,8 @@ impl OutMessage {
     /// Appends the JSON text of one frame to `out`. What it writes is UTF-8: serde_json
     /// writes nothing else, and an SDP literal is copied from a string that was checked.
     pub fn write_json(&self, out: &mut Vec<u8>) {
+        // Sized up front: relayed offers and answers are SDP plus ~200 bytes of envelope,
+        // and growing the buffer by doubling would copy them several times.
         out.reserve(self.estimated_len());
         let start = out.len();
         let written = match self {
