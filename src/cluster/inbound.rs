@@ -184,24 +184,23 @@ fn on_view_change(shared: &Arc<Shared>, node: &ClusterNode, event: BusEvent) {
 }
 
 fn on_message(shared: &Arc<Shared>, node: &Arc<ClusterNode>, envelope: Envelope) {
-    let kind = envelope.body.kind();
-    node.stats.handled(kind);
+    // Relays and replies come this way only while `run` had not started yet; from then on
+    // the bus thread serves them itself, with the same function.
+    let Some(envelope) = serve_here(shared, node, envelope) else {
+        return;
+    };
+    node.stats.handled(envelope.body.kind());
     match envelope.body {
         BusMessage::Rejoin => on_rejoin(shared, envelope.from),
         BusMessage::Announce(forwarded) => on_announce(shared, node, forwarded),
-        BusMessage::AnnounceReply(AnnounceReply { req_id, result, .. }) => {
-            node.announce_replied(req_id, envelope.from, result)
-        }
         BusMessage::Answer(forwarded) => on_answer(shared, node, forwarded),
         BusMessage::Leave(forwarded) => on_leave(shared, forwarded),
-        BusMessage::Deliver(deliver) => on_deliver(shared, node, deliver),
         BusMessage::Scrape(query) => on_scrape(shared, node, query),
-        BusMessage::ScrapeReply(ScrapeReply { req_id, files, .. }) => {
-            node.scrape_replied(req_id, files)
-        }
-        BusMessage::PassedOn(PassedOn { req_id, owner, .. }) => {
-            node.announce_passed_on(req_id, owner)
-        }
+        // Served by `serve_here` above.
+        BusMessage::Deliver(_)
+        | BusMessage::AnnounceReply(_)
+        | BusMessage::ScrapeReply(_)
+        | BusMessage::PassedOn(_) => {}
         // Consumed by the bus task's membership view; never handed here.
         BusMessage::Heartbeat(_) | BusMessage::Leaving => {}
     }
