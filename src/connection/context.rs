@@ -1,47 +1,112 @@
-//! `SessionContext`: the actix context of a `PeerSession`, which encodes each WebSocket
-//! frame as it is sent, into the one buffer that `io` writes to the socket.
+//! `SessionContext`: the actix context of a `PeerSession`, and `SessionRun`, the future
+//! that runs the actor in it.
 //!
-//! It is built like any actix context on actix's `dev` API (`ContextParts` for the actor's
-//! spawned futures and flags, `ContextFut` to run it), as actix-web-actors'
-//! `WebsocketContext` is. That one does not suit a tracker holding tens of thousands of
-//! idle sockets: it queues every outgoing message in a `VecDeque` that keeps its first
-//! capacity for the life of the connection, takes each text as an owned string (one
-//! allocation and one UTF-8 check per message), encodes later, and insists on a reader
-//! stream of its own beside ours. Here an idle connection holds no output buffer at all:
-//! `io::run_session` lets the buffer go once the kernel has taken all of it.
+//! A session is an actix actor like any other: messages reach it through its address and
+//! are handled in its mailbox's order, futures run in it with `spawn` and `wait`, and
+//! `started`, `stopping` and `stopped` come when actix would call them. What differs from
+//! actix's own `Context` is what an idle connection costs, because a tracker holds tens of
+//! thousands of them, each in a tokio task that tokio rounds up to 128-byte lines:
+//!
+//! - actix's `ContextParts` and `ContextFut` keep inline room for five spawned futures,
+//!   four waited-for ones and two cancellation handles, twice over (staged in the context,
+//!   merged into the future): about 370 bytes in every task, nearly all of it empty for a
+//!   connection that waits for its next announce. Here spawned and waited-for futures live
+//!   in plain vectors, empty and unallocated while nothing runs.
+//! - The frames off the socket are the session's input stream, polled here directly as
+//!   actix polls a stream given to `add_stream` (a batch of at most 16, nothing while a
+//!   `wait` runs or the actor stops), rather than as one more spawned future.
+//! - Each WebSocket frame is encoded as it is sent, into the one buffer that `io` writes
+//!   to the socket (actix-web-actors' `WebsocketContext` queued owned strings in a
+//!   `VecDeque` that kept its first capacity for the connection's life, and encoded them
+//!   later). An idle connection holds no output buffer at all: `io::SessionTask` lets the
+//!   buffer go once the kernel has taken all of it.
+//!
+//! The run loop keeps actix's order of work: the most recent waited-for future first (it
+//! blocks everything else), then the mailbox, then the spawned futures, then the input;
+//! and its lifecycle: a running actor with nothing left that could wake it (no address
+//! held, no future, no input) is asked to stop; `stop` asks `stopping`, which may keep it
+//! running; `terminate` skips the question.
+
+use std::{
+    mem,
+    pin::Pin,
+    task::{Context, Poll},
+};
 
 use actix::{
-    dev::{AsyncContextParts, ContextFut, ContextParts, Envelope, Mailbox, ToEnvelope},
+    dev::{
+        channel::{self, AddressReceiver},
+        Envelope, EnvelopeProxy, ToEnvelope,
+    },
+    fut::ActorFuture,
     prelude::*,
 };
 use actix_http::ws::{CloseReason, OpCode, Parser};
 use bytes::BytesMut;
 
+/// Messages a session's mailbox holds before senders are refused, until `started` sets
+/// the configured capacity (actix's default).
+const FIRST_MAILBOX_CAPACITY: usize = 16;
+
+/// Most input items handled in one go before the session yields to the other tasks of
+/// its thread, as actix does for a stream given to `add_stream`.
+const INPUT_BATCH: u32 = 16;
+
+type ActorTask<A> = Pin<Box<dyn ActorFuture<A, Output = ()>>>;
+
 pub struct SessionContext<A>
 where
     A: Actor<Context = Self>,
 {
-    parts: ContextParts<A>,
+    mailbox: AddressReceiver<A>,
     /// Encoded frames the socket has not taken yet (empty, without an allocation, when
     /// everything was written).
     output: BytesMut,
+    /// Futures started with `wait`, the most recent last: while any is pending nothing
+    /// else of the actor runs.
+    waits: Vec<ActorTask<A>>,
+    /// Futures started with `spawn`, with their handles. A cancelled one has its handle
+    /// reset to the default (never issued) and its future replaced by `Cancelled`.
+    spawned: Vec<(SpawnHandle, ActorTask<A>)>,
+    last_handle: SpawnHandle,
+    state: ActorState,
+    started: bool,
+    /// A future was spawned since the run loop last went through them: it is polled
+    /// before the loop sleeps, so that it can register its waker.
+    spawned_unpolled: bool,
 }
 
 impl<A> SessionContext<A>
 where
     A: Actor<Context = Self>,
 {
-    /// Builds the context, lets `factory` make the actor with it (to add streams, or hand
-    /// out its address before it runs), and returns the future that runs both. Nothing
-    /// runs until that future is polled (by `io::run_session`).
-    pub fn start(factory: impl FnOnce(&mut Self) -> A) -> ContextFut<A, Self> {
-        let mailbox = Mailbox::default();
+    /// Builds the context, lets `factory` make the actor with it (to hand out its address
+    /// before it runs), and returns the future that runs both, fed by `input`. Nothing
+    /// runs until that future is polled (by `io::SessionTask`).
+    pub fn start<S>(input: S, factory: impl FnOnce(&mut Self) -> A) -> SessionRun<A, S>
+    where
+        A: StreamHandler<S::Item>,
+        S: Stream + Unpin,
+    {
+        // The channel's first sender goes: the actor's addresses are made from the
+        // receiver (`address`), as actix's own mailbox does.
+        let (_, mailbox) = channel::channel(FIRST_MAILBOX_CAPACITY);
         let mut ctx = SessionContext {
-            parts: ContextParts::new(mailbox.sender_producer()),
+            mailbox,
             output: BytesMut::new(),
+            waits: Vec::new(),
+            spawned: Vec::new(),
+            last_handle: SpawnHandle::default(),
+            state: ActorState::Running,
+            started: false,
+            spawned_unpolled: false,
         };
-        let actor = factory(&mut ctx);
-        ContextFut::new(ctx, actor, mailbox)
+        let act = factory(&mut ctx);
+        SessionRun {
+            act,
+            ctx,
+            input: Some(Box::new(input)),
+        }
     }
 
     /// Queues a text frame. `utf8` must be UTF-8 (RFC 6455 5.6): the session passes the
@@ -65,12 +130,12 @@ where
     pub fn close(&mut self, reason: Option<CloseReason>) {
         if !self.stopping() {
             Parser::write_close(&mut self.output, reason, false);
-            self.parts.stop();
+            self.stop();
         }
     }
 
     pub fn set_mailbox_capacity(&mut self, capacity: usize) {
-        self.parts.set_mailbox_capacity(capacity);
+        self.mailbox.set_capacity(capacity);
     }
 
     /// What the actor sent and the socket has not taken yet.
@@ -86,10 +151,12 @@ where
     }
 
     fn stopping(&self) -> bool {
-        matches!(
-            self.parts.state(),
-            ActorState::Stopping | ActorState::Stopped
-        )
+        matches!(self.state, ActorState::Stopping | ActorState::Stopped)
+    }
+
+    /// A waited-for future is due to run (a stopping actor runs none).
+    fn must_wait(&self) -> bool {
+        !self.waits.is_empty() && !self.stopping()
     }
 }
 
@@ -98,15 +165,17 @@ where
     A: Actor<Context = Self>,
 {
     fn stop(&mut self) {
-        self.parts.stop();
+        if self.state == ActorState::Running {
+            self.state = ActorState::Stopping;
+        }
     }
 
     fn terminate(&mut self) {
-        self.parts.terminate();
+        self.state = ActorState::Stopped;
     }
 
     fn state(&self) -> ActorState {
-        self.parts.state()
+        self.state
     }
 }
 
@@ -118,41 +187,43 @@ where
     where
         F: ActorFuture<A, Output = ()> + 'static,
     {
-        self.parts.spawn(fut)
+        self.last_handle = self.last_handle.next();
+        self.spawned.push((self.last_handle, Box::pin(fut)));
+        self.spawned_unpolled = true;
+        self.last_handle
     }
 
     fn wait<F>(&mut self, fut: F)
     where
         F: ActorFuture<A, Output = ()> + 'static,
     {
-        self.parts.wait(fut);
+        self.waits.push(Box::pin(fut));
     }
 
     /// A stopping session handles no more messages: what it would send after its close
     /// frame is dropped anyway.
     fn waiting(&self) -> bool {
-        self.parts.waiting()
-            || matches!(
-                self.parts.state(),
-                ActorState::Stopping | ActorState::Stopped
-            )
+        !self.waits.is_empty() || self.stopping()
     }
 
+    /// The future is dropped at once, unless it is the one running now (it goes when its
+    /// poll returns); its slot leaves on the run loop's next pass.
     fn cancel_future(&mut self, handle: SpawnHandle) -> bool {
-        self.parts.cancel_future(handle)
+        match self
+            .spawned
+            .iter_mut()
+            .find(|(spawned, _)| *spawned == handle && handle != SpawnHandle::default())
+        {
+            Some(slot) => {
+                *slot = (SpawnHandle::default(), Box::pin(Cancelled));
+                true
+            }
+            None => false,
+        }
     }
 
     fn address(&self) -> Addr<A> {
-        self.parts.address()
-    }
-}
-
-impl<A> AsyncContextParts<A> for SessionContext<A>
-where
-    A: Actor<Context = Self>,
-{
-    fn parts(&mut self) -> &mut ContextParts<A> {
-        &mut self.parts
+        Addr::new(self.mailbox.sender())
     }
 }
 
@@ -167,17 +238,461 @@ where
     }
 }
 
+/// Stands in for a spawned future while it is polled, and for a cancelled one. A box of
+/// this zero-sized type allocates nothing.
+struct Cancelled;
+
+impl<A: Actor> ActorFuture<A> for Cancelled {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, _: &mut A, _: &mut A::Context, _: &mut Context<'_>) -> Poll<()> {
+        Poll::Ready(())
+    }
+}
+
+/// A session's actor, its context and its input: the future that runs them, polled by
+/// the connection's task.
+pub struct SessionRun<A, S>
+where
+    A: Actor<Context = SessionContext<A>>,
+{
+    act: A,
+    ctx: SessionContext<A>,
+    /// Boxed: it is as large as the rest of an idle session's task, which tokio would
+    /// round up by a whole 128-byte line more. `None` once it ended.
+    input: Option<Box<S>>,
+}
+
+impl<A, S> SessionRun<A, S>
+where
+    A: Actor<Context = SessionContext<A>> + StreamHandler<S::Item>,
+    S: Stream + Unpin,
+{
+    pub fn ctx(&mut self) -> &mut SessionContext<A> {
+        &mut self.ctx
+    }
+
+    /// Whether anything could still make the actor act: an address, a future or input
+    /// (before it started, the actor is alive; once stopped, it is not).
+    pub fn alive(&self) -> bool {
+        let ctx = &self.ctx;
+        match ctx.state {
+            ActorState::Stopped => false,
+            _ => {
+                !ctx.started
+                    || ctx.mailbox.connected()
+                    || self.input.is_some()
+                    || !ctx.spawned.is_empty()
+                    || !ctx.waits.is_empty()
+            }
+        }
+    }
+
+    /// Runs the actor until nothing it has is ready; `Ready` once it stopped.
+    pub fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !self.ctx.started {
+            self.ctx.started = true;
+            Actor::started(&mut self.act, &mut self.ctx);
+            StreamHandler::started(&mut self.act, &mut self.ctx);
+        }
+        loop {
+            if self.poll_waits(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.poll_mailbox(cx);
+            if self.ctx.must_wait() {
+                continue;
+            }
+            self.poll_spawned(cx);
+            if self.ctx.must_wait() {
+                continue;
+            }
+            self.poll_input(cx);
+            if self.ctx.must_wait() || self.ctx.spawned_unpolled {
+                continue;
+            }
+            match self.ctx.state {
+                ActorState::Started | ActorState::Running => {
+                    if !self.alive() && self.act.stopping(&mut self.ctx) == Running::Stop {
+                        return self.finish();
+                    }
+                }
+                ActorState::Stopping => {
+                    if self.act.stopping(&mut self.ctx) == Running::Stop {
+                        return self.finish();
+                    }
+                    self.ctx.state = ActorState::Running;
+                    continue;
+                }
+                ActorState::Stopped => {
+                    self.act.stopped(&mut self.ctx);
+                    return Poll::Ready(());
+                }
+            }
+            return Poll::Pending;
+        }
+    }
+
+    fn finish(&mut self) -> Poll<()> {
+        self.ctx.state = ActorState::Stopped;
+        self.act.stopped(&mut self.ctx);
+        Poll::Ready(())
+    }
+
+    /// The most recent waited-for future first, until none is left.
+    fn poll_waits(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while !self.ctx.stopping() {
+            let Some(mut wait) = self.ctx.waits.pop() else {
+                break;
+            };
+            let below = self.ctx.waits.len();
+            if wait
+                .as_mut()
+                .poll(&mut self.act, &mut self.ctx, cx)
+                .is_pending()
+            {
+                // Under any it started meanwhile, which run first (as in actix, the newest
+                // wait is the one waited for).
+                self.ctx.waits.insert(below, wait);
+                return Poll::Pending;
+            }
+        }
+        if self.ctx.waits.is_empty() && self.ctx.waits.capacity() != 0 {
+            // An idle session keeps no vector it is not using.
+            self.ctx.waits = Vec::new();
+        }
+        Poll::Ready(())
+    }
+
+    fn poll_mailbox(&mut self, cx: &mut Context<'_>) {
+        while !self.ctx.waiting() {
+            match Pin::new(&mut self.ctx.mailbox).poll_next(cx) {
+                Poll::Ready(Some(mut envelope)) => envelope.handle(&mut self.act, &mut self.ctx),
+                Poll::Ready(None) | Poll::Pending => return,
+            }
+        }
+    }
+
+    fn poll_spawned(&mut self, cx: &mut Context<'_>) {
+        self.ctx.spawned_unpolled = false;
+        let mut at = 0;
+        while at < self.ctx.spawned.len() && !self.ctx.must_wait() && !self.ctx.stopping() {
+            let (handle, slot) = &mut self.ctx.spawned[at];
+            let handle = *handle;
+            // Taken out while it runs, so that it can have the context (and spawn more,
+            // which go to the end, or cancel any, which only marks them).
+            let mut running = mem::replace(slot, Box::pin(Cancelled));
+            let done = running
+                .as_mut()
+                .poll(&mut self.act, &mut self.ctx, cx)
+                .is_ready();
+            let cancelled = self.ctx.spawned[at].0 != handle;
+            if done || cancelled {
+                self.ctx.spawned.swap_remove(at);
+            } else {
+                self.ctx.spawned[at].1 = running;
+                at += 1;
+            }
+        }
+        if self.ctx.spawned.is_empty() && self.ctx.spawned.capacity() != 0 {
+            self.ctx.spawned = Vec::new();
+        }
+    }
+
+    fn poll_input(&mut self, cx: &mut Context<'_>) {
+        let Some(input) = &mut self.input else {
+            return;
+        };
+        let mut handled = 0;
+        while !self.ctx.waiting() {
+            match Pin::new(&mut **input).poll_next(cx) {
+                Poll::Ready(Some(item)) => {
+                    self.act.handle(item, &mut self.ctx);
+                    handled += 1;
+                    if handled == INPUT_BATCH {
+                        cx.waker().wake_by_ref();
+                        return;
+                    }
+                }
+                Poll::Ready(None) => {
+                    self.input = None;
+                    StreamHandler::finished(&mut self.act, &mut self.ctx);
+                    return;
+                }
+                Poll::Pending => return,
+            }
+        }
+    }
+}
+
+impl<A, S> Drop for SessionRun<A, S>
+where
+    A: Actor<Context = SessionContext<A>>,
+{
+    /// A session dropped before it stopped (its socket failed, or the runtime is going
+    /// down) still stops: `stopped` gives its connection slot and swarm places back.
+    fn drop(&mut self) {
+        if self.ctx.state == ActorState::Stopped {
+            return;
+        }
+        if !self.ctx.started {
+            self.ctx.started = true;
+            self.act.started(&mut self.ctx);
+        }
+        self.ctx.stop();
+        // `stopping` is asked but cannot keep a dropped actor: nothing would run it.
+        let _ = self.act.stopping(&mut self.ctx);
+        self.ctx.state = ActorState::Stopped;
+        self.act.stopped(&mut self.ctx);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use std::{
+        cell::{Cell, RefCell},
+        collections::VecDeque,
+        rc::Rc,
+    };
+
+    use std::task::Waker;
+
     use actix_codec::Decoder;
     use actix_http::ws::{CloseCode, Codec, Frame};
 
     use super::*;
 
-    struct Echo;
+    type Log = Rc<RefCell<Vec<String>>>;
 
-    impl Actor for Echo {
+    /// Input that the test feeds by hand: pending while empty, ended once `closed`.
+    #[derive(Default, Clone)]
+    struct Feed {
+        items: Rc<RefCell<VecDeque<&'static str>>>,
+        closed: Rc<Cell<bool>>,
+    }
+
+    impl Feed {
+        fn push(&self, item: &'static str) {
+            self.items.borrow_mut().push_back(item);
+        }
+    }
+
+    impl Stream for Feed {
+        type Item = &'static str;
+
+        fn poll_next(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<&'static str>> {
+            match self.items.borrow_mut().pop_front() {
+                Some(item) => Poll::Ready(Some(item)),
+                None if self.closed.get() => Poll::Ready(None),
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    /// Records what actix would call on it; input "wait" makes it wait until `gate` is
+    /// set, "spawn" spawns a future that ends at the same time.
+    struct Probe {
+        log: Log,
+        gate: Rc<Cell<bool>>,
+        keep_running_once: bool,
+    }
+
+    impl Probe {
+        fn new(log: &Log) -> Self {
+            Probe {
+                log: log.clone(),
+                gate: Rc::default(),
+                keep_running_once: false,
+            }
+        }
+
+        fn note(&self, what: impl Into<String>) {
+            self.log.borrow_mut().push(what.into());
+        }
+
+        fn gated(&self, what: &'static str) -> impl ActorFuture<Self, Output = ()> {
+            let gate = self.gate.clone();
+            actix::fut::wrap_future::<_, Self>(std::future::poll_fn(move |_| {
+                if gate.get() {
+                    Poll::Ready(())
+                } else {
+                    Poll::Pending
+                }
+            }))
+            .map(move |(), probe: &mut Probe, _| probe.note(format!("{what} done")))
+        }
+    }
+
+    impl Actor for Probe {
         type Context = SessionContext<Self>;
+
+        fn started(&mut self, _: &mut Self::Context) {
+            self.note("started");
+        }
+
+        fn stopping(&mut self, _: &mut Self::Context) -> Running {
+            self.note("stopping");
+            if mem::take(&mut self.keep_running_once) {
+                Running::Continue
+            } else {
+                Running::Stop
+            }
+        }
+
+        fn stopped(&mut self, _: &mut Self::Context) {
+            self.note("stopped");
+        }
+    }
+
+    impl StreamHandler<&'static str> for Probe {
+        fn handle(&mut self, item: &'static str, ctx: &mut Self::Context) {
+            self.note(item);
+            match item {
+                "wait" => ctx.wait(self.gated("wait")),
+                "spawn" => drop(ctx.spawn(self.gated("spawn"))),
+                "stop" => ctx.stop(),
+                _ => {}
+            }
+        }
+
+        fn finished(&mut self, ctx: &mut Self::Context) {
+            self.note("input ended");
+            ctx.stop();
+        }
+    }
+
+    #[derive(Message)]
+    #[rtype(result = "()")]
+    struct Note(&'static str);
+
+    impl Handler<Note> for Probe {
+        type Result = ();
+
+        fn handle(&mut self, Note(what): Note, _: &mut Self::Context) {
+            self.note(what);
+        }
+    }
+
+    fn run(session: &mut SessionRun<Probe, Feed>) -> Poll<()> {
+        session.poll_run(&mut Context::from_waker(Waker::noop()))
+    }
+
+    fn taken(log: &Log) -> Vec<String> {
+        mem::take(&mut *log.borrow_mut())
+    }
+
+    #[test]
+    fn messages_and_input_are_handled_and_the_end_of_input_stops_the_actor() {
+        let log = Log::default();
+        let feed = Feed::default();
+        let mut session = SessionContext::start(feed.clone(), |_| Probe::new(&log));
+        let addr = session.ctx().address();
+        addr.do_send(Note("message"));
+        feed.push("frame 1");
+        feed.push("frame 2");
+        assert!(run(&mut session).is_pending());
+        assert_eq!(taken(&log), ["started", "message", "frame 1", "frame 2"]);
+
+        feed.closed.set(true);
+        assert!(run(&mut session).is_ready());
+        assert_eq!(taken(&log), ["input ended", "stopping", "stopped"]);
+        assert!(!session.alive());
+        drop(session);
+        assert!(taken(&log).is_empty(), "stopped twice");
+    }
+
+    #[test]
+    fn a_wait_holds_back_the_mailbox_and_the_input_until_it_ends() {
+        let log = Log::default();
+        let feed = Feed::default();
+        let mut session = SessionContext::start(feed.clone(), |_| Probe::new(&log));
+        let addr = session.ctx().address();
+        feed.push("wait");
+        feed.push("frame after");
+        assert!(run(&mut session).is_pending());
+        addr.do_send(Note("message meanwhile"));
+        assert!(run(&mut session).is_pending());
+        assert_eq!(taken(&log), ["started", "wait"]);
+
+        session.act.gate.set(true);
+        assert!(run(&mut session).is_pending());
+        assert_eq!(
+            taken(&log),
+            ["wait done", "message meanwhile", "frame after"]
+        );
+        assert_eq!(
+            session.ctx().waits.capacity(),
+            0,
+            "an idle session keeps no vector"
+        );
+    }
+
+    #[test]
+    fn spawned_futures_run_beside_the_input_and_a_cancelled_one_is_dropped() {
+        let log = Log::default();
+        let feed = Feed::default();
+        let mut session = SessionContext::start(feed.clone(), |_| Probe::new(&log));
+        feed.push("spawn");
+        feed.push("spawn");
+        feed.push("frame after");
+        assert!(run(&mut session).is_pending());
+        assert_eq!(taken(&log), ["started", "spawn", "spawn", "frame after"]);
+        assert_eq!(session.ctx().spawned.len(), 2);
+
+        // The first spawned future has handle 1.
+        let first = SpawnHandle::default().next();
+        assert!(session.ctx().cancel_future(first));
+        assert!(!session.ctx().cancel_future(first), "cancelled twice");
+        session.act.gate.set(true);
+        assert!(run(&mut session).is_pending());
+        assert_eq!(taken(&log), ["spawn done"], "the cancelled one ran");
+        assert!(session.ctx().spawned.is_empty());
+        assert_eq!(session.ctx().spawned.capacity(), 0);
+    }
+
+    #[test]
+    fn stopping_may_keep_the_actor_and_terminate_does_not_ask() {
+        let log = Log::default();
+        let feed = Feed::default();
+        let mut session = SessionContext::start(feed.clone(), |_| Probe::new(&log));
+        session.act.keep_running_once = true;
+        feed.push("stop");
+        assert!(run(&mut session).is_pending());
+        assert_eq!(taken(&log), ["started", "stop", "stopping"]);
+        assert_eq!(session.ctx().state(), ActorState::Running);
+
+        session.ctx().terminate();
+        assert!(run(&mut session).is_ready());
+        assert_eq!(taken(&log), ["stopped"]);
+    }
+
+    #[test]
+    fn a_session_dropped_before_it_stopped_is_stopped() {
+        let log = Log::default();
+        let session = SessionContext::start(Feed::default(), |_| Probe::new(&log));
+        drop(session);
+        assert_eq!(taken(&log), ["started", "stopping", "stopped"]);
+
+        let mut session = SessionContext::start(Feed::default(), |_| Probe::new(&log));
+        assert!(run(&mut session).is_pending());
+        drop(session);
+        assert_eq!(taken(&log), ["started", "stopping", "stopped"]);
+    }
+
+    #[test]
+    fn an_address_keeps_an_idle_actor_alive() {
+        let log = Log::default();
+        let feed = Feed::default();
+        let mut session = SessionContext::start(feed.clone(), |_| Probe::new(&log));
+        let addr = session.ctx().address();
+        feed.closed.set(true);
+        // The end of input asks the actor to stop, which it declines once: from then on
+        // only the address keeps it.
+        session.act.keep_running_once = true;
+        assert!(run(&mut session).is_pending());
+        assert!(session.alive());
+        drop(addr);
+        assert!(!session.alive());
     }
 
     fn decode_all(mut bytes: BytesMut) -> Vec<Frame> {
@@ -191,9 +706,14 @@ mod tests {
         frames
     }
 
+    fn idle_session(log: &Log) -> SessionRun<Probe, Feed> {
+        SessionContext::start(Feed::default(), |_| Probe::new(log))
+    }
+
     #[test]
     fn frames_are_encoded_as_sent_and_nothing_follows_a_close() {
-        let mut fut = SessionContext::start(|_| Echo);
+        let log = Log::default();
+        let mut fut = idle_session(&log);
         let session = fut.ctx();
         session.text(br#"{"action":"announce"}"#);
         session.ping(b"");
@@ -223,7 +743,8 @@ mod tests {
 
     #[test]
     fn long_texts_get_the_extended_length_forms() {
-        let mut fut = SessionContext::start(|_| Echo);
+        let log = Log::default();
+        let mut fut = idle_session(&log);
         let session = fut.ctx();
         for len in [125, 126, 65_535, 65_536] {
             session.text(&vec![b'a'; len]);
@@ -240,7 +761,8 @@ mod tests {
 
     #[test]
     fn a_new_context_holds_no_output_buffer() {
-        let mut fut = SessionContext::start(|_| Echo);
+        let log = Log::default();
+        let mut fut = idle_session(&log);
         assert_eq!(fut.ctx().output().capacity(), 0);
     }
 }

@@ -26,7 +26,7 @@ use std::{
     time::Duration,
 };
 
-use actix::{dev::ContextFut, Actor};
+use actix::{Actor, StreamHandler};
 use actix_codec::Decoder;
 use actix_http::ws::{Codec, Frame, Message, ProtocolError};
 use bytes::{Buf, BytesMut};
@@ -38,7 +38,7 @@ use tokio::{
     net::tcp::{OwnedReadHalf, OwnedWriteHalf},
 };
 
-use super::context::SessionContext;
+use super::context::{SessionContext, SessionRun};
 
 /// Why the frames of a connection stopped: matched by the session by variant.
 #[derive(Debug)]
@@ -94,7 +94,7 @@ pub struct FrameReader {
     codec: Codec,
     buf: BytesMut,
     /// At most `READ_BUDGET` + `SCRATCH_BYTES`; u32 keeps the reader within 64 bytes
-    /// (actix boxes it for the life of the connection).
+    /// (the session boxes it for the life of the connection).
     read_since_yield: u32,
     finished: bool,
 }
@@ -214,19 +214,15 @@ where
 {
     /// Taken by the graceful close.
     io: Option<OwnedWriteHalf>,
-    session: ContextFut<A, SessionContext<A>>,
+    session: SessionRun<A, FrameReader>,
     linger: Duration,
 }
 
 impl<A> SessionTask<A>
 where
-    A: Actor<Context = SessionContext<A>>,
+    A: Actor<Context = SessionContext<A>> + StreamHandler<Result<Message, ReadError>>,
 {
-    pub fn new(
-        io: OwnedWriteHalf,
-        session: ContextFut<A, SessionContext<A>>,
-        linger: Duration,
-    ) -> Self {
+    pub fn new(io: OwnedWriteHalf, session: SessionRun<A, FrameReader>, linger: Duration) -> Self {
         Self {
             io: Some(io),
             session,
@@ -259,7 +255,7 @@ where
             if !self.session.alive() {
                 return Poll::Ready(Ok(()));
             }
-            let stopped = Pin::new(&mut self.session).poll(cx).is_ready();
+            let stopped = self.session.poll_run(cx).is_ready();
             if self.session.ctx().output().is_empty() {
                 return if stopped {
                     Poll::Ready(Ok(()))
@@ -273,7 +269,7 @@ where
 
 impl<A> Future for SessionTask<A>
 where
-    A: Actor<Context = SessionContext<A>>,
+    A: Actor<Context = SessionContext<A>> + StreamHandler<Result<Message, ReadError>>,
 {
     type Output = ();
 
@@ -315,16 +311,16 @@ mod tests {
     use crate::connection::session::PeerSession;
 
     /// tokio stores a task in one allocation rounded up to 128 bytes: its header and
-    /// trailer (about 100 bytes) and this future. At 536 bytes or less the task takes five
-    /// such lines instead of six, 128 bytes less per connection.
+    /// trailer (about 100 bytes) and this future. At 280 bytes or less the task takes three
+    /// such lines.
     #[test]
-    fn a_session_task_fits_five_cache_lines() {
+    fn a_session_task_fits_three_cache_lines() {
         let size = std::mem::size_of::<SessionTask<PeerSession>>();
-        assert!(size <= 536, "SessionTask is {size} bytes");
+        assert!(size <= 280, "SessionTask is {size} bytes");
     }
 
-    /// actix boxes the reader with a flag of its own; within 64 bytes the box is an 80-byte
-    /// malloc chunk rather than a 96-byte one.
+    /// The session keeps its reader boxed; within 64 bytes the box is an 80-byte malloc
+    /// chunk rather than a 96-byte one.
     #[test]
     fn a_frame_reader_fits_64_bytes() {
         let size = std::mem::size_of::<super::FrameReader>();

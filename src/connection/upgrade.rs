@@ -87,8 +87,7 @@ async fn upgrade(
         Codec::new().max_size(settings.ws.max_frame_bytes),
     );
     let listed = shared.clone();
-    let session = SessionContext::start(move |ctx| {
-        ctx.add_stream(frames);
+    let session = SessionContext::start(frames, move |ctx| {
         // Listed here rather than kept in the session until it starts: the socket's
         // details are the registry's alone (the session releases the entry when it stops).
         listed.connections.register(conn, &ctx.address(), socket);
