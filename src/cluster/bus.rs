@@ -383,6 +383,39 @@ impl BusHandle {
         }
     }
 
+    /// Queues `message` for the inbox of `to` as soon as the queue has room, waiting until
+    /// `deadline` at most: for requests whose sender waits for a reply anyway (forwarded
+    /// announces and scrapes, and the owner's replies to them), so that a burst of them
+    /// is paced by the bus instead of overflowing its queue. Room is handed out in the
+    /// order it was asked for; `try_send` gets it only when nobody waits. No room by the
+    /// deadline is a `QueueFull` refusal, counted as such.
+    pub async fn send_when_room(
+        &self,
+        to: InstanceId,
+        message: BusMessage,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), SendRefused> {
+        let stats = &self.inner.stats;
+        if !stats.is_connected() {
+            stats.dropped(DropReason::BusDown);
+            return Err(SendRefused::BusDown);
+        }
+        match tokio::time::timeout_at(deadline, self.inner.tx.reserve()).await {
+            Ok(Ok(room)) => {
+                room.send(Outgoing { to, message });
+                Ok(())
+            }
+            Ok(Err(_closed)) => {
+                stats.dropped(DropReason::BusDown);
+                Err(SendRefused::Stopped)
+            }
+            Err(_) => {
+                stats.dropped(DropReason::QueueFull);
+                Err(SendRefused::QueueFull)
+            }
+        }
+    }
+
     pub fn stats(&self) -> &Arc<ClusterStats> {
         &self.inner.stats
     }

@@ -281,7 +281,11 @@ fn on_announce(shared: &Arc<Shared>, node: &Arc<ClusterNode>, forwarded: Forward
             req_id,
             result,
         });
-        let _ = node.send(from.instance, reply);
+        // Waits for room in the queue (a burst of announces makes a burst of replies),
+        // at most the reply timeout, beyond which the requester has given up on it.
+        let _ = node
+            .send_when_room(from.instance, reply, node.reply_deadline())
+            .await;
     });
 }
 
@@ -381,6 +385,8 @@ fn on_scrape(shared: &Arc<Shared>, node: &Arc<ClusterNode>, query: ScrapeQuery) 
             req_id: query.req_id,
             files,
         });
-        let _ = node.send(query.from.instance, reply);
+        let _ = node
+            .send_when_room(query.from.instance, reply, node.reply_deadline())
+            .await;
     });
 }

@@ -2,10 +2,11 @@
 //! It implements the two ports the tracker defines for other instances:
 //! `connection::requests::RemoteSwarms` (sessions reaching swarms owned elsewhere) and
 //! `swarm::route::RemoteSessions` (swarms reaching sessions held elsewhere), on top of the
-//! bus handle. Every call is non-blocking: requests are queued with `try_send` (a full
-//! queue or a lost bus is a refusal, counted), and a request that wants a reply gets a
-//! future that resolves when the owner answers, when the owner leaves the view (an
-//! announce then comes back to be routed again), or when the reply deadline passes. An
+//! bus handle. Every call is non-blocking: messages nobody waits for are queued with
+//! `try_send` (a full queue or a lost bus is a refusal, counted), and a request that wants
+//! a reply gets a future that waits for its turn and for room in the queue (see `ask`),
+//! then resolves when the owner answers, when the owner leaves the view (an announce then
+//! comes back to be routed again), or when the reply deadline passes. An
 //! announce the owner passed on to another instance (`PassedOn`) waits for that one
 //! instead, and comes back at once if that one is dead to us.
 //!
@@ -133,6 +134,10 @@ pub struct ClusterNode {
     /// entry keeps the instance it waits for.
     pending: Mutex<HashMap<u64, (InstanceId, Pending)>>,
     rejoins: RejoinGate,
+    bus_queue: usize,
+    /// Turns for the requests in flight to each instance (see `ask`), `RejoinGate::limit`
+    /// of them per instance; an instance's entry goes when it leaves the view.
+    in_flight: Mutex<HashMap<InstanceId, Arc<Semaphore>>>,
     pub stats: Arc<NodeStats>,
 }
 
@@ -151,6 +156,8 @@ impl ClusterNode {
             next_request: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             rejoins: RejoinGate::new(bus_queue),
+            bus_queue,
+            in_flight: Mutex::new(HashMap::new()),
             stats,
         }
     }
@@ -175,6 +182,27 @@ impl ClusterNode {
             self.stats.forwarded(kind);
         }
         sent
+    }
+
+    /// Queues `message` for instance `to` once the bus queue has room (see
+    /// `BusHandle::send_when_room`), counting it as forwarded: for requests and replies
+    /// someone waits for, which a burst must delay rather than lose.
+    pub async fn send_when_room(
+        &self,
+        to: InstanceId,
+        message: BusMessage,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), SendRefused> {
+        let kind = message.kind();
+        self.bus.send_when_room(to, message, deadline).await?;
+        self.stats.forwarded(kind);
+        Ok(())
+    }
+
+    /// When a request sent now, or a reply to one received now, is given up: the reply
+    /// deadline, which waiting for room in the bus queue counts against too.
+    pub fn reply_deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.reply_timeout
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (InstanceId, Pending)>> {
@@ -216,6 +244,28 @@ impl ClusterNode {
         for waiting in released {
             waiting.owner_gone();
         }
+        // Requests still holding a turn of theirs keep the semaphore alive until they end;
+        // a return starts with a fresh one.
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for instance in gone {
+            in_flight.remove(instance);
+        }
+    }
+
+    /// The turns for requests in flight to `owner`.
+    fn turns_to(&self, owner: InstanceId) -> Arc<Semaphore> {
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let limit = RejoinGate::limit(self.bus_queue);
+        in_flight
+            .entry(owner)
+            .or_insert_with(|| Arc::new(Semaphore::new(limit)))
+            .clone()
     }
 
     fn forget(&self, req_id: u64) {
@@ -276,29 +326,66 @@ impl ClusterNode {
         debug!("cluster: reply {req_id} arrived after its deadline");
     }
 
-    /// Waits for the reply to `req_id` at most the reply deadline; the round trip goes
-    /// into the relay latency histogram.
-    fn await_reply<T: Send + 'static>(
-        self: &Arc<Self>,
+    /// Sends request `req_id` to `owner` and waits for its reply, all until the reply
+    /// deadline; the round trip goes into the relay latency histogram.
+    ///
+    /// Paced: a request takes one of the turns of its owner first (`RejoinGate::limit` of
+    /// them: a quarter of the bus queue, 1,024 at most) and holds it until its reply or
+    /// its end, then waits for room in the bus queue. So a burst of announces (hundreds
+    /// of clients at once, say those of a dead instance reconnecting) waits its turn
+    /// instead of overflowing this instance's bus queue, the owner's subscription, or the
+    /// owner's queue of replies; turns are per owner, so an owner that died silently
+    /// holds up only the requests that were meant for it. A request that gets no turn, or
+    /// no reply, by the deadline fails as unavailable (counted as `reply_timeout`), one
+    /// that gets no room in the queue fails the same way (counted as `queue_full`); one
+    /// whose owner leaves the view meanwhile comes back at once (`OwnerGone`).
+    async fn ask<T: Send + 'static>(
+        self: Arc<Self>,
+        owner: InstanceId,
         req_id: u64,
-        reply: oneshot::Receiver<Outcome<T>>,
-    ) -> BoxFuture<'static, Result<Outcome<T>, Failure>> {
-        let node = self.clone();
+        message: BusMessage,
+        mut reply: oneshot::Receiver<Outcome<T>>,
+    ) -> Result<Outcome<T>, Failure> {
         let asked = Instant::now();
-        Box::pin(async move {
-            match tokio::time::timeout(node.reply_timeout, reply).await {
-                Ok(Ok(Outcome::Replied(value))) => {
-                    node.stats.request_round_trip(asked.elapsed());
-                    Ok(Outcome::Replied(value))
-                }
-                Ok(Ok(Outcome::OwnerGone)) => Ok(Outcome::OwnerGone),
-                _ => {
-                    node.forget(req_id);
-                    node.stats.reply_timed_out();
-                    Err(Failure::unavailable())
-                }
+        let deadline = self.reply_deadline();
+        let turns = self.turns_to(owner);
+        let turn = tokio::select! {
+            // Nothing sent yet, so nothing but the owner's departure can be here.
+            early = &mut reply => return self.outcome(req_id, asked, early.ok()),
+            turn = tokio::time::timeout_at(deadline, turns.acquire_owned()) => match turn {
+                Ok(Ok(turn)) => turn,
+                // No turn by the deadline (the semaphore is never closed).
+                _ => return self.outcome(req_id, asked, None),
+            },
+        };
+        if self.send_when_room(owner, message, deadline).await.is_err() {
+            self.forget(req_id);
+            return Err(Failure::unavailable());
+        }
+        let replied = tokio::time::timeout_at(deadline, reply).await;
+        drop(turn);
+        self.outcome(req_id, asked, replied.ok().and_then(Result::ok))
+    }
+
+    /// What a request learnt by its deadline (`None`: nothing, it timed out).
+    fn outcome<T>(
+        &self,
+        req_id: u64,
+        asked: Instant,
+        learnt: Option<Outcome<T>>,
+    ) -> Result<Outcome<T>, Failure> {
+        match learnt {
+            Some(Outcome::Replied(value)) => {
+                self.stats.request_round_trip(asked.elapsed());
+                Ok(Outcome::Replied(value))
             }
-        })
+            Some(Outcome::OwnerGone) => Ok(Outcome::OwnerGone),
+            None => {
+                self.forget(req_id);
+                self.stats.reply_timed_out();
+                Err(Failure::unavailable())
+            }
+        }
     }
 }
 
@@ -388,11 +475,7 @@ impl RemoteSwarms for Arc<ClusterNode> {
             hops: if resent { MAX_HOPS } else { 0 },
             request,
         });
-        if self.send(owner, message).is_err() {
-            self.forget(req_id);
-            return Box::pin(async { Err(NotAnnounced::Failed(Failure::unavailable())) });
-        }
-        let replied = self.await_reply(req_id, replied);
+        let replied = self.clone().ask(owner, req_id, message, replied);
         Box::pin(async move {
             let (taken_by, result) = match replied.await.map_err(NotAnnounced::Failed)? {
                 Outcome::Replied(replied) => replied,
@@ -456,11 +539,7 @@ impl RemoteSwarms for Arc<ClusterNode> {
             req_id,
             info_hashes,
         });
-        if self.send(owner, message).is_err() {
-            self.forget(req_id);
-            return Box::pin(async { Err(Failure::unavailable()) });
-        }
-        let replied = self.await_reply(req_id, replied);
+        let replied = self.clone().ask(owner, req_id, message, replied);
         Box::pin(async move {
             match replied.await? {
                 Outcome::Replied(files) => Ok(files),
@@ -562,6 +641,20 @@ mod tests {
         }
     }
 
+    type Announcing = BoxFuture<'static, Result<(InstanceId, AnnounceReply), NotAnnounced>>;
+
+    /// An announce of `conn` to `to`, polled once: it is on the bus by then (see
+    /// `forwarded_to`) if `to` had a turn free.
+    fn announce_polled(node: &Arc<ClusterNode>, to: InstanceId, conn: ConnId) -> Announcing {
+        use futures_util::FutureExt;
+        let mut waiting = node.announce(to, conn, join_request(), false);
+        assert!(
+            (&mut waiting).now_or_never().is_none(),
+            "waits for its reply"
+        );
+        waiting
+    }
+
     /// The announce `node` handed to the bus, which must be for `to`.
     fn forwarded_to(sent: &mut mpsc::Receiver<Outgoing>, to: InstanceId) -> ForwardedAnnounce {
         match sent.try_recv() {
@@ -587,7 +680,7 @@ mod tests {
     async fn an_announce_is_held_by_the_instance_that_replied() {
         let (node, mut sent) = node_seeing(&[ME, OWNER, ELSEWHERE], &[]);
         let conn = conn_id(ME, 5);
-        let waiting = node.announce(OWNER, conn, join_request(), false);
+        let waiting = announce_polled(&node, OWNER, conn);
         let forwarded = forwarded_to(&mut sent, OWNER);
         // OWNER's view named another owner, which took the announce and replied.
         node.announce_replied(forwarded.req_id, ELSEWHERE, joined());
@@ -596,7 +689,7 @@ mod tests {
         assert!(reply.registered);
 
         // The usual case: the owner it went to replies itself.
-        let waiting = node.announce(OWNER, conn, join_request(), false);
+        let waiting = announce_polled(&node, OWNER, conn);
         let forwarded = forwarded_to(&mut sent, OWNER);
         node.announce_replied(forwarded.req_id, OWNER, joined());
         assert_eq!(waiting.await.expect("accepted").0, OWNER);
@@ -620,7 +713,7 @@ mod tests {
     #[tokio::test]
     async fn an_announce_passed_on_to_an_instance_dead_to_us_comes_back_at_once() {
         let (node, mut sent) = node_seeing(&[ME, OWNER], &[ELSEWHERE]);
-        let mut waiting = node.announce(OWNER, conn_id(ME, 5), join_request(), false);
+        let mut waiting = announce_polled(&node, OWNER, conn_id(ME, 5));
         let forwarded = forwarded_to(&mut sent, OWNER);
         assert!(!made_again(&mut waiting), "waits for its owner");
         node.announce_passed_on(forwarded.req_id, ELSEWHERE);
@@ -634,7 +727,7 @@ mod tests {
         let conn = conn_id(ME, 5);
 
         // Passed on to a live instance: released when that one leaves, not the owner.
-        let mut waiting = node.announce(OWNER, conn, join_request(), false);
+        let mut waiting = announce_polled(&node, OWNER, conn);
         let forwarded = forwarded_to(&mut sent, OWNER);
         node.announce_passed_on(forwarded.req_id, ELSEWHERE);
         node.owners_gone(&[OWNER]);
@@ -647,7 +740,7 @@ mod tests {
 
         // Passed on to an instance we have not heard of yet: it may have just started,
         // and its reply is waited for.
-        let mut waiting = node.announce(OWNER, conn, join_request(), false);
+        let mut waiting = announce_polled(&node, OWNER, conn);
         let forwarded = forwarded_to(&mut sent, OWNER);
         node.announce_passed_on(forwarded.req_id, NEWCOMER);
         assert!(!made_again(&mut waiting), "a newcomer is not dead");
@@ -657,6 +750,44 @@ mod tests {
         // Told after the reply (the two come from different instances): nothing to do.
         node.announce_passed_on(forwarded.req_id, ELSEWHERE);
         assert!(node.pending().is_empty());
+    }
+
+    #[tokio::test]
+    async fn announces_in_flight_are_paced_per_owner() {
+        let (node, mut sent) = node_seeing(&[ME, OWNER, ELSEWHERE], &[]);
+        let limit = RejoinGate::limit(64);
+        let conn = conn_id(ME, 5);
+        let mut in_flight: Vec<_> = (0..limit)
+            .map(|_| {
+                let waiting = announce_polled(&node, OWNER, conn);
+                (waiting, forwarded_to(&mut sent, OWNER))
+            })
+            .collect();
+        let mut next = announce_polled(&node, OWNER, conn);
+        assert!(sent.try_recv().is_err(), "waits for a turn at OWNER");
+
+        // Another owner's turns are its own.
+        let elsewhere = announce_polled(&node, ELSEWHERE, conn);
+        let forwarded = forwarded_to(&mut sent, ELSEWHERE);
+        node.announce_replied(forwarded.req_id, ELSEWHERE, joined());
+        assert_eq!(elsewhere.await.expect("accepted").0, ELSEWHERE);
+
+        // A reply frees a turn, and the next one goes.
+        let (first, forwarded) = in_flight.remove(0);
+        node.announce_replied(forwarded.req_id, OWNER, joined());
+        assert_eq!(first.await.expect("accepted").0, OWNER);
+        assert!(!made_again(&mut next), "still waiting, for its reply now");
+        let forwarded = forwarded_to(&mut sent, OWNER);
+        node.announce_replied(forwarded.req_id, OWNER, joined());
+        assert_eq!(next.await.expect("accepted").0, OWNER);
+
+        // Waiting for a turn, it comes back at once when its owner leaves.
+        let mut next = announce_polled(&node, OWNER, conn);
+        node.owners_gone(&[OWNER]);
+        assert!(made_again(&mut next));
+        for (mut waiting, _) in in_flight {
+            assert!(made_again(&mut waiting));
+        }
     }
 
     #[test]

@@ -1093,3 +1093,53 @@ async fn answers_and_leaves_go_to_the_instance_that_registered_the_peer() {
     let now = a.get_json("/stats.json").await["cluster"]["viewGeneration"].clone();
     assert_eq!(now, generation, "a's view changed");
 }
+
+/// Queue-full drops counted by `instance` (`cluster.dropped.queue_full` in /stats.json).
+async fn queue_full(instance: &BinaryServer) -> u64 {
+    let stats = instance.get_json("/stats.json").await;
+    stats["cluster"]["dropped"]["queue_full"]
+        .as_u64()
+        .expect("queue_full")
+}
+
+/// A hundred clients on a announce at once to a swarm b owns, with a bus queue of 16 (the
+/// smallest allowed) on both: each announce waits for room in the queue instead of being refused, so every
+/// client gets its announce response, none is dropped, and b counts them all.
+#[tokio::test]
+async fn a_burst_of_client_announces_waits_for_room_in_a_tiny_bus_queue() {
+    const CLIENTS: u32 = 100;
+    let nats = NatsServer::start();
+    let env = [
+        ("TRACKER__CLUSTER__BUS_QUEUE", "16"),
+        ("TRACKER__SERVER__MAX_CONNECTIONS_PER_IP", "0"),
+    ];
+    let a = cluster_instance_with(&nats, "a", &env);
+    let b = cluster_instance_with(&nats, "b", &env);
+    let ids = settled(&[&a, &b]).await;
+    let swarm = swarm_owned_by(ids[1], &ids, 1_700);
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(TestPeer::connect(&a.ws_url()).await);
+    }
+    let sent = clients
+        .iter_mut()
+        .enumerate()
+        .map(|(n, client)| client.announce(swarm, peer_id(n as u32), Some("started"), &[]));
+    futures_util::future::join_all(sent).await;
+    let replies = futures_util::future::join_all(clients.iter_mut().map(TestPeer::recv_json)).await;
+    let failed: Vec<&serde_json::Value> = replies
+        .iter()
+        .filter(|reply| reply.get("failure reason").is_some())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {CLIENTS} failed: {:?}; a: {}; b: {}",
+        failed.len(),
+        failed.first(),
+        a.get_json("/stats.json").await["cluster"],
+        b.get_json("/stats.json").await["cluster"]
+    );
+    assert_eq!((queue_full(&a).await, queue_full(&b).await), (0, 0));
+    let mut on_b = TestPeer::connect(&b.ws_url()).await;
+    assert_eq!(on_b.scrape_counts(swarm).await.1, u64::from(CLIENTS));
+}
