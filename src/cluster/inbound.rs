@@ -26,10 +26,10 @@ use tokio::sync::mpsc;
 
 use super::{
     bus::BusEvent,
-    node::{conn_of, ClusterNode},
+    node::{self, conn_of, ClusterNode},
     stats::RouteDrop,
     wire::{
-        AnnounceReply, AnnounceResult, BusMessage, Deliver, Envelope, ForwardedAnnounce,
+        AnnounceReply, AnnounceResult, BusMessage, ConnKey, Deliver, Envelope, ForwardedAnnounce,
         ForwardedAnswer, ForwardedLeave, PassedOn, Relay, ScrapeQuery, ScrapeReply, MAX_HOPS,
     },
 };
@@ -58,7 +58,8 @@ type Direct = Arc<OnceLock<(Arc<Shared>, Arc<ClusterNode>)>>;
 pub fn queue(node_stats: Arc<super::stats::NodeStats>) -> (super::bus::OnEvent, Inbound) {
     let (messages_tx, messages) = mpsc::channel(INBOUND_QUEUE);
     // Membership changes are rare and must not be lost (a dead instance's peers would
-    // stay); they get a queue of their own without a bound.
+    // stay); they get a queue of their own without a bound, as do lost answers (at most
+    // one per answer sent, and their sessions are waiting for word).
     let (views_tx, views) = mpsc::unbounded_channel();
     let direct = Direct::default();
     let on_bus_thread = direct.clone();
@@ -75,8 +76,8 @@ pub fn queue(node_stats: Arc<super::stats::NodeStats>) -> (super::bus::OnEvent, 
                 node_stats.dropped(RouteDrop::InboundFull);
             }
         }
-        membership @ BusEvent::Membership { .. } => {
-            let _ = views_tx.send(membership);
+        control @ (BusEvent::Membership { .. } | BusEvent::AnswerLost { .. }) => {
+            let _ = views_tx.send(control);
         }
     });
     (
@@ -122,7 +123,12 @@ pub async fn run(shared: Arc<Shared>, node: Arc<ClusterNode>, mut inbound: Inbou
         tokio::select! {
             // A view change first: requests after it must be routed by it.
             biased;
-            Some(event) = inbound.views.recv() => on_view_change(&shared, &node, event),
+            Some(event) = inbound.views.recv() => match event {
+                BusEvent::AnswerLost { from, info_hash } => {
+                    tell_answerer(&shared, &node, from, node::answer_lost(info_hash))
+                }
+                event => on_view_change(&shared, &node, event),
+            },
             Some(envelope) = inbound.messages.recv() => on_message(&shared, &node, envelope),
             else => break,
         }
@@ -323,13 +329,7 @@ fn on_answer(shared: &Arc<Shared>, node: &Arc<ClusterNode>, forwarded: Forwarded
                 info_hash,
                 reason: Reject::OffererGone.to_string(),
             };
-            let _ = node.send(
-                forwarded.from.instance,
-                BusMessage::Deliver(Deliver {
-                    to: forwarded.from,
-                    message: failure,
-                }),
-            );
+            tell_answerer(&shared, &node, forwarded.from, failure);
             return;
         };
         swarm.addr.do_send(Answer {
@@ -338,6 +338,19 @@ fn on_answer(shared: &Arc<Shared>, node: &Arc<ClusterNode>, forwarded: Forwarded
             reply_to: PeerRoute::Remote,
         });
     });
+}
+
+/// Sends `failure` to the socket `from` that sent an answer, on this instance or another.
+fn tell_answerer(shared: &Shared, node: &ClusterNode, from: ConnKey, failure: Relay) {
+    let deliver = Deliver {
+        to: from,
+        message: failure,
+    };
+    if from.instance == node.self_id() {
+        on_deliver(shared, node, deliver);
+    } else {
+        let _ = node.send(from.instance, BusMessage::Deliver(deliver));
+    }
 }
 
 /// `owner` dropped our peers from its swarms and sees us again: each session re-joins the

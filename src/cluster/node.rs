@@ -61,6 +61,20 @@ pub fn conn_of(key: ConnKey) -> ConnId {
     conn_id(key.instance, key.conn)
 }
 
+/// The failure reason for an answer whose offer's swarm was on an instance that is gone
+/// (the offer went with it): known before it was sent, or told by the broker's "no
+/// responders" for it (see `bus::BusEvent::AnswerLost`).
+const OFFER_LOST: &str = "the tracker instance that relayed this offer is gone, and the offer \
+                          with it; announce again";
+
+/// The relay that tells an answering socket its answer in `info_hash` was lost.
+pub fn answer_lost(info_hash: InfoHash) -> Relay {
+    Relay::Failure {
+        info_hash,
+        reason: OFFER_LOST.to_owned(),
+    }
+}
+
 /// What a request of ours waiting for its owner learns first.
 enum Outcome<T> {
     Replied(T),
@@ -501,6 +515,11 @@ impl RemoteSwarms for Arc<ClusterNode> {
         conn: ConnId,
         request: AnswerRequest,
     ) -> Result<(), Failure> {
+        if !self.view().live.contains(&owner) {
+            // Dead or cut off: the swarm that relayed the offer went with it (and a
+            // message to it would be lost). The session re-joins the swarm elsewhere.
+            return Err(Failure::new("offer_lost", OFFER_LOST.to_owned()));
+        }
         let message = BusMessage::Answer(ForwardedAnswer {
             from: conn_key(conn),
             hops: 0,
@@ -788,6 +807,31 @@ mod tests {
         for (mut waiting, _) in in_flight {
             assert!(made_again(&mut waiting));
         }
+    }
+
+    #[test]
+    fn an_answer_for_a_swarm_on_an_instance_out_of_the_view_is_refused_at_once() {
+        let (node, mut sent) = node_seeing(&[ME, OWNER], &[ELSEWHERE]);
+        let answer = AnswerRequest {
+            info_hash: InfoHash([1; 20]),
+            peer_id: PeerId([2; 20]),
+            to_peer_id: PeerId([3; 20]),
+            offer_id: crate::protocol::OfferId([4; 20]),
+            sdp: crate::protocol::Sdp::from_text("v=0"),
+        };
+        let refused = node
+            .answer(ELSEWHERE, conn_id(ME, 5), answer.clone())
+            .expect_err("ELSEWHERE is gone");
+        assert_eq!(refused.kind, "offer_lost");
+        assert!(sent.try_recv().is_err(), "nothing sent to the dead");
+        node.answer(OWNER, conn_id(ME, 5), answer).expect("sent");
+        assert!(matches!(
+            sent.try_recv(),
+            Ok(Outgoing {
+                to: OWNER,
+                message: BusMessage::Answer(_)
+            })
+        ));
     }
 
     #[test]

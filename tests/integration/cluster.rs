@@ -394,6 +394,33 @@ async fn an_announce_to_a_killed_owner_is_served_by_the_survivor_without_waiting
     .await;
 }
 
+/// b holds the registration of a's peer in a swarm b owns, and is killed. The peer's
+/// answer goes to b; NATS answers "no responders" for it, and a, which knew nothing of the
+/// death yet (long expiries), tells the peer its answer was lost, with a failure naming
+/// the swarm, instead of leaving it waiting for a relay that cannot come.
+#[tokio::test]
+async fn an_answer_lost_with_the_instance_it_went_to_is_answered_with_a_failure() {
+    let nats = NatsServer::start();
+    let (a, b, ids) = pair(&nats, &nats.url(), LONG_EXPIRY_MS).await;
+    let swarm = swarm_owned_by(ids[1], &ids, 1_800);
+    let mut answerer = TestPeer::connect(&a.ws_url()).await;
+    answerer.join_swarm(swarm, peer_id(1)).await;
+
+    b.signal("KILL");
+    wait_inbox_unsubscribed(&nats, ids[1]).await;
+    answerer
+        .answer(swarm, peer_id(1), peer_id(2), offer_id(1), "answer-sdp")
+        .await;
+    let failure = answerer.recv_failure_in(swarm).await;
+    assert!(
+        failure["failure reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("is gone")),
+        "{failure}"
+    );
+    assert_eq!(view(&a).await.1, vec![ids[0]], "a learnt of b's death");
+}
+
 /// c owns a swarm and is killed; a, which forwarded an announce there, learns of the
 /// death from NATS and makes the announce again at the swarm's new owner b, which has not
 /// learnt of it yet (nothing of b's went to c since, and the expiries are long) and so
@@ -986,27 +1013,27 @@ impl StandIn {
         self.bus.self_id()
     }
 
-    /// The next message sent to this stand-in (view changes skipped), if one comes within
+    /// The next message sent to this stand-in (other events skipped), if one comes within
     /// `SETTLE`.
     async fn next_message(&self) -> Option<BusMessage> {
         let deadline = tokio::time::Instant::now() + SETTLE;
         while tokio::time::Instant::now() < deadline {
             match self.events.try_recv() {
                 Ok(BusEvent::Message(envelope)) => return Some(envelope.body),
-                Ok(BusEvent::Membership { .. }) => continue,
+                Ok(BusEvent::Membership { .. } | BusEvent::AnswerLost { .. }) => continue,
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         }
         None
     }
 
-    /// Whatever was sent to this stand-in and is waiting, view changes skipped.
+    /// Whatever was sent to this stand-in and is waiting, other events skipped.
     fn received(&self) -> Vec<BusMessage> {
         self.events
             .try_iter()
             .filter_map(|event| match event {
                 BusEvent::Message(envelope) => Some(envelope.body),
-                BusEvent::Membership { .. } => None,
+                BusEvent::Membership { .. } | BusEvent::AnswerLost { .. } => None,
             })
             .collect()
     }
