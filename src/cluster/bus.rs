@@ -179,6 +179,11 @@ pub enum BusEvent {
     /// to had no subscriber (its connection is gone, and so is the swarm there that
     /// relayed the offer). `from` is to be told, since nothing else will answer it.
     AnswerLost { from: ConnKey, info_hash: InfoHash },
+    /// An instance that is not in our view had no subscriber on its inbox for a message of
+    /// ours (a probe, say): one a request of ours may be waiting for without our having
+    /// heard of it yet (a newcomer another instance passed it on to) is dead. (One in the
+    /// view leaves it instead, by a `Membership` change.)
+    Unreachable(InstanceId),
 }
 
 /// The callback that receives what the bus delivers; runs on the bus thread and must not
@@ -459,6 +464,25 @@ impl BusHandle {
                 Err(SendRefused::QueueFull)
             }
         }
+    }
+
+    /// Asks the broker whether `to` can still receive: our latest heartbeat goes again, to
+    /// `to`'s inbox alone, with the usual reply subject, so that NATS answers "no
+    /// responders" if `to`'s connection is gone (and `to` leaves the view, or requests
+    /// waiting for it are released: see `BusEvent::Unreachable`). For an instance that
+    /// does not reply to a request of ours: it may have died after receiving it, and
+    /// nothing else would tell us before the expiry. The receiver takes it as the
+    /// heartbeat it is: a duplicate of one it had (or will have) from the control subject,
+    /// which changes nothing there. Queued like any message, as a `Heartbeat` (the bus
+    /// task fills in the latest one; heartbeats are otherwise never queued).
+    pub fn probe(&self, to: InstanceId) -> Result<(), SendRefused> {
+        let placeholder = Heartbeat {
+            seq: 0,
+            started_at_ms: 0,
+            name: String::new(),
+            advertise_url: String::new(),
+        };
+        self.try_send(to, BusMessage::Heartbeat(placeholder))
     }
 
     pub fn stats(&self) -> &Arc<ClusterStats> {
@@ -790,16 +814,21 @@ impl<T: Transport> BusTask<T> {
         let envelope = Envelope {
             from: self.config.self_id,
             sent_at_ms: unix_millis(),
-            body: BusMessage::Heartbeat(Heartbeat {
-                seq: self.heartbeat_seq,
-                started_at_ms: self.started_at_ms,
-                name: self.config.name.clone(),
-                advertise_url: self.config.advertise_url.clone(),
-            }),
+            body: self.latest_heartbeat(),
         };
         self.last_heartbeat = Some((self.heartbeat_seq, Instant::now()));
         let subject = self.control_subject.clone();
         self.publish(subject, None, &envelope).await;
+    }
+
+    /// Our heartbeat of sequence number `heartbeat_seq`.
+    fn latest_heartbeat(&self) -> BusMessage {
+        BusMessage::Heartbeat(Heartbeat {
+            seq: self.heartbeat_seq,
+            started_at_ms: self.started_at_ms,
+            name: self.config.name.clone(),
+            advertise_url: self.config.advertise_url.clone(),
+        })
     }
 
     async fn on_transport_event(&mut self, event: TransportEvent<T::Subject>) {
@@ -844,8 +873,13 @@ impl<T: Transport> BusTask<T> {
         if let Some((from, info_hash)) = lost_answer {
             (self.on_event)(BusEvent::AnswerLost { from, info_hash });
         }
-        if self.members.is_bus_down() || !self.members.unreachable(instance, Instant::now()) {
-            // Already out of the view (one report per message sent before we knew).
+        if self.members.is_bus_down() {
+            return;
+        }
+        if !self.members.unreachable(instance, Instant::now()) {
+            // Out of the view: gone already (one report per message sent before we knew),
+            // or never heard of yet.
+            (self.on_event)(BusEvent::Unreachable(instance));
             return;
         }
         self.stats.unreachable.fetch_add(1, Ordering::Relaxed);
@@ -984,10 +1018,16 @@ impl<T: Transport> BusTask<T> {
             self.stats.dropped(DropReason::BusDown);
             return;
         }
+        let body = match outgoing.message {
+            // A probe (see `BusHandle::probe`): our latest heartbeat, once there is one.
+            BusMessage::Heartbeat(_) if self.heartbeat_seq == 0 => return,
+            BusMessage::Heartbeat(_) => self.latest_heartbeat(),
+            body => body,
+        };
         let envelope = Envelope {
             from: self.config.self_id,
             sent_at_ms: unix_millis(),
-            body: outgoing.message,
+            body,
         };
         let route = self.route(outgoing.to);
         let (subject, mut reply) = (route.inbox.clone(), route.reply.clone());
@@ -1683,6 +1723,29 @@ mod tests {
             vec![ME],
             "OTHER is gone, by the first report"
         );
+        bus.shutdown();
+    }
+
+    /// A probe is our latest heartbeat, to one inbox: one to an instance without a
+    /// subscriber takes it out of the view, or, for one not in it (never heard of), is
+    /// reported as such, for the requests that may wait for it.
+    #[test]
+    fn a_probe_finds_a_dead_instance_in_the_view_or_out_of_it() {
+        const UNHEARD: InstanceId = 0xcccc;
+        let (broker, bus, events) = started_with_other(60_000, 7);
+        broker.no_responders.store(true, Ordering::Relaxed);
+        bus.probe(UNHEARD).expect("queued");
+        let event = wait_event(&events, "the report", |event| {
+            matches!(
+                event,
+                BusEvent::Unreachable(_) | BusEvent::Membership { .. }
+            )
+        });
+        assert!(matches!(event, BusEvent::Unreachable(UNHEARD)), "{event:?}");
+        assert_eq!(bus.view().live, vec![ME, OTHER], "nothing else changes");
+        bus.probe(OTHER).expect("queued");
+        wait_membership(&events, "the report", false, true, true);
+        assert_eq!(bus.view().live, vec![ME]);
         bus.shutdown();
     }
 

@@ -58,8 +58,8 @@ type Direct = Arc<OnceLock<(Arc<Shared>, Arc<ClusterNode>)>>;
 pub fn queue(node_stats: Arc<super::stats::NodeStats>) -> (super::bus::OnEvent, Inbound) {
     let (messages_tx, messages) = mpsc::channel(INBOUND_QUEUE);
     // Membership changes are rare and must not be lost (a dead instance's peers would
-    // stay); they get a queue of their own without a bound, as do lost answers (at most
-    // one per answer sent, and their sessions are waiting for word).
+    // stay); they get a queue of their own without a bound, as do the broker's other
+    // reports (at most one per message sent, and requests or sessions wait for them).
     let (views_tx, views) = mpsc::unbounded_channel();
     let direct = Direct::default();
     let on_bus_thread = direct.clone();
@@ -76,7 +76,9 @@ pub fn queue(node_stats: Arc<super::stats::NodeStats>) -> (super::bus::OnEvent, 
                 node_stats.dropped(RouteDrop::InboundFull);
             }
         }
-        control @ (BusEvent::Membership { .. } | BusEvent::AnswerLost { .. }) => {
+        control @ (BusEvent::Membership { .. }
+        | BusEvent::AnswerLost { .. }
+        | BusEvent::Unreachable(_)) => {
             let _ = views_tx.send(control);
         }
     });
@@ -127,6 +129,10 @@ pub async fn run(shared: Arc<Shared>, node: Arc<ClusterNode>, mut inbound: Inbou
                 BusEvent::AnswerLost { from, info_hash } => {
                     tell_answerer(&shared, &node, from, node::answer_lost(info_hash))
                 }
+                // Out of the view: requests of ours waiting for it are released (a dead
+                // newcomer's peers, if any reached our swarms before its first heartbeat
+                // reached us, go by their TTL).
+                BusEvent::Unreachable(instance) => node.owners_gone(&[instance]),
                 event => on_view_change(&shared, &node, event),
             },
             Some(envelope) = inbound.messages.recv() => on_message(&shared, &node, envelope),

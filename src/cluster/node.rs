@@ -8,7 +8,9 @@
 //! then resolves when the owner answers, when the owner leaves the view (an announce then
 //! comes back to be routed again), or when the reply deadline passes. An
 //! announce the owner passed on to another instance (`PassedOn`) waits for that one
-//! instead, and comes back at once if that one is dead to us.
+//! instead, and comes back at once if that one is dead to us. An instance that leaves a
+//! request without a reply for a heartbeat interval is probed (see `ask`), so that one
+//! which died holding it is found within a round trip rather than at the expiry.
 //!
 //! What arrives from other instances is handled by `inbound`.
 
@@ -16,7 +18,7 @@ use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex, PoisonError,
+        Arc, Mutex, MutexGuard, PoisonError,
     },
     time::{Duration, Instant},
 };
@@ -103,6 +105,15 @@ impl Pending {
     }
 }
 
+/// Instances whose latest probe is remembered; beyond it all are forgotten (a cluster has a
+/// handful of instances: only ids of dead newcomers could pile up).
+const MAX_PROBED: usize = 1024;
+
+/// Locks a map of plain values: a panic elsewhere cannot leave one half-written.
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// At most this many re-joins in flight, however large the bus queue.
 const MAX_REJOINS_IN_FLIGHT: usize = 1024;
 
@@ -152,14 +163,23 @@ pub struct ClusterNode {
     /// Turns for the requests in flight to each instance (see `ask`), `RejoinGate::limit`
     /// of them per instance; an instance's entry goes when it leaves the view.
     in_flight: Mutex<HashMap<InstanceId, Arc<Semaphore>>>,
+    /// A request without a reply for this long has the instance it waits for probed (see
+    /// `ask`): the heartbeat interval.
+    probe_after: Duration,
+    /// When each instance was last probed: once per `probe_after` at most, however many
+    /// requests wait for it. At most `MAX_PROBED` entries; an instance's goes when it
+    /// leaves the view.
+    probed: Mutex<HashMap<InstanceId, Instant>>,
     pub stats: Arc<NodeStats>,
 }
 
 impl ClusterNode {
-    /// `bus_queue`: the bus's queue (`cluster.bus_queue`), which paces re-joins.
+    /// `bus_queue`: the bus's queue (`cluster.bus_queue`), which paces requests;
+    /// `probe_after`: the heartbeat interval (see `ask`).
     pub fn new(
         bus: BusHandle,
         reply_timeout: Duration,
+        probe_after: Duration,
         bus_queue: usize,
         stats: Arc<NodeStats>,
     ) -> Self {
@@ -172,6 +192,8 @@ impl ClusterNode {
             rejoins: RejoinGate::new(bus_queue),
             bus_queue,
             in_flight: Mutex::new(HashMap::new()),
+            probe_after,
+            probed: Mutex::new(HashMap::new()),
             stats,
         }
     }
@@ -219,9 +241,8 @@ impl ClusterNode {
         tokio::time::Instant::now() + self.reply_timeout
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (InstanceId, Pending)>> {
-        // Entries are plain senders: a panic elsewhere cannot leave the map half-written.
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    fn pending(&self) -> MutexGuard<'_, HashMap<u64, (InstanceId, Pending)>> {
+        locked(&self.pending)
     }
 
     /// Registers a request waiting for the reply of `owner`; returns its id, or `None`
@@ -260,21 +281,43 @@ impl ClusterNode {
         }
         // Requests still holding a turn of theirs keep the semaphore alive until they end;
         // a return starts with a fresh one.
-        let mut in_flight = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let (mut in_flight, mut probed) = (locked(&self.in_flight), locked(&self.probed));
         for instance in gone {
             in_flight.remove(instance);
+            probed.remove(instance);
         }
+    }
+
+    /// Probes `instance` (see `BusHandle::probe`) unless it was probed within
+    /// `probe_after`.
+    fn probe(&self, instance: InstanceId) {
+        let now = Instant::now();
+        {
+            let mut probed = locked(&self.probed);
+            let recent = |at: &Instant| now.saturating_duration_since(*at) < self.probe_after;
+            if probed.get(&instance).is_some_and(recent) {
+                return;
+            }
+            if probed.len() >= MAX_PROBED {
+                probed.clear();
+            }
+            probed.insert(instance, now);
+        }
+        // A probe refused for a full queue is retried by the next slice of the wait (and
+        // the expiry still holds).
+        if self.bus.probe(instance).is_ok() {
+            self.stats.forwarded("heartbeat");
+        }
+    }
+
+    /// The instance request `req_id` waits for now, if it still waits.
+    fn waits_for(&self, req_id: u64) -> Option<InstanceId> {
+        self.pending().get(&req_id).map(|(instance, _)| *instance)
     }
 
     /// The turns for requests in flight to `owner`.
     fn turns_to(&self, owner: InstanceId) -> Arc<Semaphore> {
-        let mut in_flight = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut in_flight = locked(&self.in_flight);
         let limit = RejoinGate::limit(self.bus_queue);
         in_flight
             .entry(owner)
@@ -302,7 +345,8 @@ impl ClusterNode {
     /// that one): the request waits for `owner` from then on. If `owner` has left our
     /// view, it is dead to us and the announce lost there, so the request is released at
     /// once, as by `owners_gone`, to be made again where our view says. An `owner` we
-    /// have not heard of yet (a newcomer) is waited for like any owner.
+    /// have not heard of yet (a newcomer) is waited for like any owner, and probed like
+    /// any (see `ask`).
     pub fn announce_passed_on(&self, req_id: u64, owner: InstanceId) {
         match self.pending().get_mut(&req_id) {
             Some((waits_for, Pending::Announce(_))) => *waits_for = owner,
@@ -353,6 +397,11 @@ impl ClusterNode {
     /// no reply, by the deadline fails as unavailable (counted as `reply_timeout`), one
     /// that gets no room in the queue fails the same way (counted as `queue_full`); one
     /// whose owner leaves the view meanwhile comes back at once (`OwnerGone`).
+    ///
+    /// While it waits for the reply, the instance it waits for is probed once per
+    /// `probe_after` without one (see `probe`): if that instance died after receiving the
+    /// request, NATS's "no responders" to the probe releases the request, as a departure
+    /// does, instead of the expiry or the deadline.
     async fn ask<T: Send + 'static>(
         self: Arc<Self>,
         owner: InstanceId,
@@ -376,9 +425,23 @@ impl ClusterNode {
             self.forget(req_id);
             return Err(Failure::unavailable());
         }
-        let replied = tokio::time::timeout_at(deadline, reply).await;
+        let replied = loop {
+            let slice = (tokio::time::Instant::now() + self.probe_after).min(deadline);
+            match tokio::time::timeout_at(slice, &mut reply).await {
+                Ok(replied) => break replied.ok(),
+                Err(_) if slice >= deadline => break None,
+                // No reply for a heartbeat interval: whoever it waits for may have died
+                // after receiving it, which no message of ours has told the broker to
+                // report yet; the probe does, within a round trip.
+                Err(_) => {
+                    if let Some(instance) = self.waits_for(req_id) {
+                        self.probe(instance);
+                    }
+                }
+            }
+        };
         drop(turn);
-        self.outcome(req_id, asked, replied.ok().and_then(Result::ok))
+        self.outcome(req_id, asked, replied)
     }
 
     /// What a request learnt by its deadline (`None`: nothing, it timed out).
@@ -645,7 +708,9 @@ mod tests {
         };
         let (bus, sent) = BusHandle::detached(view, 16);
         let expiry = Duration::from_secs(600);
-        let node = ClusterNode::new(bus, expiry, 64, Arc::new(NodeStats::new()));
+        let probe_after = Duration::from_secs(60);
+        let stats = Arc::new(NodeStats::new());
+        let node = ClusterNode::new(bus, expiry, probe_after, 64, stats);
         (Arc::new(node), sent)
     }
 

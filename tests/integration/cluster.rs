@@ -421,6 +421,46 @@ async fn an_answer_lost_with_the_instance_it_went_to_is_answered_with_a_failure(
     assert_eq!(view(&a).await.1, vec![ids[0]], "a learnt of b's death");
 }
 
+/// b owns a swarm; a forwards an announce there, and b dies after NATS has handed it
+/// the announce (frozen, then killed): nothing a sends tells the broker to report b gone,
+/// and a's expiry is long. a probes b when the reply is a heartbeat interval late, learns
+/// of the death from NATS's "no responders", and makes the announce again at the new
+/// owner, itself: the client gets its reply instead of waiting for the reply deadline
+/// (two minutes here).
+#[tokio::test]
+async fn an_owner_that_dies_holding_an_announce_is_found_by_a_probe() {
+    let nats = NatsServer::start();
+    let (a, b, ids) = pair(&nats, &nats.url(), LONG_EXPIRY_MS).await;
+    let swarm = swarm_owned_by(ids[1], &ids, 1_900);
+    let mut client = TestPeer::connect(&a.ws_url()).await;
+    // A second subscriber on b's inbox shows when NATS has handed the announce on (to b
+    // as well); it leaves before b dies, so that NATS can report b's inbox empty.
+    let spy = async_nats::connect(nats.url())
+        .await
+        .expect("a plain NATS client connects");
+    let mut seen = spy
+        .subscribe(format!("p2pms.inbox.{:016x}", ids[1]))
+        .await
+        .expect("subscribes");
+    spy.flush().await.expect("flushed");
+
+    b.signal("STOP");
+    client
+        .announce(swarm, peer_id(1), Some("started"), &[])
+        .await;
+    tokio::time::timeout(SETTLE, futures_util::StreamExt::next(&mut seen))
+        .await
+        .expect("the announce reached b's inbox")
+        .expect("a message");
+    seen.unsubscribe().await.expect("unsubscribes");
+    spy.flush().await.expect("flushed");
+    b.signal("KILL");
+    wait_inbox_unsubscribed(&nats, ids[1]).await;
+
+    assert_eq!(client.recv_announce_reply().await.incomplete, 1);
+    assert_eq!(view(&a).await.1, vec![ids[0]], "a learnt of b's death");
+}
+
 /// c owns a swarm and is killed; a, which forwarded an announce there, learns of the
 /// death from NATS and makes the announce again at the swarm's new owner b, which has not
 /// learnt of it yet (nothing of b's went to c since, and the expiries are long) and so
@@ -1020,7 +1060,7 @@ impl StandIn {
         while tokio::time::Instant::now() < deadline {
             match self.events.try_recv() {
                 Ok(BusEvent::Message(envelope)) => return Some(envelope.body),
-                Ok(BusEvent::Membership { .. } | BusEvent::AnswerLost { .. }) => continue,
+                Ok(_) => continue,
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         }
@@ -1033,7 +1073,7 @@ impl StandIn {
             .try_iter()
             .filter_map(|event| match event {
                 BusEvent::Message(envelope) => Some(envelope.body),
-                BusEvent::Membership { .. } | BusEvent::AnswerLost { .. } => None,
+                _ => None,
             })
             .collect()
     }

@@ -81,7 +81,7 @@ impl Instance {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.events.recv_timeout(left) {
                 Ok(BusEvent::Message(envelope)) => return envelope,
-                Ok(BusEvent::Membership { .. } | BusEvent::AnswerLost { .. }) => continue,
+                Ok(_) => continue,
                 Err(err) => panic!("no message arrived: {err}"),
             }
         }
