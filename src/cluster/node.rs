@@ -114,6 +114,15 @@ fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Forwarded announces and scrapes in flight to any one instance at once, for a bus queue
+/// of `bus_queue` messages: a quarter of it, so that the requests to one owner never fill
+/// this instance's queue, nor the owner's subscription (as large). Not capped like
+/// re-joins: it paces bursts with a small queue, and with the default (16,384) it does not
+/// limit the steady traffic to a slow owner.
+fn requests_in_flight_limit(bus_queue: usize) -> usize {
+    (bus_queue / 4).max(1)
+}
+
 /// At most this many re-joins in flight, however large the bus queue.
 const MAX_REJOINS_IN_FLIGHT: usize = 1024;
 
@@ -160,8 +169,8 @@ pub struct ClusterNode {
     pending: Mutex<HashMap<u64, (InstanceId, Pending)>>,
     rejoins: RejoinGate,
     bus_queue: usize,
-    /// Turns for the requests in flight to each instance (see `ask`), `RejoinGate::limit`
-    /// of them per instance; an instance's entry goes when it leaves the view.
+    /// Turns for the requests in flight to each instance (see `ask`),
+    /// `requests_in_flight_limit` of them per instance; an instance's entry goes when it leaves the view.
     in_flight: Mutex<HashMap<InstanceId, Arc<Semaphore>>>,
     /// A request without a reply for this long has the instance it waits for probed (see
     /// `ask`): the heartbeat interval.
@@ -318,7 +327,7 @@ impl ClusterNode {
     /// The turns for requests in flight to `owner`.
     fn turns_to(&self, owner: InstanceId) -> Arc<Semaphore> {
         let mut in_flight = locked(&self.in_flight);
-        let limit = RejoinGate::limit(self.bus_queue);
+        let limit = requests_in_flight_limit(self.bus_queue);
         in_flight
             .entry(owner)
             .or_insert_with(|| Arc::new(Semaphore::new(limit)))
@@ -387,8 +396,8 @@ impl ClusterNode {
     /// Sends request `req_id` to `owner` and waits for its reply, all until the reply
     /// deadline; the round trip goes into the relay latency histogram.
     ///
-    /// Paced: a request takes one of the turns of its owner first (`RejoinGate::limit` of
-    /// them: a quarter of the bus queue, 1,024 at most) and holds it until its reply or
+    /// Paced: a request takes one of the turns of its owner first (a quarter of the bus
+    /// queue, see `requests_in_flight_limit`) and holds it until its reply or
     /// its end, then waits for room in the bus queue. So a burst of announces (hundreds
     /// of clients at once, say those of a dead instance reconnecting) waits its turn
     /// instead of overflowing this instance's bus queue, the owner's subscription, or the
@@ -839,7 +848,7 @@ mod tests {
     #[tokio::test]
     async fn announces_in_flight_are_paced_per_owner() {
         let (node, mut sent) = node_seeing(&[ME, OWNER, ELSEWHERE], &[]);
-        let limit = RejoinGate::limit(64);
+        let limit = requests_in_flight_limit(64);
         let conn = conn_id(ME, 5);
         let mut in_flight: Vec<_> = (0..limit)
             .map(|_| {
