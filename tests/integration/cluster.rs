@@ -123,6 +123,19 @@ fn swarm_owned_by(owner: u64, live: &[u64], from: u32) -> InfoHash {
         .expect("some swarm hashes to every instance")
 }
 
+/// The first test swarm (from `info_hash(from)` on) that `owner` owns among `live`, and
+/// `heir` once `owner` has left.
+fn swarm_owned_by_then(owner: u64, heir: u64, live: &[u64], from: u32) -> InfoHash {
+    let rest: Vec<u64> = sorted(live).into_iter().filter(|id| *id != owner).collect();
+    (from..from + 10_000)
+        .map(info_hash)
+        .find(|swarm| {
+            ring::owner(swarm, &sorted(live)) == Some(owner)
+                && ring::owner(swarm, &rest) == Some(heir)
+        })
+        .expect("some swarm hashes to every pair of instances")
+}
+
 /// Scrapes `swarm` through `peer` until it counts `incomplete` leechers (views and
 /// re-joins take a moment to settle after a change).
 async fn eventually_incomplete(peer: &mut TestPeer, swarm: InfoHash, incomplete: u64) {
@@ -461,6 +474,52 @@ async fn an_owner_that_dies_holding_an_announce_is_found_by_a_probe() {
     assert_eq!(view(&a).await.1, vec![ids[0]], "a learnt of b's death");
 }
 
+/// Peers (`peersCount`) held in `instance`'s own swarms, from its /stats.json.
+async fn peers_held(instance: &BinaryServer) -> u64 {
+    peers_and_torrents(&instance.get_json("/stats.json").await).0
+}
+
+/// Three instances with long expiries, b behind a link proxy; a swarm owned by b, and by c
+/// without b. b's link drops: a's announce to b gets "no responders", a drops b and makes
+/// the announce again at c, which serves it (the announce has had its extra hop) though
+/// its own view still names b: c holds the peer. b's link returns, a re-joins the swarm at
+/// b, and tells c its peer left: c, whose view never changed, would otherwise keep the
+/// registration (offers relayed to a peer whose answers go to b) until the peer's TTL.
+#[tokio::test]
+async fn a_membership_that_moves_leaves_the_instance_that_held_it() {
+    let nats = NatsServer::start();
+    let proxy = LinkProxy::start(nats.port);
+    let long_expiry = [("TRACKER__CLUSTER__EXPIRY_MS", LONG_EXPIRY_MS)];
+    let [a, c] = ["a", "c"].map(|name| cluster_instance_with(&nats, name, &long_expiry));
+    let b = cluster_instance_at(&proxy.url(), "b", &long_expiry);
+    let ids = settled(&[&a, &b, &c]).await;
+    let without_b = sorted(&[ids[0], ids[2]]);
+    let swarm = swarm_owned_by_then(ids[1], ids[2], &ids, 2_000);
+    let mut on_a = TestPeer::connect(&a.ws_url()).await;
+    on_a.join_swarm(swarm, peer_id(1)).await;
+    assert_eq!(peers_held(&b).await, 1);
+
+    proxy.cut();
+    wait_inbox_unsubscribed(&nats, ids[1]).await;
+    assert_eq!(on_a.announce_counts(swarm, peer_id(1), None).await, (0, 1));
+    assert_eq!(view(&a).await.1, without_b, "a dropped b");
+    assert_eq!(view(&c).await.1.len(), 3, "c still counts b alive");
+    assert_eq!(peers_held(&c).await, 1, "c took the announce");
+
+    proxy.restore();
+    settled(&[&a, &b, &c]).await;
+    eventually_incomplete(&mut on_a, swarm, 1).await;
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while peers_held(&c).await != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "c still holds the peer that moved to b"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(peers_held(&b).await, 1, "b holds it");
+}
+
 /// c owns a swarm and is killed; a, which forwarded an announce there, learns of the
 /// death from NATS and makes the announce again at the swarm's new owner b, which has not
 /// learnt of it yet (nothing of b's went to c since, and the expiries are long) and so
@@ -475,13 +534,7 @@ async fn an_announce_made_again_after_its_owner_died_is_served_by_an_instance_st
     let [a, b, c] = &instances;
     let ids = settled(&[a, b, c]).await;
     let survivors = sorted(&ids[..2]);
-    let swarm = (1_000..11_000)
-        .map(info_hash)
-        .find(|swarm| {
-            ring::owner(swarm, &sorted(&ids)) == Some(ids[2])
-                && ring::owner(swarm, &survivors) == Some(ids[1])
-        })
-        .expect("a swarm owned by c, and by b once c is gone");
+    let swarm = swarm_owned_by_then(ids[2], ids[1], &ids, 1_000);
     let mut on_a = TestPeer::connect(&a.ws_url()).await;
     on_a.join_swarm(swarm, peer_id(1)).await;
 
@@ -522,14 +575,7 @@ async fn a_fresh_announce_passed_on_to_an_instance_its_sender_counts_dead(signal
     let [b, c] = ["b", "c"].map(|name| cluster_instance_with(&nats, name, &long_expiry));
     let ids = settled(&[&a, &b, &c]).await;
     let survivors = sorted(&ids[..2]);
-    let owned_by_c_then_b = |swarm: &InfoHash| {
-        ring::owner(swarm, &sorted(&ids)) == Some(ids[2])
-            && ring::owner(swarm, &survivors) == Some(ids[1])
-    };
-    let swarm = (4_000..14_000)
-        .map(info_hash)
-        .find(owned_by_c_then_b)
-        .expect("a swarm owned by c, and by b once c is gone");
+    let swarm = swarm_owned_by_then(ids[2], ids[1], &ids, 4_000);
     let mut on_a = TestPeer::connect(&a.ws_url()).await;
 
     c.signal(signal);
