@@ -474,15 +474,18 @@ impl BusHandle {
     /// nothing else would tell us before the expiry. The receiver takes it as the
     /// heartbeat it is: a duplicate of one it had (or will have) from the control subject,
     /// which changes nothing there. Queued like any message, as a `Heartbeat` (the bus
-    /// task fills in the latest one; heartbeats are otherwise never queued).
-    pub fn probe(&self, to: InstanceId) -> Result<(), SendRefused> {
+    /// task fills in the latest one; heartbeats are otherwise never queued). Returns
+    /// whether it was queued; a refusal (full queue, no link) is not counted as a drop:
+    /// nothing is lost, and the caller may ask again later.
+    pub fn probe(&self, to: InstanceId) -> bool {
         let placeholder = Heartbeat {
             seq: 0,
             started_at_ms: 0,
             name: String::new(),
             advertise_url: String::new(),
         };
-        self.try_send(to, BusMessage::Heartbeat(placeholder))
+        let message = BusMessage::Heartbeat(placeholder);
+        self.inner.stats.is_connected() && self.inner.tx.try_send(Outgoing { to, message }).is_ok()
     }
 
     pub fn stats(&self) -> &Arc<ClusterStats> {
@@ -1734,7 +1737,7 @@ mod tests {
         const UNHEARD: InstanceId = 0xcccc;
         let (broker, bus, events) = started_with_other(60_000, 7);
         broker.no_responders.store(true, Ordering::Relaxed);
-        bus.probe(UNHEARD).expect("queued");
+        assert!(bus.probe(UNHEARD), "queued");
         let event = wait_event(&events, "the report", |event| {
             matches!(
                 event,
@@ -1743,7 +1746,7 @@ mod tests {
         });
         assert!(matches!(event, BusEvent::Unreachable(UNHEARD)), "{event:?}");
         assert_eq!(bus.view().live, vec![ME, OTHER], "nothing else changes");
-        bus.probe(OTHER).expect("queued");
+        assert!(bus.probe(OTHER), "queued");
         wait_membership(&events, "the report", false, true, true);
         assert_eq!(bus.view().live, vec![ME]);
         bus.shutdown();

@@ -314,7 +314,7 @@ impl ClusterNode {
         }
         // A probe refused for a full queue is retried by the next slice of the wait (and
         // the expiry still holds).
-        if self.bus.probe(instance).is_ok() {
+        if self.bus.probe(instance) {
             self.stats.forwarded("heartbeat");
         }
     }
