@@ -13,7 +13,9 @@ use p2p_mediastream::{
         settings::ClusterSettings,
         wire::{self, BusMessage},
     },
-    protocol::{client::TrackerMessage, InfoHash, OfferId, PeerId, SwarmCounts},
+    protocol::{
+        client::TrackerMessage, AnswerRequest, InfoHash, OfferId, PeerId, Sdp, SwarmCounts,
+    },
 };
 
 use crate::common::*;
@@ -1207,6 +1209,53 @@ async fn answers_and_leaves_go_to_the_instance_that_registered_the_peer() {
     assert_eq!(now, generation, "a's view changed");
 }
 
+/// An answer reaches b, which has no swarm of its info_hash, from another instance (a
+/// stand-in, whose socket sent it); b's view names c as the owner, and c was killed (b
+/// knows nothing yet: long expiry, nothing sent to c). b passes the answer on to c; NATS's
+/// "no responders" for it makes b tell the answering socket, on the stand-in, that its
+/// answer was lost, with a failure naming the swarm.
+#[tokio::test]
+async fn an_answer_passed_on_to_a_dead_owner_is_answered_with_a_failure() {
+    let nats = NatsServer::start();
+    let long_expiry = [("TRACKER__CLUSTER__EXPIRY_MS", LONG_EXPIRY_MS)];
+    let b = cluster_instance_with(&nats, "b", &long_expiry);
+    let c = cluster_instance(&nats, "c");
+    let answerer = StandIn::start(&nats);
+    let live = sees_instances(&b, 3).await;
+    let (c_id, _, _) = view(&c).await;
+    let swarm = swarm_owned_by(c_id, &live, 3_500);
+
+    c.signal("KILL");
+    wait_inbox_unsubscribed(&nats, c_id).await;
+    let from = wire::ConnKey {
+        instance: answerer.id(),
+        conn: 7,
+    };
+    let answer = BusMessage::Answer(wire::ForwardedAnswer {
+        from,
+        hops: 0,
+        request: AnswerRequest {
+            info_hash: swarm,
+            peer_id: peer_id(1),
+            to_peer_id: peer_id(2),
+            offer_id: offer_id(1),
+            sdp: Sdp::from_text("answer-sdp"),
+        },
+    });
+    let (b_id, _, _) = view(&b).await;
+    answerer.bus.try_send(b_id, answer).expect("queued");
+    match answerer.next_message().await {
+        Some(BusMessage::Deliver(wire::Deliver {
+            to,
+            message: wire::Relay::Failure { info_hash, reason },
+        })) => {
+            assert_eq!((to, info_hash), (from, swarm));
+            assert!(reason.contains("is gone"), "{reason}");
+        }
+        other => panic!("expected a failure for the answer, got {other:?}"),
+    }
+}
+
 /// Queue-full drops counted by `instance` (`cluster.dropped.queue_full` in /stats.json).
 async fn queue_full(instance: &BinaryServer) -> u64 {
     let stats = instance.get_json("/stats.json").await;
@@ -1216,8 +1265,9 @@ async fn queue_full(instance: &BinaryServer) -> u64 {
 }
 
 /// A hundred clients on a announce at once to a swarm b owns, with a bus queue of 16 (the
-/// smallest allowed) on both: each announce waits for room in the queue instead of being refused, so every
-/// client gets its announce response, none is dropped, and b counts them all.
+/// smallest allowed) on both: each announce waits for its turn and for room in the queue
+/// instead of being refused, so every client gets its announce response, none is dropped,
+/// and b counts them all.
 #[tokio::test]
 async fn a_burst_of_client_announces_waits_for_room_in_a_tiny_bus_queue() {
     const CLIENTS: u32 = 100;
