@@ -14,7 +14,7 @@
 //! Subjects: `{prefix}.ctl` carries heartbeats and `Leaving` for every instance;
 //! `{prefix}.inbox.{id:016x}` carries everything addressed to one instance;
 //! `{prefix}.noresp.{ours:016x}.{to:016x}` is the reply subject of every message we send
-//! to instance `to` (an answer's names its sender and swarm after that, see
+//! to instance `to` (an answer's also names its sender and swarm, see
 //! `BusConfig::lost_answer_subject`). Nobody answers on it: the broker itself writes there
 //! when `to`'s inbox has no subscriber (NATS "no responders"), i.e. when `to`'s connection
 //! is gone, and then also reports a lost answer to its sender (`BusEvent::AnswerLost`).

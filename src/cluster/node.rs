@@ -170,7 +170,8 @@ pub struct ClusterNode {
     rejoins: RejoinGate,
     bus_queue: usize,
     /// Turns for the requests in flight to each instance (see `ask`),
-    /// `requests_in_flight_limit` of them per instance; an instance's entry goes when it leaves the view.
+    /// `requests_in_flight_limit` of them per instance; an instance's entry goes when it
+    /// leaves the view.
     in_flight: Mutex<HashMap<InstanceId, Arc<Semaphore>>>,
     /// A request without a reply for this long has the instance it waits for probed (see
     /// `ask`): the heartbeat interval.
@@ -397,8 +398,8 @@ impl ClusterNode {
     /// deadline; the round trip goes into the relay latency histogram.
     ///
     /// Paced: a request takes one of the turns of its owner first (a quarter of the bus
-    /// queue, see `requests_in_flight_limit`) and holds it until its reply or
-    /// its end, then waits for room in the bus queue. So a burst of announces (hundreds
+    /// queue, see `requests_in_flight_limit`) and holds it until its reply or its end,
+    /// then waits for room in the bus queue. So a burst of announces (hundreds
     /// of clients at once, say those of a dead instance reconnecting) waits its turn
     /// instead of overflowing this instance's bus queue, the owner's subscription, or the
     /// owner's queue of replies; turns are per owner, so an owner that died silently
