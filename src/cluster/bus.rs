@@ -14,8 +14,10 @@
 //! Subjects: `{prefix}.ctl` carries heartbeats and `Leaving` for every instance;
 //! `{prefix}.inbox.{id:016x}` carries everything addressed to one instance;
 //! `{prefix}.noresp.{ours:016x}.{to:016x}` is the reply subject of every message we send
-//! to instance `to`. Nobody answers on it: the broker itself writes there when `to`'s inbox
-//! has no subscriber (NATS "no responders"), i.e. when `to`'s connection is gone.
+//! to instance `to` (an answer's also names its sender and swarm, see
+//! `BusConfig::lost_answer_subject`). Nobody answers on it: the broker itself writes there
+//! when `to`'s inbox has no subscriber (NATS "no responders"), i.e. when `to`'s connection
+//! is gone, and then also reports a lost answer to its sender (`BusEvent::AnswerLost`).
 //!
 //! Liveness of other instances: heartbeats and the expiry, and sooner the broker's "no
 //! responders" for a message to an instance: the broker drops a subscription the moment
@@ -57,8 +59,9 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     members::{Change, LiveView, Members, SharedView},
     settings::ClusterSettings,
-    wire::{self, BusMessage, Envelope, Heartbeat, InstanceId},
+    wire::{self, BusMessage, ConnKey, Envelope, Heartbeat, InstanceId},
 };
+use crate::protocol::InfoHash;
 
 /// Why a message never made it onto, or off, the bus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,6 +175,15 @@ pub enum BusEvent {
         gone: Vec<InstanceId>,
         view: Arc<LiveView>,
     },
+    /// An answer of socket `from` in `info_hash` reached no instance: the one it was sent
+    /// to had no subscriber (its connection is gone, and so is the swarm there that
+    /// relayed the offer). `from` is to be told, since nothing else will answer it.
+    AnswerLost { from: ConnKey, info_hash: InfoHash },
+    /// An instance that is not in our view had no subscriber on its inbox for a message of
+    /// ours (a probe, say): one a request of ours may be waiting for without our having
+    /// heard of it yet (a newcomer another instance passed it on to) is dead. (One in the
+    /// view leaves it instead, by a `Membership` change.)
+    Unreachable(InstanceId),
 }
 
 /// The callback that receives what the bus delivers; runs on the bus thread and must not
@@ -240,9 +252,47 @@ impl BusConfig {
         format!("{}.{instance:016x}", self.unreachable_prefix())
     }
 
-    /// `{prefix}.noresp.{self_id:016x}`: subscribed with `.*` appended.
+    /// The reply subject of an answer of socket `from` in `info_hash` that we send to
+    /// `instance`: `unreachable_subject(instance)` followed by what names the answer, so
+    /// that the broker's "no responders" for it says whose answer was lost (see
+    /// `BusEvent::AnswerLost`).
+    pub fn lost_answer_subject(
+        &self,
+        instance: InstanceId,
+        from: ConnKey,
+        info_hash: &InfoHash,
+    ) -> String {
+        format!(
+            "{}.{:016x}.{:016x}.{}",
+            self.unreachable_subject(instance),
+            from.instance,
+            from.conn,
+            info_hash.to_hex()
+        )
+    }
+
+    /// `{prefix}.noresp.{self_id:016x}`: subscribed with `.>` appended.
     fn unreachable_prefix(&self) -> String {
         format!("{}.noresp.{:016x}", self.subject_prefix, self.self_id)
+    }
+}
+
+/// What follows `{prefix}.noresp.{ours}.` in a reply subject of ours: the instance a
+/// message was for, and for an answer its sender and swarm (see `lost_answer_subject`).
+fn parse_unreachable(rest: &str) -> Option<(InstanceId, Option<(ConnKey, InfoHash)>)> {
+    let hex = |token: &str| u64::from_str_radix(token, 16).ok();
+    let mut tokens = rest.split('.');
+    let instance = hex(tokens.next()?)?;
+    match (tokens.next(), tokens.next(), tokens.next(), tokens.next()) {
+        (None, ..) => Some((instance, None)),
+        (Some(from), Some(conn), Some(info_hash), None) => {
+            let from = ConnKey {
+                instance: hex(from)?,
+                conn: hex(conn)?,
+            };
+            Some((instance, Some((from, InfoHash::from_hex(info_hash)?))))
+        }
+        _ => None,
     }
 }
 
@@ -383,6 +433,61 @@ impl BusHandle {
         }
     }
 
+    /// Queues `message` for the inbox of `to` as soon as the queue has room, waiting until
+    /// `deadline` at most: for requests whose sender waits for a reply anyway (forwarded
+    /// announces and scrapes, and the owner's replies to them), so that a burst of them
+    /// is paced by the bus instead of overflowing its queue. Room is handed out in the
+    /// order it was asked for; `try_send` gets it only when nobody waits. No room by the
+    /// deadline is a `QueueFull` refusal, counted as such.
+    pub async fn send_when_room(
+        &self,
+        to: InstanceId,
+        message: BusMessage,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), SendRefused> {
+        let stats = &self.inner.stats;
+        if !stats.is_connected() {
+            stats.dropped(DropReason::BusDown);
+            return Err(SendRefused::BusDown);
+        }
+        match tokio::time::timeout_at(deadline, self.inner.tx.reserve()).await {
+            Ok(Ok(room)) => {
+                room.send(Outgoing { to, message });
+                Ok(())
+            }
+            Ok(Err(_closed)) => {
+                stats.dropped(DropReason::BusDown);
+                Err(SendRefused::Stopped)
+            }
+            Err(_) => {
+                stats.dropped(DropReason::QueueFull);
+                Err(SendRefused::QueueFull)
+            }
+        }
+    }
+
+    /// Asks the broker whether `to` can still receive: our latest heartbeat goes again, to
+    /// `to`'s inbox alone, with the usual reply subject, so that NATS answers "no
+    /// responders" if `to`'s connection is gone (and `to` leaves the view, or requests
+    /// waiting for it are released: see `BusEvent::Unreachable`). For an instance that
+    /// does not reply to a request of ours: it may have died after receiving it, and
+    /// nothing else would tell us before the expiry. The receiver takes it as the
+    /// heartbeat it is: a duplicate of one it had (or will have) from the control subject,
+    /// which changes nothing there. Queued like any message, as a `Heartbeat` (the bus
+    /// task fills in the latest one; heartbeats are otherwise never queued). Returns
+    /// whether it was queued; a refusal (full queue, no link) is not counted as a drop:
+    /// nothing is lost, and the caller may ask again later.
+    pub fn probe(&self, to: InstanceId) -> bool {
+        let placeholder = Heartbeat {
+            seq: 0,
+            started_at_ms: 0,
+            name: String::new(),
+            advertise_url: String::new(),
+        };
+        let message = BusMessage::Heartbeat(placeholder);
+        self.inner.stats.is_connected() && self.inner.tx.try_send(Outgoing { to, message }).is_ok()
+    }
+
     pub fn stats(&self) -> &Arc<ClusterStats> {
         &self.inner.stats
     }
@@ -478,7 +583,7 @@ where
                 let subjects = vec![
                     config.control_subject(),
                     config.inbox_subject(self_id),
-                    format!("{}.*", config.unreachable_prefix()),
+                    format!("{}.>", config.unreachable_prefix()),
                 ];
                 let transport = match connect(subjects).await {
                     Ok(transport) => transport,
@@ -712,16 +817,21 @@ impl<T: Transport> BusTask<T> {
         let envelope = Envelope {
             from: self.config.self_id,
             sent_at_ms: unix_millis(),
-            body: BusMessage::Heartbeat(Heartbeat {
-                seq: self.heartbeat_seq,
-                started_at_ms: self.started_at_ms,
-                name: self.config.name.clone(),
-                advertise_url: self.config.advertise_url.clone(),
-            }),
+            body: self.latest_heartbeat(),
         };
         self.last_heartbeat = Some((self.heartbeat_seq, Instant::now()));
         let subject = self.control_subject.clone();
         self.publish(subject, None, &envelope).await;
+    }
+
+    /// Our heartbeat of sequence number `heartbeat_seq`.
+    fn latest_heartbeat(&self) -> BusMessage {
+        BusMessage::Heartbeat(Heartbeat {
+            seq: self.heartbeat_seq,
+            started_at_ms: self.started_at_ms,
+            name: self.config.name.clone(),
+            advertise_url: self.config.advertise_url.clone(),
+        })
     }
 
     async fn on_transport_event(&mut self, event: TransportEvent<T::Subject>) {
@@ -751,17 +861,28 @@ impl<T: Transport> BusTask<T> {
     /// for: its connection is gone, so it is out of the view now rather than at its expiry
     /// (owners drop its peers, its swarms move, and requests waiting for it are routed
     /// again). Its next heartbeat, if it is alive after all (a reconnect), brings it back.
+    ///
+    /// An answer's own reply subject names it (see `BusConfig::lost_answer_subject`): its
+    /// sender is told of its loss too, even when the instance was already out of the view.
     fn no_responders(&mut self, subject: &str) {
-        let instance = subject
+        let parsed = subject
             .strip_prefix(self.unreachable_prefix.as_str())
             .and_then(|rest| rest.strip_prefix('.'))
-            .and_then(|hex| InstanceId::from_str_radix(hex, 16).ok());
-        let Some(instance) = instance else {
+            .and_then(parse_unreachable);
+        let Some((instance, lost_answer)) = parsed else {
             self.stats.dropped(DropReason::NotForUs);
             return;
         };
-        if self.members.is_bus_down() || !self.members.unreachable(instance, Instant::now()) {
-            // Already out of the view (one report per message sent before we knew).
+        if let Some((from, info_hash)) = lost_answer {
+            (self.on_event)(BusEvent::AnswerLost { from, info_hash });
+        }
+        if self.members.is_bus_down() {
+            return;
+        }
+        if !self.members.unreachable(instance, Instant::now()) {
+            // Out of the view: gone already (one report per message sent before we knew),
+            // or never heard of yet.
+            (self.on_event)(BusEvent::Unreachable(instance));
             return;
         }
         self.stats.unreachable.fetch_add(1, Ordering::Relaxed);
@@ -900,13 +1021,29 @@ impl<T: Transport> BusTask<T> {
             self.stats.dropped(DropReason::BusDown);
             return;
         }
+        let body = match outgoing.message {
+            // A probe (see `BusHandle::probe`): our latest heartbeat, once there is one.
+            BusMessage::Heartbeat(_) if self.heartbeat_seq == 0 => return,
+            BusMessage::Heartbeat(_) => self.latest_heartbeat(),
+            body => body,
+        };
         let envelope = Envelope {
             from: self.config.self_id,
             sent_at_ms: unix_millis(),
-            body: outgoing.message,
+            body,
         };
         let route = self.route(outgoing.to);
-        let (subject, reply) = (route.inbox.clone(), route.reply.clone());
+        let (subject, mut reply) = (route.inbox.clone(), route.reply.clone());
+        if let BusMessage::Answer(answer) = &envelope.body {
+            // Named, so that its loss can be told to its sender (one subject per answer:
+            // answers are a small share of the traffic).
+            let named = self.config.lost_answer_subject(
+                outgoing.to,
+                answer.from,
+                &answer.request.info_hash,
+            );
+            reply = self.transport.subject(named);
+        }
         self.publish(subject, Some(reply), &envelope).await;
     }
 
@@ -1542,6 +1679,96 @@ mod tests {
         wait_membership(&events, "the second report", false, true, true);
         assert_eq!(bus.stats().unreachable.load(Ordering::Relaxed), 2);
         bus.shutdown();
+    }
+
+    /// An answer sent to an instance without a subscriber is reported lost to whoever
+    /// sent it (the socket named in it, whichever instance that is on: the answer may be
+    /// passed on from another instance), also once that instance is out of the view.
+    #[test]
+    fn an_answer_that_reaches_nobody_is_reported_lost_to_its_sender() {
+        use crate::cluster::wire::ForwardedAnswer;
+        use crate::protocol::AnswerRequest;
+        let (broker, bus, events) = started_with_other(60_000, 7);
+        broker.no_responders.store(true, Ordering::Relaxed);
+        for answerer in [
+            ConnKey {
+                instance: 0xcccc,
+                conn: 3,
+            },
+            ConnKey {
+                instance: ME,
+                conn: 9,
+            },
+        ] {
+            let answer = BusMessage::Answer(ForwardedAnswer {
+                from: answerer,
+                hops: 1,
+                request: AnswerRequest {
+                    info_hash: InfoHash([4; 20]),
+                    peer_id: PeerId([5; 20]),
+                    to_peer_id: PeerId([6; 20]),
+                    offer_id: OfferId([7; 20]),
+                    sdp: crate::protocol::Sdp::from_text("v=0"),
+                },
+            });
+            bus.try_send(OTHER, answer).expect("queued");
+            let lost = wait_event(&events, "the lost answer", |event| {
+                matches!(event, BusEvent::AnswerLost { .. })
+            });
+            assert!(
+                matches!(lost, BusEvent::AnswerLost { from, info_hash }
+                    if from == answerer && info_hash == InfoHash([4; 20])),
+                "{lost:?}"
+            );
+        }
+        assert_eq!(
+            bus.view().live,
+            vec![ME],
+            "OTHER is gone, by the first report"
+        );
+        bus.shutdown();
+    }
+
+    /// A probe is our latest heartbeat, to one inbox: one to an instance without a
+    /// subscriber takes it out of the view, or, for one not in it (never heard of), is
+    /// reported as such, for the requests that may wait for it.
+    #[test]
+    fn a_probe_finds_a_dead_instance_in_the_view_or_out_of_it() {
+        const UNHEARD: InstanceId = 0xcccc;
+        let (broker, bus, events) = started_with_other(60_000, 7);
+        broker.no_responders.store(true, Ordering::Relaxed);
+        assert!(bus.probe(UNHEARD), "queued");
+        let event = wait_event(&events, "the report", |event| {
+            matches!(
+                event,
+                BusEvent::Unreachable(_) | BusEvent::Membership { .. }
+            )
+        });
+        assert!(matches!(event, BusEvent::Unreachable(UNHEARD)), "{event:?}");
+        assert_eq!(bus.view().live, vec![ME, OTHER], "nothing else changes");
+        assert!(bus.probe(OTHER), "queued");
+        wait_membership(&events, "the report", false, true, true);
+        assert_eq!(bus.view().live, vec![ME]);
+        bus.shutdown();
+    }
+
+    #[test]
+    fn reply_subjects_name_the_instance_and_an_answer_s_sender() {
+        let config = config(20, 60, 16);
+        let answerer = ConnKey {
+            instance: 0xcccc,
+            conn: u64::MAX,
+        };
+        let info_hash = InfoHash([0xab; 20]);
+        let prefix = format!("{}.", config.unreachable_prefix());
+        let plain = config.unreachable_subject(OTHER);
+        let answer = config.lost_answer_subject(OTHER, answerer, &info_hash);
+        let parse = |subject: &str| parse_unreachable(subject.strip_prefix(&prefix)?);
+        assert_eq!(parse(&plain), Some((OTHER, None)));
+        assert_eq!(parse(&answer), Some((OTHER, Some((answerer, info_hash)))));
+        for bad in ["zz", "bbbb.1.2", "bbbb.1.2.00.4", "bbbb.cccc.1.abc"] {
+            assert_eq!(parse_unreachable(bad), None, "{bad}");
+        }
     }
 
     /// An instance that left our view and comes back is asked to re-join our swarms (we

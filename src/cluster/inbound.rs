@@ -26,10 +26,10 @@ use tokio::sync::mpsc;
 
 use super::{
     bus::BusEvent,
-    node::{conn_of, ClusterNode},
+    node::{self, conn_of, ClusterNode},
     stats::RouteDrop,
     wire::{
-        AnnounceReply, AnnounceResult, BusMessage, Deliver, Envelope, ForwardedAnnounce,
+        AnnounceReply, AnnounceResult, BusMessage, ConnKey, Deliver, Envelope, ForwardedAnnounce,
         ForwardedAnswer, ForwardedLeave, PassedOn, Relay, ScrapeQuery, ScrapeReply, MAX_HOPS,
     },
 };
@@ -58,7 +58,8 @@ type Direct = Arc<OnceLock<(Arc<Shared>, Arc<ClusterNode>)>>;
 pub fn queue(node_stats: Arc<super::stats::NodeStats>) -> (super::bus::OnEvent, Inbound) {
     let (messages_tx, messages) = mpsc::channel(INBOUND_QUEUE);
     // Membership changes are rare and must not be lost (a dead instance's peers would
-    // stay); they get a queue of their own without a bound.
+    // stay); they get a queue of their own without a bound, as do the broker's other
+    // reports (at most one per message sent, and requests or sessions wait for them).
     let (views_tx, views) = mpsc::unbounded_channel();
     let direct = Direct::default();
     let on_bus_thread = direct.clone();
@@ -75,8 +76,10 @@ pub fn queue(node_stats: Arc<super::stats::NodeStats>) -> (super::bus::OnEvent, 
                 node_stats.dropped(RouteDrop::InboundFull);
             }
         }
-        membership @ BusEvent::Membership { .. } => {
-            let _ = views_tx.send(membership);
+        control @ (BusEvent::Membership { .. }
+        | BusEvent::AnswerLost { .. }
+        | BusEvent::Unreachable(_)) => {
+            let _ = views_tx.send(control);
         }
     });
     (
@@ -122,7 +125,16 @@ pub async fn run(shared: Arc<Shared>, node: Arc<ClusterNode>, mut inbound: Inbou
         tokio::select! {
             // A view change first: requests after it must be routed by it.
             biased;
-            Some(event) = inbound.views.recv() => on_view_change(&shared, &node, event),
+            Some(event) = inbound.views.recv() => match event {
+                BusEvent::AnswerLost { from, info_hash } => {
+                    tell_answerer(&shared, &node, from, node::answer_lost(info_hash))
+                }
+                // Out of the view: requests of ours waiting for it are released (a dead
+                // newcomer's peers, if any reached our swarms before its first heartbeat
+                // reached us, go by their TTL).
+                BusEvent::Unreachable(instance) => node.owners_gone(&[instance]),
+                event => on_view_change(&shared, &node, event),
+            },
             Some(envelope) = inbound.messages.recv() => on_message(&shared, &node, envelope),
             else => break,
         }
@@ -281,7 +293,11 @@ fn on_announce(shared: &Arc<Shared>, node: &Arc<ClusterNode>, forwarded: Forward
             req_id,
             result,
         });
-        let _ = node.send(from.instance, reply);
+        // Waits for room in the queue (a burst of announces makes a burst of replies),
+        // at most the reply timeout, beyond which the requester has given up on it.
+        let _ = node
+            .send_when_room(from.instance, reply, node.reply_deadline())
+            .await;
     });
 }
 
@@ -319,13 +335,7 @@ fn on_answer(shared: &Arc<Shared>, node: &Arc<ClusterNode>, forwarded: Forwarded
                 info_hash,
                 reason: Reject::OffererGone.to_string(),
             };
-            let _ = node.send(
-                forwarded.from.instance,
-                BusMessage::Deliver(Deliver {
-                    to: forwarded.from,
-                    message: failure,
-                }),
-            );
+            tell_answerer(&shared, &node, forwarded.from, failure);
             return;
         };
         swarm.addr.do_send(Answer {
@@ -334,6 +344,19 @@ fn on_answer(shared: &Arc<Shared>, node: &Arc<ClusterNode>, forwarded: Forwarded
             reply_to: PeerRoute::Remote,
         });
     });
+}
+
+/// Sends `failure` to the socket `from` that sent an answer, on this instance or another.
+fn tell_answerer(shared: &Shared, node: &ClusterNode, from: ConnKey, failure: Relay) {
+    let deliver = Deliver {
+        to: from,
+        message: failure,
+    };
+    if from.instance == node.self_id() {
+        on_deliver(shared, node, deliver);
+    } else {
+        let _ = node.send(from.instance, BusMessage::Deliver(deliver));
+    }
 }
 
 /// `owner` dropped our peers from its swarms and sees us again: each session re-joins the
@@ -381,6 +404,8 @@ fn on_scrape(shared: &Arc<Shared>, node: &Arc<ClusterNode>, query: ScrapeQuery) 
             req_id: query.req_id,
             files,
         });
-        let _ = node.send(query.from.instance, reply);
+        let _ = node
+            .send_when_room(query.from.instance, reply, node.reply_deadline())
+            .await;
     });
 }

@@ -75,6 +75,7 @@ pub fn join(
     let node = Arc::new(ClusterNode::new(
         bus,
         settings.expiry(),
+        settings.heartbeat_interval(),
         settings.bus_queue,
         stats,
     ));

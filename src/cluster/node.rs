@@ -2,12 +2,15 @@
 //! It implements the two ports the tracker defines for other instances:
 //! `connection::requests::RemoteSwarms` (sessions reaching swarms owned elsewhere) and
 //! `swarm::route::RemoteSessions` (swarms reaching sessions held elsewhere), on top of the
-//! bus handle. Every call is non-blocking: requests are queued with `try_send` (a full
-//! queue or a lost bus is a refusal, counted), and a request that wants a reply gets a
-//! future that resolves when the owner answers, when the owner leaves the view (an
-//! announce then comes back to be routed again), or when the reply deadline passes. An
+//! bus handle. Every call is non-blocking: messages nobody waits for are queued with
+//! `try_send` (a full queue or a lost bus is a refusal, counted), and a request that wants
+//! a reply gets a future that waits for its turn and for room in the queue (see `ask`),
+//! then resolves when the owner answers, when the owner leaves the view (an announce then
+//! comes back to be routed again), or when the reply deadline passes. An
 //! announce the owner passed on to another instance (`PassedOn`) waits for that one
-//! instead, and comes back at once if that one is dead to us.
+//! instead, and comes back at once if that one is dead to us. An instance that leaves a
+//! request without a reply for a heartbeat interval is probed (see `ask`), so that one
+//! which died holding it is found within a round trip rather than at the expiry.
 //!
 //! What arrives from other instances is handled by `inbound`.
 
@@ -15,7 +18,7 @@ use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex, PoisonError,
+        Arc, Mutex, MutexGuard, PoisonError,
     },
     time::{Duration, Instant},
 };
@@ -60,6 +63,20 @@ pub fn conn_of(key: ConnKey) -> ConnId {
     conn_id(key.instance, key.conn)
 }
 
+/// The failure reason for an answer whose offer's swarm was on an instance that is gone
+/// (the offer went with it): known before it was sent, or told by the broker's "no
+/// responders" for it (see `bus::BusEvent::AnswerLost`).
+const OFFER_LOST: &str = "the tracker instance that relayed this offer is gone, and the offer \
+                          with it; announce again";
+
+/// The relay that tells an answering socket its answer in `info_hash` was lost.
+pub fn answer_lost(info_hash: InfoHash) -> Relay {
+    Relay::Failure {
+        info_hash,
+        reason: OFFER_LOST.to_owned(),
+    }
+}
+
 /// What a request of ours waiting for its owner learns first.
 enum Outcome<T> {
     Replied(T),
@@ -86,6 +103,24 @@ impl Pending {
             }
         }
     }
+}
+
+/// Instances whose latest probe is remembered; beyond it all are forgotten (a cluster has a
+/// handful of instances: only ids of dead newcomers could pile up).
+const MAX_PROBED: usize = 1024;
+
+/// Locks a map of plain values: a panic elsewhere cannot leave one half-written.
+fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Forwarded announces and scrapes in flight to any one instance at once, for a bus queue
+/// of `bus_queue` messages: a quarter of it, so that the requests to one owner never fill
+/// this instance's queue, nor the owner's subscription (as large). Not capped like
+/// re-joins: it paces bursts with a small queue, and with the default (16,384) it does not
+/// limit the steady traffic to a slow owner.
+fn requests_in_flight_limit(bus_queue: usize) -> usize {
+    (bus_queue / 4).max(1)
 }
 
 /// At most this many re-joins in flight, however large the bus queue.
@@ -133,14 +168,28 @@ pub struct ClusterNode {
     /// entry keeps the instance it waits for.
     pending: Mutex<HashMap<u64, (InstanceId, Pending)>>,
     rejoins: RejoinGate,
+    bus_queue: usize,
+    /// Turns for the requests in flight to each instance (see `ask`),
+    /// `requests_in_flight_limit` of them per instance; an instance's entry goes when it
+    /// leaves the view.
+    in_flight: Mutex<HashMap<InstanceId, Arc<Semaphore>>>,
+    /// A request without a reply for this long has the instance it waits for probed (see
+    /// `ask`): the heartbeat interval.
+    probe_after: Duration,
+    /// When each instance was last probed: once per `probe_after` at most, however many
+    /// requests wait for it. At most `MAX_PROBED` entries; an instance's goes when it
+    /// leaves the view.
+    probed: Mutex<HashMap<InstanceId, Instant>>,
     pub stats: Arc<NodeStats>,
 }
 
 impl ClusterNode {
-    /// `bus_queue`: the bus's queue (`cluster.bus_queue`), which paces re-joins.
+    /// `bus_queue`: the bus's queue (`cluster.bus_queue`), which paces requests;
+    /// `probe_after`: the heartbeat interval (see `ask`).
     pub fn new(
         bus: BusHandle,
         reply_timeout: Duration,
+        probe_after: Duration,
         bus_queue: usize,
         stats: Arc<NodeStats>,
     ) -> Self {
@@ -151,6 +200,10 @@ impl ClusterNode {
             next_request: AtomicU64::new(1),
             pending: Mutex::new(HashMap::new()),
             rejoins: RejoinGate::new(bus_queue),
+            bus_queue,
+            in_flight: Mutex::new(HashMap::new()),
+            probe_after,
+            probed: Mutex::new(HashMap::new()),
             stats,
         }
     }
@@ -177,9 +230,29 @@ impl ClusterNode {
         sent
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (InstanceId, Pending)>> {
-        // Entries are plain senders: a panic elsewhere cannot leave the map half-written.
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Queues `message` for instance `to` once the bus queue has room (see
+    /// `BusHandle::send_when_room`), counting it as forwarded: for requests and replies
+    /// someone waits for, which a burst must delay rather than lose.
+    pub async fn send_when_room(
+        &self,
+        to: InstanceId,
+        message: BusMessage,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), SendRefused> {
+        let kind = message.kind();
+        self.bus.send_when_room(to, message, deadline).await?;
+        self.stats.forwarded(kind);
+        Ok(())
+    }
+
+    /// When a request sent now, or a reply to one received now, is given up: the reply
+    /// deadline, which waiting for room in the bus queue counts against too.
+    pub fn reply_deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now() + self.reply_timeout
+    }
+
+    fn pending(&self) -> MutexGuard<'_, HashMap<u64, (InstanceId, Pending)>> {
+        locked(&self.pending)
     }
 
     /// Registers a request waiting for the reply of `owner`; returns its id, or `None`
@@ -216,6 +289,50 @@ impl ClusterNode {
         for waiting in released {
             waiting.owner_gone();
         }
+        // Requests still holding a turn of theirs keep the semaphore alive until they end;
+        // a return starts with a fresh one.
+        let (mut in_flight, mut probed) = (locked(&self.in_flight), locked(&self.probed));
+        for instance in gone {
+            in_flight.remove(instance);
+            probed.remove(instance);
+        }
+    }
+
+    /// Probes `instance` (see `BusHandle::probe`) unless it was probed within
+    /// `probe_after`.
+    fn probe(&self, instance: InstanceId) {
+        let now = Instant::now();
+        {
+            let mut probed = locked(&self.probed);
+            let recent = |at: &Instant| now.saturating_duration_since(*at) < self.probe_after;
+            if probed.get(&instance).is_some_and(recent) {
+                return;
+            }
+            if probed.len() >= MAX_PROBED {
+                probed.clear();
+            }
+            probed.insert(instance, now);
+        }
+        // A probe refused for a full queue is retried by the next slice of the wait (and
+        // the expiry still holds).
+        if self.bus.probe(instance) {
+            self.stats.forwarded("heartbeat");
+        }
+    }
+
+    /// The instance request `req_id` waits for now, if it still waits.
+    fn waits_for(&self, req_id: u64) -> Option<InstanceId> {
+        self.pending().get(&req_id).map(|(instance, _)| *instance)
+    }
+
+    /// The turns for requests in flight to `owner`.
+    fn turns_to(&self, owner: InstanceId) -> Arc<Semaphore> {
+        let mut in_flight = locked(&self.in_flight);
+        let limit = requests_in_flight_limit(self.bus_queue);
+        in_flight
+            .entry(owner)
+            .or_insert_with(|| Arc::new(Semaphore::new(limit)))
+            .clone()
     }
 
     fn forget(&self, req_id: u64) {
@@ -238,7 +355,8 @@ impl ClusterNode {
     /// that one): the request waits for `owner` from then on. If `owner` has left our
     /// view, it is dead to us and the announce lost there, so the request is released at
     /// once, as by `owners_gone`, to be made again where our view says. An `owner` we
-    /// have not heard of yet (a newcomer) is waited for like any owner.
+    /// have not heard of yet (a newcomer) is waited for like any owner, and probed like
+    /// any (see `ask`).
     pub fn announce_passed_on(&self, req_id: u64, owner: InstanceId) {
         match self.pending().get_mut(&req_id) {
             Some((waits_for, Pending::Announce(_))) => *waits_for = owner,
@@ -276,29 +394,85 @@ impl ClusterNode {
         debug!("cluster: reply {req_id} arrived after its deadline");
     }
 
-    /// Waits for the reply to `req_id` at most the reply deadline; the round trip goes
-    /// into the relay latency histogram.
-    fn await_reply<T: Send + 'static>(
-        self: &Arc<Self>,
+    /// Sends request `req_id` to `owner` and waits for its reply, all until the reply
+    /// deadline; the round trip goes into the relay latency histogram.
+    ///
+    /// Paced: a request takes one of the turns of its owner first (a quarter of the bus
+    /// queue, see `requests_in_flight_limit`) and holds it until its reply or its end,
+    /// then waits for room in the bus queue. So a burst of announces (hundreds
+    /// of clients at once, say those of a dead instance reconnecting) waits its turn
+    /// instead of overflowing this instance's bus queue, the owner's subscription, or the
+    /// owner's queue of replies; turns are per owner, so an owner that died silently
+    /// holds up only the requests that were meant for it. A request that gets no turn, or
+    /// no reply, by the deadline fails as unavailable (counted as `reply_timeout`), one
+    /// that gets no room in the queue fails the same way (counted as `queue_full`); one
+    /// whose owner leaves the view meanwhile comes back at once (`OwnerGone`).
+    ///
+    /// While it waits for the reply, the instance it waits for is probed once per
+    /// `probe_after` without one (see `probe`): if that instance died after receiving the
+    /// request, NATS's "no responders" to the probe releases the request, as a departure
+    /// does, instead of the expiry or the deadline.
+    async fn ask<T: Send + 'static>(
+        self: Arc<Self>,
+        owner: InstanceId,
         req_id: u64,
-        reply: oneshot::Receiver<Outcome<T>>,
-    ) -> BoxFuture<'static, Result<Outcome<T>, Failure>> {
-        let node = self.clone();
+        message: BusMessage,
+        mut reply: oneshot::Receiver<Outcome<T>>,
+    ) -> Result<Outcome<T>, Failure> {
         let asked = Instant::now();
-        Box::pin(async move {
-            match tokio::time::timeout(node.reply_timeout, reply).await {
-                Ok(Ok(Outcome::Replied(value))) => {
-                    node.stats.request_round_trip(asked.elapsed());
-                    Ok(Outcome::Replied(value))
-                }
-                Ok(Ok(Outcome::OwnerGone)) => Ok(Outcome::OwnerGone),
-                _ => {
-                    node.forget(req_id);
-                    node.stats.reply_timed_out();
-                    Err(Failure::unavailable())
+        let deadline = self.reply_deadline();
+        let turns = self.turns_to(owner);
+        let turn = tokio::select! {
+            // Nothing sent yet, so nothing but the owner's departure can be here.
+            early = &mut reply => return self.outcome(req_id, asked, early.ok()),
+            turn = tokio::time::timeout_at(deadline, turns.acquire_owned()) => match turn {
+                Ok(Ok(turn)) => turn,
+                // No turn by the deadline (the semaphore is never closed).
+                _ => return self.outcome(req_id, asked, None),
+            },
+        };
+        if self.send_when_room(owner, message, deadline).await.is_err() {
+            self.forget(req_id);
+            return Err(Failure::unavailable());
+        }
+        let replied = loop {
+            let slice = (tokio::time::Instant::now() + self.probe_after).min(deadline);
+            match tokio::time::timeout_at(slice, &mut reply).await {
+                Ok(replied) => break replied.ok(),
+                Err(_) if slice >= deadline => break None,
+                // No reply for a heartbeat interval: whoever it waits for may have died
+                // after receiving it, which no message of ours has told the broker to
+                // report yet; the probe does, within a round trip.
+                Err(_) => {
+                    if let Some(instance) = self.waits_for(req_id) {
+                        self.probe(instance);
+                    }
                 }
             }
-        })
+        };
+        drop(turn);
+        self.outcome(req_id, asked, replied)
+    }
+
+    /// What a request learnt by its deadline (`None`: nothing, it timed out).
+    fn outcome<T>(
+        &self,
+        req_id: u64,
+        asked: Instant,
+        learnt: Option<Outcome<T>>,
+    ) -> Result<Outcome<T>, Failure> {
+        match learnt {
+            Some(Outcome::Replied(value)) => {
+                self.stats.request_round_trip(asked.elapsed());
+                Ok(Outcome::Replied(value))
+            }
+            Some(Outcome::OwnerGone) => Ok(Outcome::OwnerGone),
+            None => {
+                self.forget(req_id);
+                self.stats.reply_timed_out();
+                Err(Failure::unavailable())
+            }
+        }
     }
 }
 
@@ -388,11 +562,7 @@ impl RemoteSwarms for Arc<ClusterNode> {
             hops: if resent { MAX_HOPS } else { 0 },
             request,
         });
-        if self.send(owner, message).is_err() {
-            self.forget(req_id);
-            return Box::pin(async { Err(NotAnnounced::Failed(Failure::unavailable())) });
-        }
-        let replied = self.await_reply(req_id, replied);
+        let replied = self.clone().ask(owner, req_id, message, replied);
         Box::pin(async move {
             let (taken_by, result) = match replied.await.map_err(NotAnnounced::Failed)? {
                 Outcome::Replied(replied) => replied,
@@ -418,6 +588,11 @@ impl RemoteSwarms for Arc<ClusterNode> {
         conn: ConnId,
         request: AnswerRequest,
     ) -> Result<(), Failure> {
+        if !self.view().live.contains(&owner) {
+            // Dead or cut off: the swarm that relayed the offer went with it (and a
+            // message to it would be lost). The session re-joins the swarm elsewhere.
+            return Err(Failure::new("offer_lost", OFFER_LOST.to_owned()));
+        }
         let message = BusMessage::Answer(ForwardedAnswer {
             from: conn_key(conn),
             hops: 0,
@@ -456,11 +631,7 @@ impl RemoteSwarms for Arc<ClusterNode> {
             req_id,
             info_hashes,
         });
-        if self.send(owner, message).is_err() {
-            self.forget(req_id);
-            return Box::pin(async { Err(Failure::unavailable()) });
-        }
-        let replied = self.await_reply(req_id, replied);
+        let replied = self.clone().ask(owner, req_id, message, replied);
         Box::pin(async move {
             match replied.await? {
                 Outcome::Replied(files) => Ok(files),
@@ -547,7 +718,9 @@ mod tests {
         };
         let (bus, sent) = BusHandle::detached(view, 16);
         let expiry = Duration::from_secs(600);
-        let node = ClusterNode::new(bus, expiry, 64, Arc::new(NodeStats::new()));
+        let probe_after = Duration::from_secs(60);
+        let stats = Arc::new(NodeStats::new());
+        let node = ClusterNode::new(bus, expiry, probe_after, 64, stats);
         (Arc::new(node), sent)
     }
 
@@ -560,6 +733,20 @@ mod tests {
             numwant: None,
             offers: Vec::new(),
         }
+    }
+
+    type Announcing = BoxFuture<'static, Result<(InstanceId, AnnounceReply), NotAnnounced>>;
+
+    /// An announce of `conn` to `to`, polled once: it is on the bus by then (see
+    /// `forwarded_to`) if `to` had a turn free.
+    fn announce_polled(node: &Arc<ClusterNode>, to: InstanceId, conn: ConnId) -> Announcing {
+        use futures_util::FutureExt;
+        let mut waiting = node.announce(to, conn, join_request(), false);
+        assert!(
+            (&mut waiting).now_or_never().is_none(),
+            "waits for its reply"
+        );
+        waiting
     }
 
     /// The announce `node` handed to the bus, which must be for `to`.
@@ -587,7 +774,7 @@ mod tests {
     async fn an_announce_is_held_by_the_instance_that_replied() {
         let (node, mut sent) = node_seeing(&[ME, OWNER, ELSEWHERE], &[]);
         let conn = conn_id(ME, 5);
-        let waiting = node.announce(OWNER, conn, join_request(), false);
+        let waiting = announce_polled(&node, OWNER, conn);
         let forwarded = forwarded_to(&mut sent, OWNER);
         // OWNER's view named another owner, which took the announce and replied.
         node.announce_replied(forwarded.req_id, ELSEWHERE, joined());
@@ -596,7 +783,7 @@ mod tests {
         assert!(reply.registered);
 
         // The usual case: the owner it went to replies itself.
-        let waiting = node.announce(OWNER, conn, join_request(), false);
+        let waiting = announce_polled(&node, OWNER, conn);
         let forwarded = forwarded_to(&mut sent, OWNER);
         node.announce_replied(forwarded.req_id, OWNER, joined());
         assert_eq!(waiting.await.expect("accepted").0, OWNER);
@@ -620,7 +807,7 @@ mod tests {
     #[tokio::test]
     async fn an_announce_passed_on_to_an_instance_dead_to_us_comes_back_at_once() {
         let (node, mut sent) = node_seeing(&[ME, OWNER], &[ELSEWHERE]);
-        let mut waiting = node.announce(OWNER, conn_id(ME, 5), join_request(), false);
+        let mut waiting = announce_polled(&node, OWNER, conn_id(ME, 5));
         let forwarded = forwarded_to(&mut sent, OWNER);
         assert!(!made_again(&mut waiting), "waits for its owner");
         node.announce_passed_on(forwarded.req_id, ELSEWHERE);
@@ -634,7 +821,7 @@ mod tests {
         let conn = conn_id(ME, 5);
 
         // Passed on to a live instance: released when that one leaves, not the owner.
-        let mut waiting = node.announce(OWNER, conn, join_request(), false);
+        let mut waiting = announce_polled(&node, OWNER, conn);
         let forwarded = forwarded_to(&mut sent, OWNER);
         node.announce_passed_on(forwarded.req_id, ELSEWHERE);
         node.owners_gone(&[OWNER]);
@@ -647,7 +834,7 @@ mod tests {
 
         // Passed on to an instance we have not heard of yet: it may have just started,
         // and its reply is waited for.
-        let mut waiting = node.announce(OWNER, conn, join_request(), false);
+        let mut waiting = announce_polled(&node, OWNER, conn);
         let forwarded = forwarded_to(&mut sent, OWNER);
         node.announce_passed_on(forwarded.req_id, NEWCOMER);
         assert!(!made_again(&mut waiting), "a newcomer is not dead");
@@ -657,6 +844,69 @@ mod tests {
         // Told after the reply (the two come from different instances): nothing to do.
         node.announce_passed_on(forwarded.req_id, ELSEWHERE);
         assert!(node.pending().is_empty());
+    }
+
+    #[tokio::test]
+    async fn announces_in_flight_are_paced_per_owner() {
+        let (node, mut sent) = node_seeing(&[ME, OWNER, ELSEWHERE], &[]);
+        let limit = requests_in_flight_limit(64);
+        let conn = conn_id(ME, 5);
+        let mut in_flight: Vec<_> = (0..limit)
+            .map(|_| {
+                let waiting = announce_polled(&node, OWNER, conn);
+                (waiting, forwarded_to(&mut sent, OWNER))
+            })
+            .collect();
+        let mut next = announce_polled(&node, OWNER, conn);
+        assert!(sent.try_recv().is_err(), "waits for a turn at OWNER");
+
+        // Another owner's turns are its own.
+        let elsewhere = announce_polled(&node, ELSEWHERE, conn);
+        let forwarded = forwarded_to(&mut sent, ELSEWHERE);
+        node.announce_replied(forwarded.req_id, ELSEWHERE, joined());
+        assert_eq!(elsewhere.await.expect("accepted").0, ELSEWHERE);
+
+        // A reply frees a turn, and the next one goes.
+        let (first, forwarded) = in_flight.remove(0);
+        node.announce_replied(forwarded.req_id, OWNER, joined());
+        assert_eq!(first.await.expect("accepted").0, OWNER);
+        assert!(!made_again(&mut next), "still waiting, for its reply now");
+        let forwarded = forwarded_to(&mut sent, OWNER);
+        node.announce_replied(forwarded.req_id, OWNER, joined());
+        assert_eq!(next.await.expect("accepted").0, OWNER);
+
+        // Waiting for a turn, it comes back at once when its owner leaves.
+        let mut next = announce_polled(&node, OWNER, conn);
+        node.owners_gone(&[OWNER]);
+        assert!(made_again(&mut next));
+        for (mut waiting, _) in in_flight {
+            assert!(made_again(&mut waiting));
+        }
+    }
+
+    #[test]
+    fn an_answer_for_a_swarm_on_an_instance_out_of_the_view_is_refused_at_once() {
+        let (node, mut sent) = node_seeing(&[ME, OWNER], &[ELSEWHERE]);
+        let answer = AnswerRequest {
+            info_hash: InfoHash([1; 20]),
+            peer_id: PeerId([2; 20]),
+            to_peer_id: PeerId([3; 20]),
+            offer_id: crate::protocol::OfferId([4; 20]),
+            sdp: crate::protocol::Sdp::from_text("v=0"),
+        };
+        let refused = node
+            .answer(ELSEWHERE, conn_id(ME, 5), answer.clone())
+            .expect_err("ELSEWHERE is gone");
+        assert_eq!(refused.kind, "offer_lost");
+        assert!(sent.try_recv().is_err(), "nothing sent to the dead");
+        node.answer(OWNER, conn_id(ME, 5), answer).expect("sent");
+        assert!(matches!(
+            sent.try_recv(),
+            Ok(Outgoing {
+                to: OWNER,
+                message: BusMessage::Answer(_)
+            })
+        ));
     }
 
     #[test]

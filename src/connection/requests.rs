@@ -40,6 +40,18 @@ impl SwarmHandle {
             SwarmHandle::Remote(owner) => Some(*owner),
         }
     }
+
+    /// Whether both name the same swarm: the same instance, or the same local swarm (of
+    /// one info_hash: its shard numbers the swarms it creates).
+    pub fn same_as(&self, other: &SwarmHandle) -> bool {
+        match (self, other) {
+            (SwarmHandle::Local(one), SwarmHandle::Local(other)) => {
+                one.generation == other.generation
+            }
+            (SwarmHandle::Remote(one), SwarmHandle::Remote(other)) => one == other,
+            _ => false,
+        }
+    }
 }
 
 /// The swarms owned by other instances, as the cluster offers them to sessions. Nothing

@@ -354,14 +354,30 @@ impl PeerSession {
         ctx: &mut SessionContext<Self>,
     ) {
         let view = requests::view_generation(&self.shared);
+        let held_before = self
+            .joined
+            .get(&info_hash)
+            .filter(|joined| joined.peer_ids.contains(&peer_id))
+            .map(|joined| joined.swarm.clone());
+        let registered = announced.reply.registered;
         let outdated = self.joined.record(
             info_hash,
             peer_id,
-            announced.swarm,
-            announced.reply.registered,
+            announced.swarm.clone(),
+            registered,
             announced.routed_by,
             view,
         );
+        // Registered under the current view somewhere else than before (an instance that
+        // served it while views differed, say, whose own view never changed and so never
+        // closed its swarm): the swarm that held it is told it left, or it would keep the
+        // peer, relaying it offers whose answers go elsewhere, until its TTL. Not for an
+        // outdated record: the re-join below moves it again, and tells this one then.
+        if let Some(before) = held_before.filter(|before| !before.same_as(&announced.swarm)) {
+            if registered && !outdated {
+                self.leave_swarm(info_hash, before, vec![peer_id]);
+            }
+        }
         if outdated && attempt + 1 < REJOIN_ATTEMPTS {
             debug!(
                 "conn={} {info_hash} was joined under view {}, now {view}: re-joining",
@@ -428,6 +444,21 @@ impl PeerSession {
                     }
                 }),
         );
+    }
+
+    /// Removes `peer_ids` of this connection from the swarm of `info_hash` at `swarm`.
+    fn leave_swarm(&self, info_hash: InfoHash, swarm: SwarmHandle, peer_ids: Vec<PeerId>) {
+        match swarm {
+            SwarmHandle::Local(swarm) => swarm.addr.do_send(Leave {
+                conn: self.conn,
+                peer_ids,
+            }),
+            SwarmHandle::Remote(owner) => {
+                if let Some(cluster) = requests::remote_swarms(&self.shared) {
+                    cluster.leave(owner, self.conn, info_hash, peer_ids);
+                }
+            }
+        }
     }
 
     fn send_announce_response(
@@ -558,18 +589,9 @@ impl Actor for PeerSession {
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         // Every registration goes at once; swarms ignore peer_ids another connection took
         // over since.
-        for (info_hash, joined) in self.joined.drain() {
-            match joined.swarm {
-                SwarmHandle::Local(swarm) => swarm.addr.do_send(Leave {
-                    conn: self.conn,
-                    peer_ids: joined.peer_ids,
-                }),
-                SwarmHandle::Remote(owner) => {
-                    if let Some(cluster) = requests::remote_swarms(&self.shared) {
-                        cluster.leave(owner, self.conn, info_hash, joined.peer_ids);
-                    }
-                }
-            }
+        let joined: Vec<_> = self.joined.drain().collect();
+        for (info_hash, joined) in joined {
+            self.leave_swarm(info_hash, joined.swarm, joined.peer_ids);
         }
         self.shared.connections.release(self.conn, self.ip);
         self.shared.metrics.connections.dec();

@@ -13,7 +13,9 @@ use p2p_mediastream::{
         settings::ClusterSettings,
         wire::{self, BusMessage},
     },
-    protocol::{client::TrackerMessage, InfoHash, OfferId, PeerId, SwarmCounts},
+    protocol::{
+        client::TrackerMessage, AnswerRequest, InfoHash, OfferId, PeerId, Sdp, SwarmCounts,
+    },
 };
 
 use crate::common::*;
@@ -121,6 +123,19 @@ fn swarm_owned_by(owner: u64, live: &[u64], from: u32) -> InfoHash {
         .map(info_hash)
         .find(|swarm| ring::owner(swarm, &live) == Some(owner))
         .expect("some swarm hashes to every instance")
+}
+
+/// The first test swarm (from `info_hash(from)` on) that `owner` owns among `live`, and
+/// `heir` once `owner` has left.
+fn swarm_owned_by_then(owner: u64, heir: u64, live: &[u64], from: u32) -> InfoHash {
+    let rest: Vec<u64> = sorted(live).into_iter().filter(|id| *id != owner).collect();
+    (from..from + 10_000)
+        .map(info_hash)
+        .find(|swarm| {
+            ring::owner(swarm, &sorted(live)) == Some(owner)
+                && ring::owner(swarm, &rest) == Some(heir)
+        })
+        .expect("some swarm hashes to every pair of instances")
 }
 
 /// Scrapes `swarm` through `peer` until it counts `incomplete` leechers (views and
@@ -394,6 +409,119 @@ async fn an_announce_to_a_killed_owner_is_served_by_the_survivor_without_waiting
     .await;
 }
 
+/// b holds the registration of a's peer in a swarm b owns, and is killed. The peer's
+/// answer goes to b; NATS answers "no responders" for it, and a, which knew nothing of the
+/// death yet (long expiries), tells the peer its answer was lost, with a failure naming
+/// the swarm, instead of leaving it waiting for a relay that cannot come.
+#[tokio::test]
+async fn an_answer_lost_with_the_instance_it_went_to_is_answered_with_a_failure() {
+    let nats = NatsServer::start();
+    let (a, b, ids) = pair(&nats, &nats.url(), LONG_EXPIRY_MS).await;
+    let swarm = swarm_owned_by(ids[1], &ids, 1_800);
+    let mut answerer = TestPeer::connect(&a.ws_url()).await;
+    answerer.join_swarm(swarm, peer_id(1)).await;
+
+    b.signal("KILL");
+    wait_inbox_unsubscribed(&nats, ids[1]).await;
+    answerer
+        .answer(swarm, peer_id(1), peer_id(2), offer_id(1), "answer-sdp")
+        .await;
+    let failure = answerer.recv_failure_in(swarm).await;
+    assert!(
+        failure["failure reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("is gone")),
+        "{failure}"
+    );
+    assert_eq!(view(&a).await.1, vec![ids[0]], "a learnt of b's death");
+}
+
+/// b owns a swarm; a forwards an announce there, and b dies after NATS has handed it
+/// the announce (frozen, then killed): nothing a sends tells the broker to report b gone,
+/// and a's expiry is long. a probes b when the reply is a heartbeat interval late, learns
+/// of the death from NATS's "no responders", and makes the announce again at the new
+/// owner, itself: the client gets its reply instead of waiting for the reply deadline
+/// (two minutes here).
+#[tokio::test]
+async fn an_owner_that_dies_holding_an_announce_is_found_by_a_probe() {
+    let nats = NatsServer::start();
+    let (a, b, ids) = pair(&nats, &nats.url(), LONG_EXPIRY_MS).await;
+    let swarm = swarm_owned_by(ids[1], &ids, 1_900);
+    let mut client = TestPeer::connect(&a.ws_url()).await;
+    // A second subscriber on b's inbox shows when NATS has handed the announce on (to b
+    // as well); it leaves before b dies, so that NATS can report b's inbox empty.
+    let spy = async_nats::connect(nats.url())
+        .await
+        .expect("a plain NATS client connects");
+    let mut seen = spy
+        .subscribe(format!("p2pms.inbox.{:016x}", ids[1]))
+        .await
+        .expect("subscribes");
+    spy.flush().await.expect("flushed");
+
+    b.signal("STOP");
+    client
+        .announce(swarm, peer_id(1), Some("started"), &[])
+        .await;
+    tokio::time::timeout(SETTLE, futures_util::StreamExt::next(&mut seen))
+        .await
+        .expect("the announce reached b's inbox")
+        .expect("a message");
+    seen.unsubscribe().await.expect("unsubscribes");
+    spy.flush().await.expect("flushed");
+    b.signal("KILL");
+    wait_inbox_unsubscribed(&nats, ids[1]).await;
+
+    assert_eq!(client.recv_announce_reply().await.incomplete, 1);
+    assert_eq!(view(&a).await.1, vec![ids[0]], "a learnt of b's death");
+}
+
+/// Peers (`peersCount`) held in `instance`'s own swarms, from its /stats.json.
+async fn peers_held(instance: &BinaryServer) -> u64 {
+    peers_and_torrents(&instance.get_json("/stats.json").await).0
+}
+
+/// Three instances with long expiries, b behind a link proxy; a swarm owned by b, and by c
+/// without b. b's link drops: a's announce to b gets "no responders", a drops b and makes
+/// the announce again at c, which serves it (the announce has had its extra hop) though
+/// its own view still names b: c holds the peer. b's link returns, a re-joins the swarm at
+/// b, and tells c its peer left: c, whose view never changed, would otherwise keep the
+/// registration (offers relayed to a peer whose answers go to b) until the peer's TTL.
+#[tokio::test]
+async fn a_membership_that_moves_leaves_the_instance_that_held_it() {
+    let nats = NatsServer::start();
+    let proxy = LinkProxy::start(nats.port);
+    let long_expiry = [("TRACKER__CLUSTER__EXPIRY_MS", LONG_EXPIRY_MS)];
+    let [a, c] = ["a", "c"].map(|name| cluster_instance_with(&nats, name, &long_expiry));
+    let b = cluster_instance_at(&proxy.url(), "b", &long_expiry);
+    let ids = settled(&[&a, &b, &c]).await;
+    let without_b = sorted(&[ids[0], ids[2]]);
+    let swarm = swarm_owned_by_then(ids[1], ids[2], &ids, 2_000);
+    let mut on_a = TestPeer::connect(&a.ws_url()).await;
+    on_a.join_swarm(swarm, peer_id(1)).await;
+    assert_eq!(peers_held(&b).await, 1);
+
+    proxy.cut();
+    wait_inbox_unsubscribed(&nats, ids[1]).await;
+    assert_eq!(on_a.announce_counts(swarm, peer_id(1), None).await, (0, 1));
+    assert_eq!(view(&a).await.1, without_b, "a dropped b");
+    assert_eq!(view(&c).await.1.len(), 3, "c still counts b alive");
+    assert_eq!(peers_held(&c).await, 1, "c took the announce");
+
+    proxy.restore();
+    settled(&[&a, &b, &c]).await;
+    eventually_incomplete(&mut on_a, swarm, 1).await;
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while peers_held(&c).await != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "c still holds the peer that moved to b"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(peers_held(&b).await, 1, "b holds it");
+}
+
 /// c owns a swarm and is killed; a, which forwarded an announce there, learns of the
 /// death from NATS and makes the announce again at the swarm's new owner b, which has not
 /// learnt of it yet (nothing of b's went to c since, and the expiries are long) and so
@@ -408,13 +536,7 @@ async fn an_announce_made_again_after_its_owner_died_is_served_by_an_instance_st
     let [a, b, c] = &instances;
     let ids = settled(&[a, b, c]).await;
     let survivors = sorted(&ids[..2]);
-    let swarm = (1_000..11_000)
-        .map(info_hash)
-        .find(|swarm| {
-            ring::owner(swarm, &sorted(&ids)) == Some(ids[2])
-                && ring::owner(swarm, &survivors) == Some(ids[1])
-        })
-        .expect("a swarm owned by c, and by b once c is gone");
+    let swarm = swarm_owned_by_then(ids[2], ids[1], &ids, 1_000);
     let mut on_a = TestPeer::connect(&a.ws_url()).await;
     on_a.join_swarm(swarm, peer_id(1)).await;
 
@@ -455,14 +577,7 @@ async fn a_fresh_announce_passed_on_to_an_instance_its_sender_counts_dead(signal
     let [b, c] = ["b", "c"].map(|name| cluster_instance_with(&nats, name, &long_expiry));
     let ids = settled(&[&a, &b, &c]).await;
     let survivors = sorted(&ids[..2]);
-    let owned_by_c_then_b = |swarm: &InfoHash| {
-        ring::owner(swarm, &sorted(&ids)) == Some(ids[2])
-            && ring::owner(swarm, &survivors) == Some(ids[1])
-    };
-    let swarm = (4_000..14_000)
-        .map(info_hash)
-        .find(owned_by_c_then_b)
-        .expect("a swarm owned by c, and by b once c is gone");
+    let swarm = swarm_owned_by_then(ids[2], ids[1], &ids, 4_000);
     let mut on_a = TestPeer::connect(&a.ws_url()).await;
 
     c.signal(signal);
@@ -986,27 +1101,27 @@ impl StandIn {
         self.bus.self_id()
     }
 
-    /// The next message sent to this stand-in (view changes skipped), if one comes within
+    /// The next message sent to this stand-in (other events skipped), if one comes within
     /// `SETTLE`.
     async fn next_message(&self) -> Option<BusMessage> {
         let deadline = tokio::time::Instant::now() + SETTLE;
         while tokio::time::Instant::now() < deadline {
             match self.events.try_recv() {
                 Ok(BusEvent::Message(envelope)) => return Some(envelope.body),
-                Ok(BusEvent::Membership { .. }) => continue,
+                Ok(_) => continue,
                 Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         }
         None
     }
 
-    /// Whatever was sent to this stand-in and is waiting, view changes skipped.
+    /// Whatever was sent to this stand-in and is waiting, other events skipped.
     fn received(&self) -> Vec<BusMessage> {
         self.events
             .try_iter()
             .filter_map(|event| match event {
                 BusEvent::Message(envelope) => Some(envelope.body),
-                BusEvent::Membership { .. } => None,
+                _ => None,
             })
             .collect()
     }
@@ -1092,4 +1207,102 @@ async fn answers_and_leaves_go_to_the_instance_that_registered_the_peer() {
     );
     let now = a.get_json("/stats.json").await["cluster"]["viewGeneration"].clone();
     assert_eq!(now, generation, "a's view changed");
+}
+
+/// An answer reaches b, which has no swarm of its info_hash, from another instance (a
+/// stand-in, whose socket sent it); b's view names c as the owner, and c was killed (b
+/// knows nothing yet: long expiry, nothing sent to c). b passes the answer on to c; NATS's
+/// "no responders" for it makes b tell the answering socket, on the stand-in, that its
+/// answer was lost, with a failure naming the swarm.
+#[tokio::test]
+async fn an_answer_passed_on_to_a_dead_owner_is_answered_with_a_failure() {
+    let nats = NatsServer::start();
+    let long_expiry = [("TRACKER__CLUSTER__EXPIRY_MS", LONG_EXPIRY_MS)];
+    let b = cluster_instance_with(&nats, "b", &long_expiry);
+    let c = cluster_instance(&nats, "c");
+    let answerer = StandIn::start(&nats);
+    let live = sees_instances(&b, 3).await;
+    let (c_id, _, _) = view(&c).await;
+    let swarm = swarm_owned_by(c_id, &live, 3_500);
+
+    c.signal("KILL");
+    wait_inbox_unsubscribed(&nats, c_id).await;
+    let from = wire::ConnKey {
+        instance: answerer.id(),
+        conn: 7,
+    };
+    let answer = BusMessage::Answer(wire::ForwardedAnswer {
+        from,
+        hops: 0,
+        request: AnswerRequest {
+            info_hash: swarm,
+            peer_id: peer_id(1),
+            to_peer_id: peer_id(2),
+            offer_id: offer_id(1),
+            sdp: Sdp::from_text("answer-sdp"),
+        },
+    });
+    let (b_id, _, _) = view(&b).await;
+    answerer.bus.try_send(b_id, answer).expect("queued");
+    match answerer.next_message().await {
+        Some(BusMessage::Deliver(wire::Deliver {
+            to,
+            message: wire::Relay::Failure { info_hash, reason },
+        })) => {
+            assert_eq!((to, info_hash), (from, swarm));
+            assert!(reason.contains("is gone"), "{reason}");
+        }
+        other => panic!("expected a failure for the answer, got {other:?}"),
+    }
+}
+
+/// Queue-full drops counted by `instance` (`cluster.dropped.queue_full` in /stats.json).
+async fn queue_full(instance: &BinaryServer) -> u64 {
+    let stats = instance.get_json("/stats.json").await;
+    stats["cluster"]["dropped"]["queue_full"]
+        .as_u64()
+        .expect("queue_full")
+}
+
+/// A hundred clients on a announce at once to a swarm b owns, with a bus queue of 16 (the
+/// smallest allowed) on both: each announce waits for its turn and for room in the queue
+/// instead of being refused, so every client gets its announce response, none is dropped,
+/// and b counts them all.
+#[tokio::test]
+async fn a_burst_of_client_announces_waits_for_room_in_a_tiny_bus_queue() {
+    const CLIENTS: u32 = 100;
+    let nats = NatsServer::start();
+    let env = [
+        ("TRACKER__CLUSTER__BUS_QUEUE", "16"),
+        ("TRACKER__SERVER__MAX_CONNECTIONS_PER_IP", "0"),
+    ];
+    let a = cluster_instance_with(&nats, "a", &env);
+    let b = cluster_instance_with(&nats, "b", &env);
+    let ids = settled(&[&a, &b]).await;
+    let swarm = swarm_owned_by(ids[1], &ids, 1_700);
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        clients.push(TestPeer::connect(&a.ws_url()).await);
+    }
+    let sent = clients
+        .iter_mut()
+        .enumerate()
+        .map(|(n, client)| client.announce(swarm, peer_id(n as u32), Some("started"), &[]));
+    futures_util::future::join_all(sent).await;
+    let replies = futures_util::future::join_all(clients.iter_mut().map(TestPeer::recv_json)).await;
+    let failed: Vec<&serde_json::Value> = replies
+        .iter()
+        .filter(|reply| reply.get("failure reason").is_some())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {CLIENTS} failed: {:?}; a: {}; b: {}",
+        failed.len(),
+        failed.first(),
+        a.get_json("/stats.json").await["cluster"],
+        b.get_json("/stats.json").await["cluster"]
+    );
+    assert_eq!((queue_full(&a).await, queue_full(&b).await), (0, 0));
+    let mut on_b = TestPeer::connect(&b.ws_url()).await;
+    assert_eq!(on_b.scrape_counts(swarm).await.1, u64::from(CLIENTS));
 }

@@ -74,14 +74,14 @@ impl Instance {
         view.bus_up && view.live.contains(&other.id())
     }
 
-    /// Waits for the next data message, skipping membership events.
+    /// Waits for the next data message, skipping other events.
     fn next_message(&self) -> Envelope {
         let deadline = Instant::now() + WAIT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.events.recv_timeout(left) {
                 Ok(BusEvent::Message(envelope)) => return envelope,
-                Ok(BusEvent::Membership { .. }) => continue,
+                Ok(_) => continue,
                 Err(err) => panic!("no message arrived: {err}"),
             }
         }
