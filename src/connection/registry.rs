@@ -97,7 +97,7 @@ struct Inner {
     total: usize,
     per_ip: HashMap<IpAddr, usize>,
     /// Keyed by the local part of each `ConnId` (the instance part is always ours): a u64
-    /// key keeps an entry at 64 bytes where a u128 one pads it to 80.
+    /// key keeps an entry at 40 bytes where a u128 one pads it to 48.
     sessions: HashMap<u64, SessionEntry>,
     shutting_down: bool,
 }
