@@ -529,19 +529,24 @@ def render(summary: dict) -> str:
         reasons = k.get("failure_reasons") or {}
         if reasons:
             w("Failure reasons: " + "; ".join(f"`{txt}` × {n}" for txt, n in list(reasons.items())[:6]) + ".\n")
+        gone = kr.get("gone_after")
+        outage = gone if gone is not None else 3.0
         w("**Accounting.** An announce expects min(offers, peers − 1) relays, where peers are the simulated peers "
           "of its swarm connected at that moment (the tester's truth, not the tracker's). At the kill: (1) what was "
-          "in flight to, from or through b is lost; (2) until the survivor's view drops b (the 3 s expiry), swarms "
-          "owned by b are unreachable: announces forwarded there get no reply (the client receives `swarm "
-          "temporarily unavailable; retry` after the reply deadline, and the session waits for it, so its other "
-          "traffic queues behind for up to that deadline), and a's offers in "
-          "those swarms are not relayed; in the swarms a owns, about half the offers still go to b's peers, which "
-          "the tester no longer expects; (3) then a owns every swarm, its sessions re-join, and delivery is "
-          "whole again. b's connections announce nothing after the kill. The overall column mixes the survivor's "
-          "losses with b's in-flight ones; the survivor's column is what its users saw.\n")
-        w("So the loss is about (½ + ½·½) × expiry ≈ 0.75 × 3 s ≈ 2.2 s of the survivor's traffic, whatever the "
-          f"window: over this {window:g} s window that is ~{2.2 / window:.0%}; a ratio ≥ 0.99 would need a window of "
-          "~4 minutes, or a shorter outage (see *What is left*).\n")
+          "in flight to, from or through b is lost; (2) until the survivor's view drops b, swarms owned by b are "
+          "unreachable: announces forwarded there wait for a reply that does not come, and a's offers in those "
+          "swarms are not relayed; in the swarms a owns, about half the offers still go to b's peers, which the "
+          "tester no longer expects. The survivor drops b as soon as NATS answers \"no responders\" to a message "
+          "it sends there (its next forwarded request or relay, or the probe of a request left without a reply "
+          "for a heartbeat interval), and the announces waiting for b are made again at the new owner; the 3 s "
+          "expiry bounds only a host that vanishes without closing its sockets (NATS then still holds its "
+          "subscriptions); (3) then a owns every swarm, its sessions re-join, and delivery is whole again. b's "
+          "connections announce nothing after the kill. The overall column mixes the survivor's losses with b's "
+          "in-flight ones; the survivor's column is what its users saw.\n")
+        w(f"So the loss is about (½ + ½·½) × the time until the view drops b ≈ 0.75 × {outage:.1f} s of the "
+          f"survivor's traffic plus what was in flight, whatever the window: over this {window:g} s window "
+          f"~{0.75 * outage / window:.1%}"
+          + (" (no view change was seen: the expiry assumed)" if gone is None else "") + ".\n")
         w(f"![answers received per second around the kill]({CHART.name})\n")
 
     w("## Targets\n")
