@@ -324,10 +324,8 @@ where
                     self.ctx.state = ActorState::Running;
                     continue;
                 }
-                ActorState::Stopped => {
-                    self.act.stopped(&mut self.ctx);
-                    return Poll::Ready(());
-                }
+                // Terminated.
+                ActorState::Stopped => return self.finish(),
             }
             return Poll::Pending;
         }
@@ -357,10 +355,7 @@ where
                 return Poll::Pending;
             }
         }
-        if self.ctx.waits.is_empty() && self.ctx.waits.capacity() != 0 {
-            // An idle session keeps no vector it is not using.
-            self.ctx.waits = Vec::new();
-        }
+        let_go_if_empty(&mut self.ctx.waits);
         Poll::Ready(())
     }
 
@@ -376,7 +371,7 @@ where
     fn poll_spawned(&mut self, cx: &mut Context<'_>) {
         self.ctx.spawned_unpolled = false;
         let mut at = 0;
-        while at < self.ctx.spawned.len() && !self.ctx.must_wait() && !self.ctx.stopping() {
+        while at < self.ctx.spawned.len() && !self.ctx.waiting() {
             let (handle, slot) = &mut self.ctx.spawned[at];
             let handle = *handle;
             // Taken out while it runs, so that it can have the context (and spawn more,
@@ -394,9 +389,7 @@ where
                 at += 1;
             }
         }
-        if self.ctx.spawned.is_empty() && self.ctx.spawned.capacity() != 0 {
-            self.ctx.spawned = Vec::new();
-        }
+        let_go_if_empty(&mut self.ctx.spawned);
     }
 
     fn poll_input(&mut self, cx: &mut Context<'_>) {
@@ -422,6 +415,13 @@ where
                 Poll::Pending => return,
             }
         }
+    }
+}
+
+/// An idle session keeps no vector it is not using.
+fn let_go_if_empty<T>(vec: &mut Vec<T>) {
+    if vec.is_empty() && vec.capacity() != 0 {
+        *vec = Vec::new();
     }
 }
 
@@ -573,6 +573,13 @@ mod tests {
         }
     }
 
+    /// A session of a `Probe` logging to `log`, and the feed of its input.
+    fn probed(log: &Log) -> (Feed, SessionRun<Probe, Feed>) {
+        let feed = Feed::default();
+        let session = SessionContext::start(feed.clone(), |_| Probe::new(log));
+        (feed, session)
+    }
+
     fn run(session: &mut SessionRun<Probe, Feed>) -> Poll<()> {
         session.poll_run(&mut Context::from_waker(Waker::noop()))
     }
@@ -584,8 +591,7 @@ mod tests {
     #[test]
     fn messages_and_input_are_handled_and_the_end_of_input_stops_the_actor() {
         let log = Log::default();
-        let feed = Feed::default();
-        let mut session = SessionContext::start(feed.clone(), |_| Probe::new(&log));
+        let (feed, mut session) = probed(&log);
         let addr = session.ctx().address();
         addr.do_send(Note("message"));
         feed.push("frame 1");
@@ -604,8 +610,7 @@ mod tests {
     #[test]
     fn a_wait_holds_back_the_mailbox_and_the_input_until_it_ends() {
         let log = Log::default();
-        let feed = Feed::default();
-        let mut session = SessionContext::start(feed.clone(), |_| Probe::new(&log));
+        let (feed, mut session) = probed(&log);
         let addr = session.ctx().address();
         feed.push("wait");
         feed.push("frame after");
@@ -630,8 +635,7 @@ mod tests {
     #[test]
     fn spawned_futures_run_beside_the_input_and_a_cancelled_one_is_dropped() {
         let log = Log::default();
-        let feed = Feed::default();
-        let mut session = SessionContext::start(feed.clone(), |_| Probe::new(&log));
+        let (feed, mut session) = probed(&log);
         feed.push("spawn");
         feed.push("spawn");
         feed.push("frame after");
@@ -653,8 +657,7 @@ mod tests {
     #[test]
     fn stopping_may_keep_the_actor_and_terminate_does_not_ask() {
         let log = Log::default();
-        let feed = Feed::default();
-        let mut session = SessionContext::start(feed.clone(), |_| Probe::new(&log));
+        let (feed, mut session) = probed(&log);
         session.act.keep_running_once = true;
         feed.push("stop");
         assert!(run(&mut session).is_pending());
@@ -669,11 +672,11 @@ mod tests {
     #[test]
     fn a_session_dropped_before_it_stopped_is_stopped() {
         let log = Log::default();
-        let session = SessionContext::start(Feed::default(), |_| Probe::new(&log));
+        let (_, session) = probed(&log);
         drop(session);
         assert_eq!(taken(&log), ["started", "stopping", "stopped"]);
 
-        let mut session = SessionContext::start(Feed::default(), |_| Probe::new(&log));
+        let (_, mut session) = probed(&log);
         assert!(run(&mut session).is_pending());
         drop(session);
         assert_eq!(taken(&log), ["started", "stopping", "stopped"]);
@@ -682,8 +685,7 @@ mod tests {
     #[test]
     fn an_address_keeps_an_idle_actor_alive() {
         let log = Log::default();
-        let feed = Feed::default();
-        let mut session = SessionContext::start(feed.clone(), |_| Probe::new(&log));
+        let (feed, mut session) = probed(&log);
         let addr = session.ctx().address();
         feed.closed.set(true);
         // The end of input asks the actor to stop, which it declines once: from then on
@@ -706,14 +708,10 @@ mod tests {
         frames
     }
 
-    fn idle_session(log: &Log) -> SessionRun<Probe, Feed> {
-        SessionContext::start(Feed::default(), |_| Probe::new(log))
-    }
-
     #[test]
     fn frames_are_encoded_as_sent_and_nothing_follows_a_close() {
         let log = Log::default();
-        let mut fut = idle_session(&log);
+        let (_, mut fut) = probed(&log);
         let session = fut.ctx();
         session.text(br#"{"action":"announce"}"#);
         session.ping(b"");
@@ -744,7 +742,7 @@ mod tests {
     #[test]
     fn long_texts_get_the_extended_length_forms() {
         let log = Log::default();
-        let mut fut = idle_session(&log);
+        let (_, mut fut) = probed(&log);
         let session = fut.ctx();
         for len in [125, 126, 65_535, 65_536] {
             session.text(&vec![b'a'; len]);
@@ -762,7 +760,7 @@ mod tests {
     #[test]
     fn a_new_context_holds_no_output_buffer() {
         let log = Log::default();
-        let mut fut = idle_session(&log);
+        let (_, mut fut) = probed(&log);
         assert_eq!(fut.ctx().output().capacity(), 0);
     }
 }
