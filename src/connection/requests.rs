@@ -17,7 +17,9 @@ use crate::{
     protocol::{AnnounceRequest, AnswerRequest, InfoHash, PeerId, ScrapeRequest, SwarmCounts},
     shared::Shared,
     swarm::{
-        messages::{Announce, AnnounceReply, Deliver, GetSwarm, ScrapeShard, SwarmError, SwarmRef},
+        messages::{
+            Announce, AnnounceReply, Deliver, GetSwarm, Leave, ScrapeShard, SwarmError, SwarmRef,
+        },
         route::PeerRoute,
         state::Reject,
     },
@@ -50,6 +52,17 @@ impl SwarmHandle {
             }
             (SwarmHandle::Remote(one), SwarmHandle::Remote(other)) => one == other,
             _ => false,
+        }
+    }
+    /// Removes `peer_ids` of connection `conn` from this swarm (of `info_hash`).
+    pub fn leave(self, shared: &Shared, conn: ConnId, info_hash: InfoHash, peer_ids: Vec<PeerId>) {
+        match self {
+            SwarmHandle::Local(swarm) => swarm.addr.do_send(Leave { conn, peer_ids }),
+            SwarmHandle::Remote(owner) => {
+                if let Some(cluster) = remote_swarms(shared) {
+                    cluster.leave(owner, conn, info_hash, peer_ids);
+                }
+            }
         }
     }
 }

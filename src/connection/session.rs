@@ -35,7 +35,7 @@ use crate::{
     },
     shared::Shared,
     swarm::{
-        messages::{Answer, Deliver, Leave},
+        messages::{Answer, Deliver},
         route::PeerRoute,
         state::Reject,
     },
@@ -375,7 +375,7 @@ impl PeerSession {
         // outdated record: the re-join below moves it again, and tells this one then.
         if let Some(before) = held_before.filter(|before| !before.same_as(&announced.swarm)) {
             if registered && !outdated {
-                self.leave_swarm(info_hash, before, vec![peer_id]);
+                before.leave(&self.shared, self.conn, info_hash, vec![peer_id]);
             }
         }
         if outdated && attempt + 1 < REJOIN_ATTEMPTS {
@@ -444,21 +444,6 @@ impl PeerSession {
                     }
                 }),
         );
-    }
-
-    /// Removes `peer_ids` of this connection from the swarm of `info_hash` at `swarm`.
-    fn leave_swarm(&self, info_hash: InfoHash, swarm: SwarmHandle, peer_ids: Vec<PeerId>) {
-        match swarm {
-            SwarmHandle::Local(swarm) => swarm.addr.do_send(Leave {
-                conn: self.conn,
-                peer_ids,
-            }),
-            SwarmHandle::Remote(owner) => {
-                if let Some(cluster) = requests::remote_swarms(&self.shared) {
-                    cluster.leave(owner, self.conn, info_hash, peer_ids);
-                }
-            }
-        }
     }
 
     fn send_announce_response(
@@ -589,9 +574,10 @@ impl Actor for PeerSession {
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         // Every registration goes at once; swarms ignore peer_ids another connection took
         // over since.
-        let joined: Vec<_> = self.joined.drain().collect();
-        for (info_hash, joined) in joined {
-            self.leave_swarm(info_hash, joined.swarm, joined.peer_ids);
+        for (info_hash, joined) in self.joined.drain() {
+            joined
+                .swarm
+                .leave(&self.shared, self.conn, info_hash, joined.peer_ids);
         }
         self.shared.connections.release(self.conn, self.ip);
         self.shared.metrics.connections.dec();
