@@ -270,6 +270,17 @@ impl TestPeer {
         assert_eq!(failure["info_hash"], info_hash.to_wire(), "{failure}");
         failure
     }
+    /// The next frame, which must be a failure in `info_hash` (see `recv_failure_in`)
+    /// whose reason contains `words`.
+    pub async fn recv_failure_saying(&mut self, info_hash: InfoHash, words: &str) {
+        let failure = self.recv_failure_in(info_hash).await;
+        assert!(
+            failure["failure reason"]
+                .as_str()
+                .is_some_and(|reason| reason.contains(words)),
+            "{failure}"
+        );
+    }
 }
 
 /// Connects a WebSocket client to `url` with extra request headers; returns the HTTP
